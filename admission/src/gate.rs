@@ -1,0 +1,214 @@
+//! The Envoy-wide WIP gate: admit and release against the shared [`Ledger`] with
+//! compare-and-swap, so the limit holds for all worker threads together.
+//!
+//! Every change is a read-modify-write of the whole ledger: read it with its version, apply a
+//! pure change, write it back only if nobody wrote in between, else read again. Each mismatch
+//! means another worker made progress, so the loop is lock-free; it is still bounded.
+
+use std::cell::{Cell, RefCell};
+
+use thiserror::Error;
+
+use crate::ledger::{Ledger, WorkerId};
+use crate::shared_data::{CasError, SharedData};
+use crate::RejectReason;
+
+/// Shared-data key of the ledger. The format version is part of the name, so a filter
+/// upgrade with a new format never reads an old record (old VMs drain on the old key).
+pub const LEDGER_KEY: &str = "wipgate.ledger.v1";
+
+/// Read-modify-write attempts before giving up on one change.
+pub const MAX_CAS_ATTEMPTS: u32 = 128;
+
+/// A VM that has not written the ledger nor sent a heartbeat for this long is taken as
+/// dead, and its slots are given back. Heartbeats go out every second.
+pub const DEFAULT_LEASE_MS: u64 = 10_000;
+
+/// The result of an admission decision. Non-exhaustive: a later release adds "wait for a
+/// slot" (the bounded queue) next to admit and reject.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Admission {
+    /// Admitted: the permit must be released exactly once, whatever way the stream ends.
+    Admitted(Permit),
+    /// Rejected: nothing was taken, nothing is to be released.
+    Rejected(RejectReason),
+}
+
+/// One admitted request's slot. Not `Clone`: [`Gate::release`] consumes it, so a slot cannot
+/// be released twice.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a permit must be released"]
+pub struct Permit {
+    worker: WorkerId,
+}
+
+/// One worker VM's view of the gate: its ledger entry and the releases it still owes.
+#[derive(Debug, Default)]
+pub struct WorkerHandle {
+    current: Cell<Option<WorkerId>>,
+    /// Releases whose write failed; paid with the next successful write, so none is lost.
+    owed: RefCell<Vec<WorkerId>>,
+}
+
+impl WorkerHandle {
+    /// Releases waiting for the next successful write (a stat, and a test hook).
+    pub fn owed_releases(&self) -> usize {
+        self.owed.borrow().len()
+    }
+}
+
+/// Why the ledger could not be changed.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum GateError {
+    /// The host's shared data failed.
+    #[error(transparent)]
+    Host(#[from] CasError),
+    /// Every attempt met a concurrent writer.
+    #[error("ledger still contended after {MAX_CAS_ATTEMPTS} attempts")]
+    Contended,
+    /// No room for another worker entry.
+    #[error("ledger has no room for another worker")]
+    Full,
+}
+
+/// What a change did besides its own result, for stats and logs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Report<T> {
+    /// The change's own result.
+    pub value: T,
+    /// Slots of dead VMs given back during this change.
+    pub reclaimed: u64,
+    /// Write attempts lost to concurrent writers.
+    pub cas_retries: u32,
+    /// The stored record did not parse and was started afresh.
+    pub reset_corrupt: bool,
+}
+
+/// The gate itself: where the ledger lives and how long a VM's lease is.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    key: String,
+    lease_ms: u64,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new(LEDGER_KEY, DEFAULT_LEASE_MS)
+    }
+}
+
+impl Gate {
+    /// A gate on `key` whose VMs expire after `lease_ms` without a sign of life.
+    pub fn new(key: &str, lease_ms: u64) -> Self {
+        Self { key: key.to_owned(), lease_ms }
+    }
+
+    /// Writes an empty ledger unless one exists. Called when a VM is configured: the main
+    /// thread's VM is configured before any worker serves, so the first write of the key
+    /// (the one write that cannot be a compare-and-swap) never races with admissions.
+    pub fn initialize(&self, store: &impl SharedData) -> Result<(), GateError> {
+        if store.get(&self.key)?.0.is_none() {
+            store.set(&self.key, &Ledger::default().encode(), None)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a slot if in-flight stays within `limit`.
+    pub fn admit(
+        &self,
+        store: &impl SharedData,
+        worker: &WorkerHandle,
+        limit: u32,
+        now_ms: u64,
+    ) -> Result<Report<Admission>, GateError> {
+        let report = self.update(store, worker, now_ms, |ledger, current| {
+            let id = match current.filter(|id| ledger.touch(*id, now_ms)) {
+                Some(id) => id,
+                None => ledger.register(now_ms).ok_or(GateError::Full)?,
+            };
+            let admitted = ledger.acquire(id, limit, now_ms);
+            Ok((id, admitted))
+        })?;
+        let (id, admitted) = report.value;
+        worker.current.set(Some(id));
+        let value = if admitted {
+            Admission::Admitted(Permit { worker: id })
+        } else {
+            Admission::Rejected(RejectReason::WipLimit)
+        };
+        Ok(Report {
+            value,
+            reclaimed: report.reclaimed,
+            cas_retries: report.cas_retries,
+            reset_corrupt: report.reset_corrupt,
+        })
+    }
+
+    /// Gives the permit's slot back. On failure the release is owed and paid by the next
+    /// successful write of this worker (a heartbeat at the latest), so it is never lost.
+    pub fn release(
+        &self,
+        store: &impl SharedData,
+        worker: &WorkerHandle,
+        permit: Permit,
+        now_ms: u64,
+    ) -> Result<Report<()>, GateError> {
+        worker.owed.borrow_mut().push(permit.worker);
+        self.update(store, worker, now_ms, |_, _| Ok(()))
+    }
+
+    /// A sign of life from this worker, and the chance to reclaim dead VMs' slots and to pay
+    /// owed releases while no request comes. Returns the in-flight total.
+    pub fn heartbeat(
+        &self,
+        store: &impl SharedData,
+        worker: &WorkerHandle,
+        now_ms: u64,
+    ) -> Result<Report<u64>, GateError> {
+        self.update(store, worker, now_ms, |ledger, current| {
+            if let Some(id) = current {
+                ledger.touch(id, now_ms);
+            }
+            Ok(ledger.total())
+        })
+    }
+
+    /// Reads the in-flight total without writing.
+    pub fn inflight(&self, store: &impl SharedData) -> Result<u64, GateError> {
+        let (bytes, _) = store.get(&self.key)?;
+        Ok(bytes.and_then(|b| Ledger::decode(&b).ok()).map_or(0, |l| l.total()))
+    }
+
+    /// The compare-and-swap loop. `change` must be pure: it may run several times.
+    fn update<T>(
+        &self,
+        store: &impl SharedData,
+        worker: &WorkerHandle,
+        now_ms: u64,
+        mut change: impl FnMut(&mut Ledger, Option<WorkerId>) -> Result<T, GateError>,
+    ) -> Result<Report<T>, GateError> {
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            let (bytes, cas) = store.get(&self.key)?;
+            let (mut ledger, reset_corrupt) = match bytes.as_deref().map(Ledger::decode) {
+                None => (Ledger::default(), false),
+                Some(Ok(ledger)) => (ledger, false),
+                Some(Err(_)) => (Ledger::default(), true),
+            };
+            let reclaimed = ledger.expire(now_ms, self.lease_ms);
+            for id in worker.owed.borrow().iter() {
+                ledger.release(*id, now_ms);
+            }
+            let value = change(&mut ledger, worker.current.get())?;
+            match store.set(&self.key, &ledger.encode(), cas) {
+                Ok(()) => {
+                    worker.owed.borrow_mut().clear();
+                    return Ok(Report { value, reclaimed, cas_retries: attempt, reset_corrupt });
+                }
+                Err(CasError::Mismatch) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(GateError::Contended)
+    }
+}

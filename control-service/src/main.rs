@@ -1,0 +1,2 @@
+//! The control service (built by the control-service issue).
+fn main() {}
