@@ -19,7 +19,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self { field: field.into(), problem: problem.into() }
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -153,7 +156,8 @@ impl GateConfig {
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(&mut de)
             .map_err(|e| serde_error(e.path().to_string(), e.inner().to_string()))?;
-        de.end().map_err(|e| ConfigError::new("(top level)", e.to_string()))?;
+        de.end()
+            .map_err(|e| ConfigError::new("(top level)", e.to_string()))?;
         raw.validate()
     }
 
@@ -297,7 +301,10 @@ fn validate_control(control: &ControlConfig) -> Result<(), ConfigError> {
         return Err(ConfigError::new("control.cluster", "must not be empty"));
     }
     if !(100..=60_000).contains(&control.interval_ms) {
-        return Err(ConfigError::new("control.interval_ms", "must be between 100 and 60000"));
+        return Err(ConfigError::new(
+            "control.interval_ms",
+            "must be between 100 and 60000",
+        ));
     }
     if control.timeout_ms < 1 || control.timeout_ms > control.interval_ms {
         return Err(ConfigError::new(
@@ -318,7 +325,10 @@ fn validate_control(control: &ControlConfig) -> Result<(), ConfigError> {
 fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() || name.starts_with(':') || !name.bytes().all(token) {
-        return Err(ConfigError::new(field, "must be a non-empty HTTP header name"));
+        return Err(ConfigError::new(
+            field,
+            "must be a non-empty HTTP header name",
+        ));
     }
     Ok(name.to_ascii_lowercase())
 }
@@ -350,10 +360,25 @@ mod tests {
     fn contract_example_parses() {
         let c = GateConfig::parse(CONTRACT_EXAMPLE.as_bytes()).unwrap();
         assert_eq!(c.max_inflight, 200);
-        assert_eq!(c.tenants["acme"], Bulkhead { reserved: 20, max: Some(80) });
-        assert_eq!(c.classes["batch"], Bulkhead { reserved: 0, max: Some(60) });
+        assert_eq!(
+            c.tenants["acme"],
+            Bulkhead {
+                reserved: 20,
+                max: Some(80)
+            }
+        );
+        assert_eq!(
+            c.classes["batch"],
+            Bulkhead {
+                reserved: 0,
+                max: Some(60)
+            }
+        );
         assert_eq!(c.control.as_ref().unwrap().timeout_ms, 250);
-        assert_eq!(c.not_yet_enforced(), vec!["min_inflight", "tenants", "classes", "control"]);
+        assert_eq!(
+            c.not_yet_enforced(),
+            vec!["min_inflight", "tenants", "classes", "control"]
+        );
     }
 
     #[test]
@@ -374,20 +399,53 @@ mod tests {
             (r#"{"max_inflight": -3}"#, "max_inflight"),
             (r#"{"max_inflight": "ten"}"#, "max_inflight"),
             (r#"{"max_inflight": 5, "bogus": 1}"#, "bogus"),
-            (r#"{"max_inflight": 5, "tenants": {"a": {"reserved": 3, "max": 1}}}"#, "tenants.a.max"),
-            (r#"{"max_inflight": 5, "tenants": {"a": {"reserved": 3, "mx": 1}}}"#, "tenants.a.mx"),
-            (r#"{"max_inflight": 5, "tenants": {"a": {"reserved": 3}, "b": {"reserved": 3}}}"#, "tenants"),
-            (r#"{"max_inflight": 5, "tenants": {"a b": {}}}"#, "tenants.a b"),
-            (r#"{"max_inflight": 5, "classes": {"i": {"reserved": 6}}, "default_class": "i"}"#, "classes"),
-            (r#"{"max_inflight": 5, "classes": {"i": {}}}"#, "default_class"),
-            (r#"{"max_inflight": 5, "classes": {"i": {}}, "default_class": "x"}"#, "default_class"),
+            (
+                r#"{"max_inflight": 5, "tenants": {"a": {"reserved": 3, "max": 1}}}"#,
+                "tenants.a.max",
+            ),
+            (
+                r#"{"max_inflight": 5, "tenants": {"a": {"reserved": 3, "mx": 1}}}"#,
+                "tenants.a.mx",
+            ),
+            (
+                r#"{"max_inflight": 5, "tenants": {"a": {"reserved": 3}, "b": {"reserved": 3}}}"#,
+                "tenants",
+            ),
+            (
+                r#"{"max_inflight": 5, "tenants": {"a b": {}}}"#,
+                "tenants.a b",
+            ),
+            (
+                r#"{"max_inflight": 5, "classes": {"i": {"reserved": 6}}, "default_class": "i"}"#,
+                "classes",
+            ),
+            (
+                r#"{"max_inflight": 5, "classes": {"i": {}}}"#,
+                "default_class",
+            ),
+            (
+                r#"{"max_inflight": 5, "classes": {"i": {}}, "default_class": "x"}"#,
+                "default_class",
+            ),
             (r#"{"max_inflight": 5, "min_inflight": 6}"#, "min_inflight"),
-            (r#"{"max_inflight": 5, "tenant_header": "bad header"}"#, "tenant_header"),
-            (r#"{"max_inflight": 5, "default_tenant": ""}"#, "default_tenant"),
+            (
+                r#"{"max_inflight": 5, "tenant_header": "bad header"}"#,
+                "tenant_header",
+            ),
+            (
+                r#"{"max_inflight": 5, "default_tenant": ""}"#,
+                "default_tenant",
+            ),
             (r#"{"max_inflight": 5, "max_tenants": 0}"#, "max_tenants"),
-            (r#"{"max_inflight": 5, "retry_after_s": 0}"#, "retry_after_s"),
+            (
+                r#"{"max_inflight": 5, "retry_after_s": 0}"#,
+                "retry_after_s",
+            ),
             (r#"{"max_inflight": 5, "control": {}}"#, "control.cluster"),
-            (r#"{"max_inflight": 5, "control": {"cluster": "c", "timeout_ms": 5000}}"#, "control.timeout_ms"),
+            (
+                r#"{"max_inflight": 5, "control": {"cluster": "c", "timeout_ms": 5000}}"#,
+                "control.timeout_ms",
+            ),
             (r#"{"max_inflight": 5} trailing"#, "(top level)"),
             ("not json", "(top level)"),
         ];

@@ -18,16 +18,16 @@ use crate::RejectReason;
 pub const LEDGER_KEY: &str = "wipgate.ledger.v1";
 
 /// Read-modify-write attempts before giving up on one change.
-pub const MAX_CAS_ATTEMPTS: u32 = 128;
+pub const MAX_CAS_ATTEMPTS: u32 = 1_000;
 
 /// A VM that has not written the ledger nor sent a heartbeat for this long is taken as
 /// dead, and its slots are given back. Heartbeats go out every second.
 pub const DEFAULT_LEASE_MS: u64 = 10_000;
 
-/// The result of an admission decision. Non-exhaustive: a later release adds "wait for a
-/// slot" (the bounded queue) next to admit and reject.
+/// The result of an admission decision. A later release adds "wait for a slot" (the bounded
+/// queue, `queue_timeout`) as a third variant; matches stay exhaustive on purpose so that
+/// every caller has to decide what waiting means for it.
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum Admission {
     /// Admitted: the permit must be released exactly once, whatever way the stream ends.
     Admitted(Permit),
@@ -101,7 +101,10 @@ impl Default for Gate {
 impl Gate {
     /// A gate on `key` whose VMs expire after `lease_ms` without a sign of life.
     pub fn new(key: &str, lease_ms: u64) -> Self {
-        Self { key: key.to_owned(), lease_ms }
+        Self {
+            key: key.to_owned(),
+            lease_ms,
+        }
     }
 
     /// Writes an empty ledger unless one exists. Called when a VM is configured: the main
@@ -177,7 +180,9 @@ impl Gate {
     /// Reads the in-flight total without writing.
     pub fn inflight(&self, store: &impl SharedData) -> Result<u64, GateError> {
         let (bytes, _) = store.get(&self.key)?;
-        Ok(bytes.and_then(|b| Ledger::decode(&b).ok()).map_or(0, |l| l.total()))
+        Ok(bytes
+            .and_then(|b| Ledger::decode(&b).ok())
+            .map_or(0, |l| l.total()))
     }
 
     /// The compare-and-swap loop. `change` must be pure: it may run several times.
@@ -203,7 +208,12 @@ impl Gate {
             match store.set(&self.key, &ledger.encode(), cas) {
                 Ok(()) => {
                     worker.owed.borrow_mut().clear();
-                    return Ok(Report { value, reclaimed, cas_retries: attempt, reset_corrupt });
+                    return Ok(Report {
+                        value,
+                        reclaimed,
+                        cas_retries: attempt,
+                        reset_corrupt,
+                    });
                 }
                 Err(CasError::Mismatch) => continue,
                 Err(e) => return Err(e.into()),

@@ -69,7 +69,11 @@ impl Ledger {
         }
         let id = WorkerId(self.next_id);
         self.next_id = self.next_id.wrapping_add(1);
-        self.entries.push(WorkerEntry { id, inflight: 0, last_seen_ms: now_ms });
+        self.entries.push(WorkerEntry {
+            id,
+            inflight: 0,
+            last_seen_ms: now_ms,
+        });
         Some(id)
     }
 
@@ -212,7 +216,10 @@ mod tests {
         assert!(l.acquire(live, 10, 9_000));
         assert_eq!(l.expire(10_000, 10_000), 2);
         assert_eq!(l.total(), 1);
-        assert!(!l.release(dead, 10_001), "a reclaimed entry releases nothing");
+        assert!(
+            !l.release(dead, 10_001),
+            "a reclaimed entry releases nothing"
+        );
         assert_eq!(l.total(), 1);
         let again = l.register(10_002).unwrap();
         assert_ne!(again, dead, "ids are never reused");
@@ -230,13 +237,19 @@ mod tests {
     #[test]
     fn decode_refuses_garbage() {
         assert_eq!(Ledger::decode(&[]), Err(LedgerError::Length(0)));
-        assert_eq!(Ledger::decode(&[9, 0, 0, 0, 0, 0, 0]), Err(LedgerError::Version(9)));
-        assert_eq!(Ledger::decode(&[1, 0, 0, 0, 0, 1, 0]), Err(LedgerError::Length(7)));
+        assert_eq!(
+            Ledger::decode(&[9, 0, 0, 0, 0, 0, 0]),
+            Err(LedgerError::Version(9))
+        );
+        assert_eq!(
+            Ledger::decode(&[1, 0, 0, 0, 0, 1, 0]),
+            Err(LedgerError::Length(7))
+        );
         let mut dup = Ledger::default();
         dup.register(0);
         let mut bytes = dup.encode();
         bytes[5] = 2;
-        bytes.extend_from_slice(&bytes[HEADER_LEN..].to_vec());
+        bytes.extend_from_within(HEADER_LEN..);
         assert_eq!(Ledger::decode(&bytes), Err(LedgerError::Inconsistent));
     }
 

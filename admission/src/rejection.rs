@@ -124,8 +124,10 @@ mod tests {
 
     #[test]
     fn statuses_follow_the_table() {
-        let got: Vec<(&str, u16, &str)> =
-            RejectReason::ALL.iter().map(|r| (r.as_str(), r.status(), r.error())).collect();
+        let got: Vec<(&str, u16, &str)> = RejectReason::ALL
+            .iter()
+            .map(|r| (r.as_str(), r.status(), r.error()))
+            .collect();
         assert_eq!(
             got,
             vec![

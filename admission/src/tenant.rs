@@ -70,7 +70,14 @@ mod tests {
     #[test]
     fn falls_back_to_default_on_bad_header() {
         let too_long = "x".repeat(65);
-        let bad: [&[u8]; 6] = [b"", b"a b", b"caf\xc3\xa9", b"a/b", too_long.as_bytes(), b"\xff"];
+        let bad: [&[u8]; 6] = [
+            b"",
+            b"a b",
+            b"caf\xc3\xa9",
+            b"a/b",
+            too_long.as_bytes(),
+            b"\xff",
+        ];
         for value in bad {
             assert_eq!(TenantName::from_header(Some(value), &default()), default());
         }

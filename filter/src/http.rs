@@ -1,0 +1,91 @@
+//! One HTTP stream: admitted or rejected when its request headers arrive; its slot released
+//! exactly once when the stream ends, whichever way it ends.
+
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use wipgate_admission::{Admission, Permit, RejectReason, Rejection, TenantName};
+
+use crate::host::now_ms;
+use crate::plugin::Plugin;
+
+/// Per-stream state. Invariant: `permit` is `Some` exactly while this stream holds a slot.
+pub struct AdmissionContext {
+    plugin: Rc<Plugin>,
+    permit: Option<Permit>,
+}
+
+impl AdmissionContext {
+    pub fn new(plugin: Rc<Plugin>) -> Self {
+        Self {
+            plugin,
+            permit: None,
+        }
+    }
+
+    fn tenant(&self) -> TenantName {
+        let config = &self.plugin.config;
+        let header = self.get_http_request_header_bytes(&config.tenant_header);
+        TenantName::from_header(header.as_deref(), &config.default_tenant)
+    }
+
+    fn reject(&self, reason: RejectReason) {
+        let rejection = Rejection {
+            reason,
+            tenant: self.tenant(),
+            retry_after_s: self.plugin.config.retry_after_s,
+        };
+        let headers = rejection.headers();
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.send_http_response(
+            rejection.status(),
+            headers,
+            Some(rejection.body().as_bytes()),
+        );
+    }
+
+    /// The one release path. Every end of a stream (on_done, on_log, the context being
+    /// dropped) calls it; `take()` makes the second and later calls no-ops.
+    fn finish(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.plugin.release(permit, now_ms());
+        }
+    }
+}
+
+impl Context for AdmissionContext {
+    fn on_done(&mut self) -> bool {
+        self.finish();
+        true
+    }
+}
+
+impl HttpContext for AdmissionContext {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.permit.is_some() {
+            // Headers seen twice on one stream (e.g. an internal redirect): keep the slot.
+            return Action::Continue;
+        }
+        match self.plugin.admit(now_ms()) {
+            Admission::Admitted(permit) => {
+                self.permit = Some(permit);
+                Action::Continue
+            }
+            Admission::Rejected(reason) => {
+                self.reject(reason);
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_log(&mut self) {
+        self.finish();
+    }
+}
+
+impl Drop for AdmissionContext {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
