@@ -1,1 +1,20 @@
-//! harness
+//! The end-to-end harness: a real Envoy per test (with or without the wipgate filter), an
+//! in-process upstream with exact concurrency gauges, and load generators, shared by the
+//! end-to-end tests and the demo.
+
+pub mod blocking_http;
+pub mod bootstrap;
+pub mod client;
+pub mod envoy;
+pub mod load;
+pub mod summary;
+pub mod upstream;
+mod upstream_stats;
+pub mod wait;
+
+pub use client::{Outcome, RequestSpec};
+pub use envoy::{envoy_present, start_expect_refused, Envoy, EnvoyConfig};
+pub use load::{abort_mid_flight, burst, burst_with, open_loop, open_loop_with_timeout};
+pub use summary::{percentile, Summary};
+pub use upstream::{Upstream, UpstreamOptions, UpstreamStats};
+pub use wait::{wait_until, wait_until_async};

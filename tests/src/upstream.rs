@@ -1,0 +1,321 @@
+//! The in-process test upstream: a hyper server on a loopback port whose behaviour each
+//! request chooses by header, with exact in-flight gauges the test reads.
+//!
+//! Request headers: `x-delay-ms: N` answers after N ms (at most 10 minutes); `x-reset: 1`
+//! then drops the connection without a response (Envoy sees an upstream reset);
+//! `x-status: N` answers with status N instead of 200; `x-tenant-id` keys the per-tenant
+//! gauges. `GET /__stats` answers the gauges as JSON and is not counted.
+//! With `capacity: Some(C)`, at most C requests are served at once and the rest wait (a
+//! constrained resource); each served request takes `service_time` plus its delay.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Semaphore};
+
+pub use crate::upstream_stats::{InflightGuard, TenantGauges, UpstreamStats};
+
+/// The longest `x-delay-ms` honoured.
+const MAX_DELAY: Duration = Duration::from_secs(600);
+
+/// How the upstream behaves.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamOptions {
+    /// Port on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+    /// At most this many requests served at once; the others wait. `None`: unlimited.
+    pub capacity: Option<usize>,
+    /// Time every request takes on top of its `x-delay-ms`.
+    pub service_time: Duration,
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+struct Shared {
+    stats: Arc<UpstreamStats>,
+    capacity: Option<Semaphore>,
+    service_time: Duration,
+}
+
+/// The error that makes hyper drop the connection without writing a response.
+#[derive(Debug)]
+struct DeliberateReset;
+
+impl std::fmt::Display for DeliberateReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("deliberate reset (x-reset)")
+    }
+}
+
+impl std::error::Error for DeliberateReset {}
+
+/// A response body that keeps the request counted in flight until hyper has written it
+/// and dropped it.
+#[derive(Debug)]
+pub struct GuardedBody {
+    inner: Full<Bytes>,
+    _guard: Option<InflightGuard>,
+}
+
+impl GuardedBody {
+    fn new(data: impl Into<Bytes>, guard: Option<InflightGuard>) -> Self {
+        Self {
+            inner: Full::new(data.into()),
+            _guard: guard,
+        }
+    }
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<GuardedBody>, DeliberateReset> {
+    if req.uri().path() == "/__stats" {
+        let body = shared.stats.to_json().to_string();
+        let mut resp = Response::new(GuardedBody::new(body, None));
+        resp.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        return Ok(resp);
+    }
+    let tenant = header(&req, "x-tenant-id").unwrap_or_default();
+    let guard = shared.stats.enter(tenant);
+    let delay = header(&req, "x-delay-ms")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, |ms| {
+            Duration::from_millis(ms).min(MAX_DELAY)
+        });
+    let reset = header(&req, "x-reset").is_some_and(|v| v.trim() == "1");
+    let status = header(&req, "x-status")
+        .and_then(|v| v.trim().parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let permit = match &shared.capacity {
+        Some(sem) => Some(sem.acquire().await.map_err(|_| DeliberateReset)?),
+        None => None,
+    };
+    tokio::time::sleep(shared.service_time + delay).await;
+    drop(permit);
+    if reset {
+        shared.stats.count_reset();
+        return Err(DeliberateReset);
+    }
+    let mut resp = Response::new(GuardedBody::new("ok\n", Some(guard)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        "x-upstream",
+        hyper::header::HeaderValue::from_static("wipgate-upstream"),
+    );
+    Ok(resp)
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` completes; connections still open then
+/// are dropped with the runtime. For the standalone binary and for async callers.
+pub async fn serve(
+    listener: TcpListener,
+    opts: &UpstreamOptions,
+    stats: Arc<UpstreamStats>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let shared = Arc::new(Shared {
+        stats,
+        capacity: opts.capacity.map(Semaphore::new),
+        service_time: opts.service_time,
+    });
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _peer)) = accepted else {
+            // Out of file descriptors and the like: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(req, Arc::clone(&shared)));
+            // Errors here are client aborts and deliberate resets: nothing to report.
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// A running upstream on its own thread and tokio runtime; usable from sync and async
+/// tests alike. Dropping it stops the server.
+#[derive(Debug)]
+pub struct Upstream {
+    addr: SocketAddr,
+    stats: Arc<UpstreamStats>,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Upstream {
+    /// Binds 127.0.0.1:`opts.port` and serves until dropped.
+    pub fn start(opts: UpstreamOptions) -> Result<Self> {
+        let stats = Arc::new(UpstreamStats::default());
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Result<SocketAddr>>();
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let thread_stats = Arc::clone(&stats);
+        let thread = std::thread::Builder::new()
+            .name("wipgate-upstream".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = addr_tx.send(Err(e.into()));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener =
+                        match TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], opts.port)))
+                            .await
+                            .and_then(|l| Ok((l.local_addr()?, l)))
+                        {
+                            Ok((addr, l)) => {
+                                let _ = addr_tx.send(Ok(addr));
+                                l
+                            }
+                            Err(e) => {
+                                let _ = addr_tx.send(Err(e.into()));
+                                return;
+                            }
+                        };
+                    let shutdown = async {
+                        let _ = shutdown_rx.await;
+                    };
+                    serve(listener, &opts, thread_stats, shutdown).await;
+                });
+            })
+            .context("spawning the upstream thread")?;
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|e| anyhow!("the upstream did not start: {e}"))?
+            .context("binding the upstream")?;
+        Ok(Self {
+            addr,
+            stats,
+            shutdown: Some(shutdown_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Starts with the default options (unlimited capacity, no service time).
+    pub fn start_default() -> Result<Self> {
+        Self::start(UpstreamOptions::default())
+    }
+
+    /// The bound address.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared gauges.
+    #[must_use]
+    pub fn stats(&self) -> &Arc<UpstreamStats> {
+        &self.stats
+    }
+
+    /// Requests in flight now.
+    #[must_use]
+    pub fn inflight(&self) -> usize {
+        self.stats.inflight()
+    }
+
+    /// The most requests ever in flight at once since the last reset.
+    #[must_use]
+    pub fn max_inflight(&self) -> usize {
+        self.stats.max_inflight()
+    }
+
+    /// Requests received since the last reset.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.stats.total()
+    }
+
+    /// The most requests of `tenant` (its `x-tenant-id`; "" for none) in flight at once.
+    #[must_use]
+    pub fn max_inflight_of(&self, tenant: &str) -> usize {
+        self.stats.tenant(tenant).max_inflight
+    }
+
+    /// Requests of `tenant` in flight now.
+    #[must_use]
+    pub fn inflight_of(&self, tenant: &str) -> usize {
+        self.stats.tenant(tenant).inflight
+    }
+
+    /// Requests of `tenant` received since the last reset.
+    #[must_use]
+    pub fn total_of(&self, tenant: &str) -> u64 {
+        self.stats.tenant(tenant).total
+    }
+
+    /// See [`UpstreamStats::reset`].
+    pub fn reset_stats(&self) {
+        self.stats.reset();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Tests of the harness itself against a bare Envoy (no wasm filter): it starts, proxies,
+//! shows concurrency, upstream resets and timeouts as Envoy reports them, and stops.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use wipgate_e2e::{
+    abort_mid_flight, burst, envoy_present, open_loop, start_expect_refused, wait_until,
+    wait_until_async, Envoy, EnvoyConfig, RequestSpec, Summary, Upstream, UpstreamOptions,
+};
+
+/// Envoy through the whole test, upstream started first.
+fn bare(upstream: &Upstream) -> Envoy {
+    Envoy::start(&EnvoyConfig::new(upstream.addr())).expect("start a bare Envoy")
+}
+
+fn envoy_or_skip(test: &str) -> bool {
+    envoy_present(test).expect("WIPGATE_ENVOY names a missing file")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_one_request_and_counts_it() {
+    if !envoy_or_skip("proxies_one_request_and_counts_it") {
+        return;
+    }
+    let upstream = Upstream::start_default().unwrap();
+    let envoy = bare(&upstream);
+    let out = burst(envoy.listener_addr(), 1, RequestSpec::get("/hello")).await;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].status, Some(200), "{:?}", out[0]);
+    assert_eq!(out[0].body_text(), "ok\n");
+    assert_eq!(out[0].header("x-upstream"), Some("wipgate-upstream"));
+    assert_eq!(upstream.total(), 1);
+    wait_until(Duration::from_secs(5), "Envoy to count the request", || {
+        envoy.stat("cluster.upstream.upstream_rq_total") == Some(1)
+    })
+    .unwrap();
+    let stats = envoy.stats().unwrap();
+    assert_eq!(stats.get("http.ingress.downstream_rq_2xx"), Some(&1));
+    assert!(envoy
+        .prometheus()
+        .unwrap()
+        .contains("envoy_cluster_upstream_rq_total"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_slow_requests_is_all_in_flight_at_the_upstream() {
+    if !envoy_or_skip("a_burst_of_slow_requests_is_all_in_flight_at_the_upstream") {
+        return;
+    }
+    let upstream = Upstream::start_default().unwrap();
+    let envoy = bare(&upstream);
+    let spec = RequestSpec::get("/slow").delay_ms(200).tenant("acme");
+    let out = burst(envoy.listener_addr(), 20, spec).await;
+    let summary = Summary::of(&out);
+    assert_eq!(summary.status(200), 20, "{summary}");
+    assert_eq!(upstream.max_inflight(), 20);
+    assert_eq!(upstream.max_inflight_of("acme"), 20);
+    assert_eq!(upstream.total(), 20);
+    assert!(summary.p50 >= Duration::from_millis(200), "{summary}");
+    wait_until_async(Duration::from_secs(5), "upstream to drain", || {
+        upstream.inflight() == 0
+    })
+    .await
+    .unwrap();
+    upstream.reset_stats();
+    assert_eq!((upstream.max_inflight(), upstream.total()), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_reset_is_a_503_from_envoy() {
+    if !envoy_or_skip("an_upstream_reset_is_a_503_from_envoy") {
+        return;
+    }
+    let upstream = Upstream::start_default().unwrap();
+    let envoy = bare(&upstream);
+    let out = burst(
+        envoy.listener_addr(),
+        1,
+        RequestSpec::get("/").delay_ms(20).reset(),
+    )
+    .await;
+    assert_eq!(out[0].status, Some(503), "{:?}", out[0]);
+    assert!(
+        out[0].body_text().contains("reset"),
+        "{}",
+        out[0].body_text()
+    );
+    assert_eq!(upstream.stats().resets(), 1);
+    assert_eq!(upstream.inflight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_timeout_is_a_504_and_the_upstream_sees_the_request_end() {
+    if !envoy_or_skip("the_route_timeout_is_a_504_and_the_upstream_sees_the_request_end") {
+        return;
+    }
+    let upstream = Upstream::start_default().unwrap();
+    let mut cfg = EnvoyConfig::new(upstream.addr());
+    cfg.route_timeout = Duration::from_millis(300);
+    let envoy = Envoy::start(&cfg).unwrap();
+    let out = burst(
+        envoy.listener_addr(),
+        1,
+        RequestSpec::get("/").delay_ms(5_000),
+    )
+    .await;
+    assert_eq!(out[0].status, Some(504), "{:?}", out[0]);
+    assert!(
+        out[0].latency < Duration::from_secs(3),
+        "{:?}",
+        out[0].latency
+    );
+    // Envoy resets the upstream request at the timeout: the guard counts it out.
+    wait_until_async(
+        Duration::from_secs(5),
+        "the upstream request to end",
+        || upstream.inflight() == 0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(envoy.stat("cluster.upstream.upstream_rq_timeout"), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_abort_ends_the_upstream_request() {
+    if !envoy_or_skip("a_client_abort_ends_the_upstream_request") {
+        return;
+    }
+    let upstream = Upstream::start_default().unwrap();
+    let envoy = bare(&upstream);
+    let spec = RequestSpec::get("/").delay_ms(10_000);
+    abort_mid_flight(envoy.listener_addr(), &spec, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(upstream.total(), 1);
+    wait_until_async(
+        Duration::from_secs(5),
+        "the aborted request to end upstream",
+        || upstream.inflight() == 0,
+    )
+    .await
+    .unwrap();
+}
+
+#[test]
+fn two_envoys_run_at_once_and_stop_ends_the_process() {
+    if !envoy_or_skip("two_envoys_run_at_once_and_stop_ends_the_process") {
+        return;
+    }
+    let upstream = Upstream::start_default().unwrap();
+    let mut a = bare(&upstream);
+    let mut b = bare(&upstream);
+    assert_ne!(a.listener_addr(), b.listener_addr());
+    assert!(a.is_running() && b.is_running());
+    let pid = a.pid();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    a.stop().unwrap();
+    assert!(!a.is_running());
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "pid {pid} is still there after stop()"
+    );
+    a.stop().unwrap();
+    assert!(b.log().contains("starting main dispatch loop"));
+    b.stop().unwrap();
+}
+
+#[test]
+fn a_missing_wasm_is_refused_with_a_log_naming_it() {
+    if !envoy_or_skip("a_missing_wasm_is_refused_with_a_log_naming_it") {
+        return;
+    }
+    let upstream = Upstream::start_default().unwrap();
+    let mut cfg = EnvoyConfig::new(upstream.addr()).with_filter(r#"{"max_inflight": 10}"#);
+    cfg.wasm_path = "/nonexistent/wipgate_filter.wasm".into();
+    let log = start_expect_refused(&cfg, Duration::from_secs(30)).unwrap();
+    assert!(log.contains("/nonexistent/wipgate_filter.wasm"), "{log}");
+    let err = Envoy::start(&cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("exited") && err.contains("make filter"),
+        "{err}"
+    );
+}
+
+#[test]
+fn start_expect_refused_fails_for_a_config_envoy_accepts() {
+    if !envoy_or_skip("start_expect_refused_fails_for_a_config_envoy_accepts") {
+        return;
+    }
+    let upstream = Upstream::start_default().unwrap();
+    let err = start_expect_refused(&EnvoyConfig::new(upstream.addr()), Duration::from_secs(30))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("accepted"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_keeps_its_rate_and_counts_queueing_from_the_due_time() {
+    // No Envoy: the upstream alone, with room for one request at a time and 50 ms each,
+    // serves 20/s; 40/s for half a second must queue, and latencies show it.
+    let upstream = Upstream::start(UpstreamOptions {
+        capacity: Some(1),
+        service_time: Duration::from_millis(50),
+        ..UpstreamOptions::default()
+    })
+    .unwrap();
+    let out = open_loop(upstream.addr(), 40.0, Duration::from_millis(500), |i| {
+        RequestSpec::get("/").tenant(if i % 2 == 0 { "even" } else { "odd" })
+    })
+    .await;
+    let summary = Summary::of(&out);
+    assert_eq!(summary.status(200), 20, "{summary}");
+    // Arrivals every 25 ms, departures every 50 ms: at the last arrival (475 ms) 9 are
+    // done and 11 in flight (one either way for scheduling jitter).
+    let max = upstream.max_inflight();
+    assert!((10..=12).contains(&max), "max in flight {max}");
+    assert_eq!(upstream.total_of("even"), 10);
+    // Request i is due at 25i ms and done at 50(i+1) ms: latency 50 + 25i ms, so the
+    // median is about 275 ms and the last about 525 ms, far above the 50 ms service time.
+    assert!(summary.max >= Duration::from_millis(450), "{summary}");
+    assert!(summary.p50 >= Duration::from_millis(200), "{summary}");
+    assert!(out.iter().all(|o| o.tenant.is_some()));
+}
