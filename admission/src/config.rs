@@ -188,6 +188,9 @@ fn serde_error(path: String, message: String) -> ConfigError {
         .iter()
         .find_map(|prefix| message.strip_prefix(prefix))
         .and_then(|rest| rest.split('`').next());
+    // serde_path_to_error says "." for the document and "?" where parsing stopped before a
+    // field was known (truncated or malformed JSON).
+    let path = if path == "?" { ".".to_owned() } else { path };
     let field = match (named, path.as_str()) {
         (Some(key), ".") => key.to_owned(),
         (Some(key), path) if path == key || path.ends_with(&format!(".{key}")) => path.to_owned(),
@@ -448,6 +451,7 @@ mod tests {
             ),
             (r#"{"max_inflight": 5} trailing"#, "(top level)"),
             ("not json", "(top level)"),
+            (r#"{"max_inflight": 10,"#, "(top level)"),
         ];
         for (json, field) in cases {
             assert_eq!(field_of(json), field, "config {json}");

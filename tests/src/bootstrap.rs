@@ -104,6 +104,7 @@ fn listener(cfg: &EnvoyConfig) -> Value {
     if let Some(configuration) = &cfg.filter_config {
         http_filters.push(wasm_filter(cfg, configuration));
     }
+    http_filters.extend(cfg.filters_after.iter().cloned());
     http_filters.push(json!({
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}

@@ -86,6 +86,9 @@ pub struct EnvoyConfig {
     pub concurrency: u32,
     /// Raw cluster entries (YAML or JSON text, one cluster each) added beside `upstream`.
     pub extra_clusters: Vec<String>,
+    /// HTTP filters (JSON) placed after wipgate and before the router, e.g. a fault filter
+    /// that answers with a local reply after wipgate admitted the request.
+    pub filters_after: Vec<serde_json::Value>,
     /// The wasm `vm_id` (default `wipgate`).
     pub vm_id: String,
     /// Envoy's log level (default `info`).
@@ -103,6 +106,7 @@ impl EnvoyConfig {
             route_timeout: Duration::from_secs(15),
             concurrency: 2,
             extra_clusters: Vec::new(),
+            filters_after: Vec::new(),
             vm_id: "wipgate".to_owned(),
             log_level: "info".to_owned(),
         }

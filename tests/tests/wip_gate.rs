@@ -1,0 +1,217 @@
+//! The Envoy-wide WIP gate in a real Envoy (`--concurrency 2`, V8): the limit holds across
+//! worker threads, rejections are the contract's, and every admitted request gives its slot
+//! back however its stream ends.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use serde_json::json;
+use wipgate_e2e::{
+    abort_mid_flight, burst, burst_with, envoy_present, wait_until, Envoy, EnvoyConfig, Outcome,
+    RequestSpec, Summary, Upstream,
+};
+
+const DEADLINE: Duration = Duration::from_secs(15);
+
+fn envoy_or_skip(test: &str) -> bool {
+    envoy_present(test).expect("WIPGATE_ENVOY names a missing file")
+}
+
+fn gate_config(max_inflight: u32) -> String {
+    json!({"max_inflight": max_inflight, "retry_after_s": 2}).to_string()
+}
+
+fn start(upstream: &Upstream, max_inflight: u32) -> Envoy {
+    let cfg = EnvoyConfig::new(upstream.addr()).with_filter(gate_config(max_inflight));
+    Envoy::start(&cfg).expect("start Envoy with wipgate")
+}
+
+/// Asserts one rejection is exactly the contract's `503 wip_limit`.
+fn assert_wip_limit_rejection(out: &Outcome, tenant: &str) {
+    assert_eq!(out.status, Some(503), "{out:?}");
+    assert_eq!(out.reason(), Some("wip_limit"), "{out:?}");
+    assert_eq!(out.header("retry-after"), Some("2"), "{out:?}");
+    assert_eq!(out.header("content-type"), Some("application/json"), "{out:?}");
+    assert_eq!(
+        out.body_json().unwrap(),
+        json!({"error": "overloaded", "reason": "wip_limit", "tenant": tenant, "retry_after_s": 2})
+    );
+}
+
+/// Waits until the filter's in-flight gauge and the upstream are both back at zero.
+fn wait_drained(envoy: &Envoy, upstream: &Upstream) {
+    wait_until(DEADLINE, "in-flight stat and upstream back at 0", || {
+        envoy.wasm_stat("wipgate.rq_inflight") == Some(0) && upstream.inflight() == 0
+    })
+    .unwrap();
+}
+
+/// After whatever came before, `max_inflight` slow requests at once are all admitted:
+/// no slot leaked.
+async fn assert_all_slots_free(envoy: &Envoy, upstream: &Upstream, max_inflight: usize) {
+    wait_drained(envoy, upstream);
+    upstream.reset_stats();
+    // Slow enough to be all in flight at once, quicker than any route timeout used here.
+    let spec = RequestSpec::get("/again").delay_ms(150);
+    let out = burst(envoy.listener_addr(), max_inflight, spec).await;
+    let summary = Summary::of(&out);
+    assert_eq!(summary.status(200), max_inflight, "slots leaked: {summary}");
+    assert_eq!(upstream.max_inflight(), max_inflight);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_times_the_limit_never_exceeds_it_at_the_upstream() {
+    if !envoy_or_skip("ten_times_the_limit_never_exceeds_it_at_the_upstream") {
+        return;
+    }
+    let upstream = Upstream::start_default().unwrap();
+    let envoy = start(&upstream, 10);
+    let spec = |i: usize| {
+        let spec = RequestSpec::get("/work").delay_ms(500);
+        if i % 2 == 0 {
+            spec.tenant("acme")
+        } else {
+            spec.header("x-tenant-id", "not a tenant!")
+        }
+    };
+    let out = burst_with(envoy.listener_addr(), 100, spec).await;
+    let summary = Summary::of(&out);
+    eprintln!("10x burst: {summary}; upstream max in-flight {}", upstream.max_inflight());
+
+    assert_eq!(summary.count, 100);
+    assert!(upstream.max_inflight() <= 10, "upstream saw {}", upstream.max_inflight());
+    assert_eq!(upstream.max_inflight(), 10, "the limit was not used: {summary}");
+    let admitted = summary.status(200);
+    let rejected: Vec<&Outcome> = out.iter().filter(|o| o.status != Some(200)).collect();
+    assert_eq!(admitted + rejected.len(), 100);
+    assert!(rejected.len() >= 80, "{summary}");
+    for o in &rejected {
+        // A malformed tenant header falls back to the default tenant.
+        let tenant = if o.tenant.as_deref() == Some("acme") { "acme" } else { "default" };
+        assert_wip_limit_rejection(o, tenant);
+    }
+    // Rejected requests never reach the upstream.
+    assert_eq!(upstream.total(), admitted as u64);
+
+    wait_drained(&envoy, &upstream);
+    assert_eq!(envoy.wasm_stat("wipgate.rq_admitted"), Some(admitted as u64));
+    assert_eq!(
+        envoy.wasm_stat("wipgate.rq_rejected.reason.wip_limit"),
+        Some(rejected.len() as u64)
+    );
+    assert_eq!(envoy.wasm_stat("wipgate.inflight_limit"), Some(10));
+    let prom = envoy.prometheus().unwrap();
+    assert!(
+        prom.contains(&format!("wipgate_rq_rejected{{reason=\"wip_limit\"}} {}", rejected.len())),
+        "{prom}"
+    );
+    assert!(prom.contains("wipgate_rq_inflight{} 0"), "{prom}");
+    assert_all_slots_free(&envoy, &upstream, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_aborts_release_their_slots() {
+    if !envoy_or_skip("client_aborts_release_their_slots") {
+        return;
+    }
+    const LIMIT: usize = 20;
+    let upstream = Upstream::start_default().unwrap();
+    let envoy = start(&upstream, LIMIT as u32);
+    let addr = envoy.listener_addr();
+    // 1,000 requests in waves of 40 at once; every third one is aborted by the client
+    // while the upstream still holds it (it answers after 200 ms, the client leaves at 50).
+    let mut outcomes = Vec::new();
+    let mut aborted = 0;
+    for wave in 0..25 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..40 {
+            let n = wave * 40 + i;
+            if n % 3 == 0 {
+                aborted += 1;
+                let spec = RequestSpec::get("/abort").delay_ms(200);
+                tasks.spawn(async move {
+                    abort_mid_flight(addr, &spec, Duration::from_millis(50)).await.unwrap();
+                    None
+                });
+            } else {
+                let spec = RequestSpec::get("/ok").delay_ms(20);
+                tasks.spawn(async move {
+                    Some(wipgate_e2e::load::send(addr, &spec, std::time::Instant::now(), DEADLINE).await)
+                });
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            outcomes.extend(done.unwrap());
+        }
+    }
+    let summary = Summary::of(&outcomes);
+    eprintln!("aborts: {aborted} aborted, others {summary}; upstream max {}", upstream.max_inflight());
+    assert_eq!(aborted, 334);
+    assert!(upstream.max_inflight() <= LIMIT);
+    assert_eq!(summary.status(200) + summary.status(503), outcomes.len(), "{summary}");
+    // Aborted requests were admitted too: the admitted count covers more than the 200s.
+    wait_drained(&envoy, &upstream);
+    let admitted = envoy.wasm_stat("wipgate.rq_admitted").unwrap();
+    assert!(admitted > summary.status(200) as u64, "no aborted request was admitted");
+    assert_eq!(upstream.total(), admitted, "admitted requests all reached the upstream");
+    assert_all_slots_free(&envoy, &upstream, LIMIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_resets_timeouts_and_later_local_replies_release_their_slots() {
+    if !envoy_or_skip("upstream_resets_timeouts_and_later_local_replies_release_their_slots") {
+        return;
+    }
+    const LIMIT: usize = 8;
+    let upstream = Upstream::start_default().unwrap();
+    let mut cfg = EnvoyConfig::new(upstream.addr()).with_filter(gate_config(LIMIT as u32));
+    cfg.route_timeout = Duration::from_millis(300);
+    // A later filter that answers with a local reply after wipgate admitted the request.
+    cfg.filters_after.push(json!({
+        "name": "envoy.filters.http.fault",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+            "abort": {"header_abort": {}, "percentage": {"numerator": 100}}
+        }
+    }));
+    let envoy = Envoy::start(&cfg).unwrap();
+    let kinds = |i: usize| match i % 3 {
+        0 => RequestSpec::get("/reset").delay_ms(50).reset(),
+        1 => RequestSpec::get("/timeout").delay_ms(2_000),
+        _ => RequestSpec::get("/fault").header("x-envoy-fault-abort-request", "418"),
+    };
+    let mut all = Vec::new();
+    for _ in 0..5 {
+        all.extend(burst_with(envoy.listener_addr(), 3 * LIMIT, kinds).await);
+    }
+    let summary = Summary::of(&all);
+    eprintln!("resets, timeouts, local replies: {summary}");
+    // Resets come back as Envoy's 503 (no x-wipgate-reason), timeouts as 504, the fault
+    // filter's local reply as 418; the rest are wipgate's own 503s.
+    assert!(all.iter().any(|o| o.status == Some(503) && o.reason().is_none()), "{summary}");
+    assert!(summary.status(504) > 0, "{summary}");
+    assert!(summary.status(418) > 0, "{summary}");
+    assert!(upstream.max_inflight() <= LIMIT);
+    wait_drained(&envoy, &upstream);
+    assert_eq!(envoy.stat("cluster.upstream.upstream_rq_timeout"), Some(summary.status(504) as u64));
+    assert_all_slots_free(&envoy, &upstream, LIMIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_is_envoy_wide_not_per_worker() {
+    if !envoy_or_skip("the_limit_is_envoy_wide_not_per_worker") {
+        return;
+    }
+    // With 4 workers a per-worker limit of 3 would let up to 12 through.
+    let upstream = Upstream::start_default().unwrap();
+    let mut cfg = EnvoyConfig::new(upstream.addr()).with_filter(gate_config(3));
+    cfg.concurrency = 4;
+    let envoy = Envoy::start(&cfg).unwrap();
+    for _ in 0..3 {
+        let out = burst(envoy.listener_addr(), 60, RequestSpec::get("/w").delay_ms(300)).await;
+        let summary = Summary::of(&out);
+        assert!(summary.status(200) >= 3, "{summary}");
+    }
+    assert_eq!(upstream.max_inflight(), 3, "upstream max in-flight with 4 workers");
+    assert_all_slots_free(&envoy, &upstream, 3).await;
+}
