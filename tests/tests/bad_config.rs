@@ -14,10 +14,22 @@ const BAD: [(&str, &str); 9] = [
         r#"{"max_inflight": 10, "tenants": {"a": {"reserved": 6, "max": 8}, "b": {"reserved": 6}}}"#,
         "tenants",
     ),
-    (r#"{"max_inflight": 10, "tenants": {"a": {"reserved": 5, "max": 2}}}"#, "tenants.a.max"),
-    (r#"{"max_inflight": 10, "classes": {"batch": {"max": 5}}, "default_class": "gold"}"#, "default_class"),
-    (r#"{"max_inflight": 10, "control": {"cluster": "c", "timeout_ms": 5000}}"#, "control.timeout_ms"),
-    (r#"{"max_inflight": 10, "retry_after_s": 0}"#, "retry_after_s"),
+    (
+        r#"{"max_inflight": 10, "tenants": {"a": {"reserved": 5, "max": 2}}}"#,
+        "tenants.a.max",
+    ),
+    (
+        r#"{"max_inflight": 10, "classes": {"batch": {"max": 5}}, "default_class": "gold"}"#,
+        "default_class",
+    ),
+    (
+        r#"{"max_inflight": 10, "control": {"cluster": "c", "timeout_ms": 5000}}"#,
+        "control.timeout_ms",
+    ),
+    (
+        r#"{"max_inflight": 10, "retry_after_s": 0}"#,
+        "retry_after_s",
+    ),
     (r#"{"max_inflight": 10,"#, "(top level)"),
 ];
 
@@ -32,7 +44,10 @@ fn bad_configurations_are_refused_naming_the_field() {
         let log = start_expect_refused(&cfg, Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("{config} was not refused: {e:#}"));
         let line = format!("invalid plugin configuration: field `{field}`");
-        assert!(log.contains(&line), "log for {config} lacks `{line}`:\n{log}");
+        assert!(
+            log.contains(&line),
+            "log for {config} lacks `{line}`:\n{log}"
+        );
         assert_eq!(upstream.total(), 0);
     }
 }
@@ -45,5 +60,8 @@ fn an_empty_configuration_is_refused() {
     let upstream = Upstream::start_default().unwrap();
     let cfg = EnvoyConfig::new(upstream.addr()).with_filter("");
     let log = start_expect_refused(&cfg, Duration::from_secs(30)).unwrap();
-    assert!(log.contains("field `max_inflight`: the plugin configuration is empty"), "{log}");
+    assert!(
+        log.contains("field `max_inflight`: the plugin configuration is empty"),
+        "{log}"
+    );
 }

@@ -31,7 +31,11 @@ fn assert_wip_limit_rejection(out: &Outcome, tenant: &str) {
     assert_eq!(out.status, Some(503), "{out:?}");
     assert_eq!(out.reason(), Some("wip_limit"), "{out:?}");
     assert_eq!(out.header("retry-after"), Some("2"), "{out:?}");
-    assert_eq!(out.header("content-type"), Some("application/json"), "{out:?}");
+    assert_eq!(
+        out.header("content-type"),
+        Some("application/json"),
+        "{out:?}"
+    );
     assert_eq!(
         out.body_json().unwrap(),
         json!({"error": "overloaded", "reason": "wip_limit", "tenant": tenant, "retry_after_s": 2})
@@ -76,25 +80,43 @@ async fn ten_times_the_limit_never_exceeds_it_at_the_upstream() {
     };
     let out = burst_with(envoy.listener_addr(), 100, spec).await;
     let summary = Summary::of(&out);
-    eprintln!("10x burst: {summary}; upstream max in-flight {}", upstream.max_inflight());
+    eprintln!(
+        "10x burst: {summary}; upstream max in-flight {}",
+        upstream.max_inflight()
+    );
 
     assert_eq!(summary.count, 100);
-    assert!(upstream.max_inflight() <= 10, "upstream saw {}", upstream.max_inflight());
-    assert_eq!(upstream.max_inflight(), 10, "the limit was not used: {summary}");
+    assert!(
+        upstream.max_inflight() <= 10,
+        "upstream saw {}",
+        upstream.max_inflight()
+    );
+    assert_eq!(
+        upstream.max_inflight(),
+        10,
+        "the limit was not used: {summary}"
+    );
     let admitted = summary.status(200);
     let rejected: Vec<&Outcome> = out.iter().filter(|o| o.status != Some(200)).collect();
     assert_eq!(admitted + rejected.len(), 100);
     assert!(rejected.len() >= 80, "{summary}");
     for o in &rejected {
         // A malformed tenant header falls back to the default tenant.
-        let tenant = if o.tenant.as_deref() == Some("acme") { "acme" } else { "default" };
+        let tenant = if o.tenant.as_deref() == Some("acme") {
+            "acme"
+        } else {
+            "default"
+        };
         assert_wip_limit_rejection(o, tenant);
     }
     // Rejected requests never reach the upstream.
     assert_eq!(upstream.total(), admitted as u64);
 
     wait_drained(&envoy, &upstream);
-    assert_eq!(envoy.wasm_stat("wipgate.rq_admitted"), Some(admitted as u64));
+    assert_eq!(
+        envoy.wasm_stat("wipgate.rq_admitted"),
+        Some(admitted as u64)
+    );
     assert_eq!(
         envoy.wasm_stat("wipgate.rq_rejected.reason.wip_limit"),
         Some(rejected.len() as u64)
@@ -102,7 +124,10 @@ async fn ten_times_the_limit_never_exceeds_it_at_the_upstream() {
     assert_eq!(envoy.wasm_stat("wipgate.inflight_limit"), Some(10));
     let prom = envoy.prometheus().unwrap();
     assert!(
-        prom.contains(&format!("wipgate_rq_rejected{{reason=\"wip_limit\"}} {}", rejected.len())),
+        prom.contains(&format!(
+            "wipgate_rq_rejected{{reason=\"wip_limit\"}} {}",
+            rejected.len()
+        )),
         "{prom}"
     );
     assert!(prom.contains("wipgate_rq_inflight{} 0"), "{prom}");
@@ -130,13 +155,18 @@ async fn client_aborts_release_their_slots() {
                 aborted += 1;
                 let spec = RequestSpec::get("/abort").delay_ms(200);
                 tasks.spawn(async move {
-                    abort_mid_flight(addr, &spec, Duration::from_millis(50)).await.unwrap();
+                    abort_mid_flight(addr, &spec, Duration::from_millis(50))
+                        .await
+                        .unwrap();
                     None
                 });
             } else {
                 let spec = RequestSpec::get("/ok").delay_ms(20);
                 tasks.spawn(async move {
-                    Some(wipgate_e2e::load::send(addr, &spec, std::time::Instant::now(), DEADLINE).await)
+                    Some(
+                        wipgate_e2e::load::send(addr, &spec, std::time::Instant::now(), DEADLINE)
+                            .await,
+                    )
                 });
             }
         }
@@ -145,15 +175,29 @@ async fn client_aborts_release_their_slots() {
         }
     }
     let summary = Summary::of(&outcomes);
-    eprintln!("aborts: {aborted} aborted, others {summary}; upstream max {}", upstream.max_inflight());
+    eprintln!(
+        "aborts: {aborted} aborted, others {summary}; upstream max {}",
+        upstream.max_inflight()
+    );
     assert_eq!(aborted, 334);
     assert!(upstream.max_inflight() <= LIMIT);
-    assert_eq!(summary.status(200) + summary.status(503), outcomes.len(), "{summary}");
+    assert_eq!(
+        summary.status(200) + summary.status(503),
+        outcomes.len(),
+        "{summary}"
+    );
     // Aborted requests were admitted too: the admitted count covers more than the 200s.
     wait_drained(&envoy, &upstream);
     let admitted = envoy.wasm_stat("wipgate.rq_admitted").unwrap();
-    assert!(admitted > summary.status(200) as u64, "no aborted request was admitted");
-    assert_eq!(upstream.total(), admitted, "admitted requests all reached the upstream");
+    assert!(
+        admitted > summary.status(200) as u64,
+        "no aborted request was admitted"
+    );
+    assert_eq!(
+        upstream.total(),
+        admitted,
+        "admitted requests all reached the upstream"
+    );
     assert_all_slots_free(&envoy, &upstream, LIMIT).await;
 }
 
@@ -188,12 +232,19 @@ async fn upstream_resets_timeouts_and_later_local_replies_release_their_slots() 
     eprintln!("resets, timeouts, local replies: {summary}");
     // Resets come back as Envoy's 503 (no x-wipgate-reason), timeouts as 504, the fault
     // filter's local reply as 418; the rest are wipgate's own 503s.
-    assert!(all.iter().any(|o| o.status == Some(503) && o.reason().is_none()), "{summary}");
+    assert!(
+        all.iter()
+            .any(|o| o.status == Some(503) && o.reason().is_none()),
+        "{summary}"
+    );
     assert!(summary.status(504) > 0, "{summary}");
     assert!(summary.status(418) > 0, "{summary}");
     assert!(upstream.max_inflight() <= LIMIT);
     wait_drained(&envoy, &upstream);
-    assert_eq!(envoy.stat("cluster.upstream.upstream_rq_timeout"), Some(summary.status(504) as u64));
+    assert_eq!(
+        envoy.stat("cluster.upstream.upstream_rq_timeout"),
+        Some(summary.status(504) as u64)
+    );
     assert_all_slots_free(&envoy, &upstream, LIMIT).await;
 }
 
@@ -208,10 +259,19 @@ async fn the_limit_is_envoy_wide_not_per_worker() {
     cfg.concurrency = 4;
     let envoy = Envoy::start(&cfg).unwrap();
     for _ in 0..3 {
-        let out = burst(envoy.listener_addr(), 60, RequestSpec::get("/w").delay_ms(300)).await;
+        let out = burst(
+            envoy.listener_addr(),
+            60,
+            RequestSpec::get("/w").delay_ms(300),
+        )
+        .await;
         let summary = Summary::of(&out);
         assert!(summary.status(200) >= 3, "{summary}");
     }
-    assert_eq!(upstream.max_inflight(), 3, "upstream max in-flight with 4 workers");
+    assert_eq!(
+        upstream.max_inflight(),
+        3,
+        "upstream max in-flight with 4 workers"
+    );
     assert_all_slots_free(&envoy, &upstream, 3).await;
 }
