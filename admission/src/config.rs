@@ -128,15 +128,15 @@ pub struct GateConfig {
     pub tenant_header: String,
     /// Tenant of requests without a well-formed tenant header.
     pub default_tenant: TenantName,
-    /// Distinct tenants tracked at once (bulkheads: not yet enforced).
+    /// Unlisted tenants counted apart at once; newcomers beyond share one count.
     pub max_tenants: u32,
-    /// Per-tenant bulkheads; `*` is the template for unlisted tenants (not yet enforced).
+    /// Per-tenant bulkheads; `*` is the template for unlisted tenants.
     pub tenants: BTreeMap<String, Bulkhead>,
     /// Header naming the priority class (lowercase).
     pub priority_header: String,
-    /// Class of requests without a known priority header value.
+    /// Class of requests without a known priority header value (required with classes).
     pub default_class: Option<String>,
-    /// Per-class bulkheads (not yet enforced).
+    /// Per-class bulkheads.
     pub classes: BTreeMap<String, Bulkhead>,
     /// `retry-after` seconds on rejections.
     pub retry_after_s: u32,
@@ -167,12 +167,6 @@ impl GateConfig {
         let mut keys = Vec::new();
         if self.min_inflight.is_some() {
             keys.push("min_inflight");
-        }
-        if !self.tenants.is_empty() {
-            keys.push("tenants");
-        }
-        if !self.classes.is_empty() {
-            keys.push("classes");
         }
         if self.control.is_some() {
             keys.push("control");
@@ -378,10 +372,7 @@ mod tests {
             }
         );
         assert_eq!(c.control.as_ref().unwrap().timeout_ms, 250);
-        assert_eq!(
-            c.not_yet_enforced(),
-            vec!["min_inflight", "tenants", "classes", "control"]
-        );
+        assert_eq!(c.not_yet_enforced(), vec!["min_inflight", "control"]);
     }
 
     #[test]

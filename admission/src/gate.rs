@@ -9,13 +9,13 @@ use std::cell::{Cell, RefCell};
 
 use thiserror::Error;
 
-use crate::ledger::{Ledger, WorkerId};
+use crate::ledger::{Ledger, PartitionKey, WorkerId};
 use crate::shared_data::{CasError, SharedData};
 use crate::RejectReason;
 
 /// Shared-data key of the ledger. The format version is part of the name, so a filter
 /// upgrade with a new format never reads an old record (old VMs drain on the old key).
-pub const LEDGER_KEY: &str = "wipgate.ledger.v1";
+pub const LEDGER_KEY: &str = "wipgate.ledger.v2";
 
 /// Read-modify-write attempts before giving up on one change.
 pub const MAX_CAS_ATTEMPTS: u32 = 1_000;
@@ -41,6 +41,7 @@ pub enum Admission {
 #[must_use = "a permit must be released"]
 pub struct Permit {
     worker: WorkerId,
+    keys: Vec<PartitionKey>,
 }
 
 /// One worker VM's view of the gate: its ledger entry and the releases it still owes.
@@ -48,7 +49,7 @@ pub struct Permit {
 pub struct WorkerHandle {
     current: Cell<Option<WorkerId>>,
     /// Releases whose write failed; paid with the next successful write, so none is lost.
-    owed: RefCell<Vec<WorkerId>>,
+    owed: RefCell<Vec<Permit>>,
 }
 
 impl WorkerHandle {
@@ -117,34 +118,55 @@ impl Gate {
         Ok(())
     }
 
-    /// Takes a slot if in-flight stays within `limit`.
+    /// Takes a slot if `decide` allows it. `decide` looks at the ledger as it is and returns
+    /// the partitions to count the request in, or why not; it must be pure, since it runs
+    /// again whenever a concurrent write forces a retry.
     pub fn admit(
         &self,
         store: &impl SharedData,
         worker: &WorkerHandle,
-        limit: u32,
         now_ms: u64,
+        decide: impl Fn(&Ledger) -> Result<Vec<PartitionKey>, RejectReason>,
     ) -> Result<Report<Admission>, GateError> {
         let report = self.update(store, worker, now_ms, |ledger, current| {
             let id = match current.filter(|id| ledger.touch(*id, now_ms)) {
                 Some(id) => id,
                 None => ledger.register(now_ms).ok_or(GateError::Full)?,
             };
-            let admitted = ledger.acquire(id, limit, now_ms);
-            Ok((id, admitted))
+            let decision = decide(ledger);
+            if let Ok(keys) = &decision {
+                ledger.acquire(id, keys, now_ms);
+            }
+            Ok((id, decision))
         })?;
-        let (id, admitted) = report.value;
+        let (id, decision) = report.value;
         worker.current.set(Some(id));
-        let value = if admitted {
-            Admission::Admitted(Permit { worker: id })
-        } else {
-            Admission::Rejected(RejectReason::WipLimit)
+        let value = match decision {
+            Ok(keys) => Admission::Admitted(Permit { worker: id, keys }),
+            Err(reason) => Admission::Rejected(reason),
         };
         Ok(Report {
             value,
             reclaimed: report.reclaimed,
             cas_retries: report.cas_retries,
             reset_corrupt: report.reset_corrupt,
+        })
+    }
+
+    /// [`Gate::admit`] with the Envoy-wide limit as the only rule.
+    pub fn admit_within(
+        &self,
+        store: &impl SharedData,
+        worker: &WorkerHandle,
+        limit: u32,
+        now_ms: u64,
+    ) -> Result<Report<Admission>, GateError> {
+        self.admit(store, worker, now_ms, |ledger| {
+            if ledger.total() < u64::from(limit) {
+                Ok(Vec::new())
+            } else {
+                Err(RejectReason::WipLimit)
+            }
         })
     }
 
@@ -157,7 +179,7 @@ impl Gate {
         permit: Permit,
         now_ms: u64,
     ) -> Result<Report<()>, GateError> {
-        worker.owed.borrow_mut().push(permit.worker);
+        worker.owed.borrow_mut().push(permit);
         self.update(store, worker, now_ms, |_, _| Ok(()))
     }
 
@@ -201,8 +223,8 @@ impl Gate {
                 Some(Err(_)) => (Ledger::default(), true),
             };
             let reclaimed = ledger.expire(now_ms, self.lease_ms);
-            for id in worker.owed.borrow().iter() {
-                ledger.release(*id, now_ms);
+            for permit in worker.owed.borrow().iter() {
+                ledger.release(permit.worker, &permit.keys, now_ms);
             }
             let value = change(&mut ledger, worker.current.get())?;
             match store.set(&self.key, &ledger.encode(), cas) {

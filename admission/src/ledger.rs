@@ -3,7 +3,11 @@
 //!
 //! Counts are kept per worker VM rather than as one number so that the slots of a VM that
 //! dies (a trap, a reload) can be given back: a VM that has not been seen for the lease is
-//! dropped from the ledger together with everything it held.
+//! dropped from the ledger together with everything it held, its tenants' and classes'
+//! shares included. Only partitions with something in flight are stored, so the record's
+//! size follows the work in flight, never the number of tenants ever seen.
+
+use std::collections::BTreeMap;
 
 use thiserror::Error;
 
@@ -11,6 +15,38 @@ use thiserror::Error;
 /// under an entry that was later reclaimed can never release a slot of a newer entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WorkerId(pub u32);
+
+/// A tenant or a priority class, as a 64-bit hash of its name (the top bit says which), so
+/// that a ledger entry has a fixed size whatever the names are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionKey(pub u64);
+
+const CLASS_BIT: u64 = 1 << 63;
+
+impl PartitionKey {
+    /// The key of a tenant name.
+    pub fn tenant(name: &str) -> Self {
+        Self(fnv1a(name.as_bytes()) & !CLASS_BIT)
+    }
+
+    /// The key of a priority class name.
+    pub fn class(name: &str) -> Self {
+        Self(fnv1a(name.as_bytes()) | CLASS_BIT)
+    }
+
+    /// Whether this is a class's key (else a tenant's).
+    pub fn is_class(self) -> bool {
+        self.0 & CLASS_BIT != 0
+    }
+}
+
+/// FNV-1a: small, stable across builds and platforms (the ledger is shared by VMs that may
+/// run different builds during an upgrade).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
 
 /// One worker VM's share of the in-flight count.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,14 +57,35 @@ pub struct WorkerEntry {
     pub inflight: u32,
     /// Last time (ms since the epoch) this VM wrote the ledger or sent a heartbeat.
     pub last_seen_ms: u64,
+    /// This VM's in-flight per partition; only non-zero counts are kept.
+    pub parts: Vec<(PartitionKey, u32)>,
+}
+
+impl WorkerEntry {
+    fn add(&mut self, key: PartitionKey) {
+        match self.parts.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n = n.saturating_add(1),
+            None => self.parts.push((key, 1)),
+        }
+    }
+
+    fn remove(&mut self, key: PartitionKey) {
+        if let Some(i) = self.parts.iter().position(|(k, _)| *k == key) {
+            self.parts[i].1 = self.parts[i].1.saturating_sub(1);
+            if self.parts[i].1 == 0 {
+                self.parts.swap_remove(i);
+            }
+        }
+    }
 }
 
 /// At most this many worker entries; bounds the record whatever happens to the VMs.
 pub const MAX_WORKERS: usize = 1024;
 
-const FORMAT_VERSION: u8 = 1;
+const FORMAT_VERSION: u8 = 2;
 const HEADER_LEN: usize = 1 + 4 + 2;
-const ENTRY_LEN: usize = 4 + 4 + 8;
+const ENTRY_HEAD_LEN: usize = 4 + 4 + 8 + 2;
+const PART_LEN: usize = 8 + 4;
 
 /// The whole ledger. Invariant: entry ids are unique and all below `next_id`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,7 +100,7 @@ pub enum LedgerError {
     /// The record was written by a different format version.
     #[error("ledger format version {0} is not {FORMAT_VERSION}")]
     Version(u8),
-    /// The record's length does not match its header.
+    /// The record's length does not match its contents.
     #[error("ledger record is truncated or has trailing bytes ({0} bytes)")]
     Length(usize),
     /// Too many entries, or duplicate ids.
@@ -55,6 +112,15 @@ impl Ledger {
     /// Requests in flight through all worker VMs together.
     pub fn total(&self) -> u64 {
         self.entries.iter().map(|e| u64::from(e.inflight)).sum()
+    }
+
+    /// In-flight per partition, all worker VMs together (only non-zero counts).
+    pub fn partition_totals(&self) -> BTreeMap<PartitionKey, u64> {
+        let mut totals = BTreeMap::new();
+        for (key, n) in self.entries.iter().flat_map(|e| e.parts.iter()) {
+            *totals.entry(*key).or_insert(0) += u64::from(*n);
+        }
+        totals
     }
 
     /// The live worker entries.
@@ -73,53 +139,43 @@ impl Ledger {
             id,
             inflight: 0,
             last_seen_ms: now_ms,
+            parts: Vec::new(),
         });
         Some(id)
     }
 
-    /// The entry of `id`, if it is still in the ledger.
-    pub fn entry_mut(&mut self, id: WorkerId) -> Option<&mut WorkerEntry> {
-        self.entries.iter_mut().find(|e| e.id == id)
+    fn entry_mut(&mut self, id: WorkerId, now_ms: u64) -> Option<&mut WorkerEntry> {
+        let entry = self.entries.iter_mut().find(|e| e.id == id)?;
+        entry.last_seen_ms = entry.last_seen_ms.max(now_ms);
+        Some(entry)
     }
 
     /// Marks `id` as alive. Returns false when the entry was reclaimed.
     pub fn touch(&mut self, id: WorkerId, now_ms: u64) -> bool {
-        match self.entry_mut(id) {
-            Some(entry) => {
-                entry.last_seen_ms = entry.last_seen_ms.max(now_ms);
-                true
-            }
-            None => false,
-        }
+        self.entry_mut(id, now_ms).is_some()
     }
 
-    /// Takes one slot for `id` if the total stays within `limit`.
-    /// Returns false when the limit is full or the entry is gone.
-    pub fn acquire(&mut self, id: WorkerId, limit: u32, now_ms: u64) -> bool {
-        if self.total() >= u64::from(limit) {
+    /// Counts one more request of worker `id` in `keys`' partitions. The admission decision
+    /// is made before, on [`Ledger::total`] and [`Ledger::partition_totals`].
+    /// Returns false when the entry is gone.
+    pub fn acquire(&mut self, id: WorkerId, keys: &[PartitionKey], now_ms: u64) -> bool {
+        let Some(entry) = self.entry_mut(id, now_ms) else {
             return false;
-        }
-        match self.entry_mut(id) {
-            Some(entry) => {
-                entry.inflight = entry.inflight.saturating_add(1);
-                entry.last_seen_ms = entry.last_seen_ms.max(now_ms);
-                true
-            }
-            None => false,
-        }
+        };
+        entry.inflight = entry.inflight.saturating_add(1);
+        keys.iter().for_each(|k| entry.add(*k));
+        true
     }
 
-    /// Gives back one slot of `id`. Returns false (and changes nothing) when the entry was
-    /// reclaimed meanwhile: its slots were already given back all at once.
-    pub fn release(&mut self, id: WorkerId, now_ms: u64) -> bool {
-        match self.entry_mut(id) {
-            Some(entry) => {
-                entry.inflight = entry.inflight.saturating_sub(1);
-                entry.last_seen_ms = entry.last_seen_ms.max(now_ms);
-                true
-            }
-            None => false,
-        }
+    /// Gives back one slot of `id` and its partitions. Returns false (and changes nothing)
+    /// when the entry was reclaimed meanwhile: its slots were already given back at once.
+    pub fn release(&mut self, id: WorkerId, keys: &[PartitionKey], now_ms: u64) -> bool {
+        let Some(entry) = self.entry_mut(id, now_ms) else {
+            return false;
+        };
+        entry.inflight = entry.inflight.saturating_sub(1);
+        keys.iter().for_each(|k| entry.remove(*k));
+        true
     }
 
     /// Drops the entries not seen for `lease_ms` and returns how many slots they held.
@@ -135,48 +191,64 @@ impl Ledger {
         reclaimed
     }
 
-    /// Serialises the ledger: version, next id, entry count, then fixed-size entries (LE).
+    /// Serialises the ledger: version, next id, entry count, then each entry (id, in-flight,
+    /// last seen, partition count, partitions), all little-endian.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + ENTRY_LEN * self.entries.len());
+        let parts: usize = self.entries.iter().map(|e| e.parts.len()).sum();
+        let mut out =
+            Vec::with_capacity(HEADER_LEN + ENTRY_HEAD_LEN * self.entries.len() + PART_LEN * parts);
         out.push(FORMAT_VERSION);
         out.extend_from_slice(&self.next_id.to_le_bytes());
         // entries.len() <= MAX_WORKERS < u16::MAX, kept so by register().
-        let count = u16::try_from(self.entries.len()).unwrap_or(u16::MAX);
-        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&len_u16(self.entries.len()).to_le_bytes());
         for e in &self.entries {
             out.extend_from_slice(&e.id.0.to_le_bytes());
             out.extend_from_slice(&e.inflight.to_le_bytes());
             out.extend_from_slice(&e.last_seen_ms.to_le_bytes());
+            out.extend_from_slice(&len_u16(e.parts.len()).to_le_bytes());
+            for (key, n) in &e.parts {
+                out.extend_from_slice(&key.0.to_le_bytes());
+                out.extend_from_slice(&n.to_le_bytes());
+            }
         }
         out
     }
 
     /// Parses what [`Ledger::encode`] wrote; refuses anything else.
     pub fn decode(bytes: &[u8]) -> Result<Self, LedgerError> {
-        let (header, body) = bytes
-            .split_at_checked(HEADER_LEN)
-            .ok_or(LedgerError::Length(bytes.len()))?;
-        if header[0] != FORMAT_VERSION {
-            return Err(LedgerError::Version(header[0]));
+        let mut r = Reader { bytes, pos: 0 };
+        let version = r.u8()?;
+        if version != FORMAT_VERSION {
+            return Err(LedgerError::Version(version));
         }
-        let next_id = u32::from_le_bytes([header[1], header[2], header[3], header[4]]);
-        let count = usize::from(u16::from_le_bytes([header[5], header[6]]));
+        let next_id = r.u32()?;
+        let count = usize::from(r.u16()?);
         if count > MAX_WORKERS {
             return Err(LedgerError::Inconsistent);
         }
-        if body.len() != count * ENTRY_LEN {
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            let id = WorkerId(r.u32()?);
+            let inflight = r.u32()?;
+            let last_seen_ms = r.u64()?;
+            let nparts = usize::from(r.u16()?);
+            if nparts * PART_LEN > r.remaining() {
+                return Err(LedgerError::Length(bytes.len()));
+            }
+            let mut parts = Vec::with_capacity(nparts);
+            for _ in 0..nparts {
+                parts.push((PartitionKey(r.u64()?), r.u32()?));
+            }
+            entries.push(WorkerEntry {
+                id,
+                inflight,
+                last_seen_ms,
+                parts,
+            });
+        }
+        if r.remaining() != 0 {
             return Err(LedgerError::Length(bytes.len()));
         }
-        let entries: Vec<WorkerEntry> = body
-            .chunks_exact(ENTRY_LEN)
-            .map(|c| WorkerEntry {
-                id: WorkerId(u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-                inflight: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
-                last_seen_ms: u64::from_le_bytes([
-                    c[8], c[9], c[10], c[11], c[12], c[13], c[14], c[15],
-                ]),
-            })
-            .collect();
         let mut ids: Vec<u32> = entries.iter().map(|e| e.id.0).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -187,23 +259,76 @@ impl Ledger {
     }
 }
 
+fn len_u16(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}
+
+/// A bounds-checked little-endian cursor.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], LedgerError> {
+        let end = self
+            .pos
+            .checked_add(N)
+            .filter(|end| *end <= self.bytes.len());
+        let end = end.ok_or(LedgerError::Length(self.bytes.len()))?;
+        let mut out = [0; N];
+        out.copy_from_slice(&self.bytes[self.pos..end]);
+        self.pos = end;
+        Ok(out)
+    }
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+    fn u8(&mut self) -> Result<u8, LedgerError> {
+        Ok(self.take::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, LedgerError> {
+        self.take().map(u16::from_le_bytes)
+    }
+    fn u32(&mut self) -> Result<u32, LedgerError> {
+        self.take().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Result<u64, LedgerError> {
+        self.take().map(u64::from_le_bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn keys() -> [PartitionKey; 2] {
+        [PartitionKey::tenant("acme"), PartitionKey::class("batch")]
+    }
+
     #[test]
-    fn acquire_holds_the_limit_across_workers() {
+    fn counts_add_up_across_workers_and_partitions() {
         let mut l = Ledger::default();
         let a = l.register(0).unwrap();
         let b = l.register(0).unwrap();
-        assert!(l.acquire(a, 2, 1));
-        assert!(l.acquire(b, 2, 1));
-        assert!(!l.acquire(a, 2, 1));
-        assert!(!l.acquire(b, 2, 1));
-        assert!(l.release(a, 2));
-        assert!(l.acquire(b, 2, 2));
-        assert_eq!(l.total(), 2);
+        assert!(l.acquire(a, &keys(), 1));
+        assert!(l.acquire(b, &keys(), 1));
+        assert!(l.acquire(b, &[PartitionKey::tenant("other")], 1));
+        assert_eq!(l.total(), 3);
+        let totals = l.partition_totals();
+        assert_eq!(totals[&PartitionKey::tenant("acme")], 2);
+        assert_eq!(totals[&PartitionKey::class("batch")], 2);
+        assert!(l.release(a, &keys(), 2));
+        assert!(l.release(b, &keys(), 2));
+        assert_eq!(l.partition_totals().len(), 1, "zero counts are dropped");
+    }
+
+    #[test]
+    fn tenant_and_class_keys_never_collide() {
+        assert!(PartitionKey::class("x").is_class());
+        assert!(!PartitionKey::tenant("x").is_class());
+        assert_ne!(PartitionKey::class("x"), PartitionKey::tenant("x"));
     }
 
     #[test]
@@ -211,13 +336,14 @@ mod tests {
         let mut l = Ledger::default();
         let dead = l.register(0).unwrap();
         let live = l.register(0).unwrap();
-        assert!(l.acquire(dead, 10, 0));
-        assert!(l.acquire(dead, 10, 0));
-        assert!(l.acquire(live, 10, 9_000));
+        assert!(l.acquire(dead, &keys(), 0));
+        assert!(l.acquire(dead, &keys(), 0));
+        assert!(l.acquire(live, &keys(), 9_000));
         assert_eq!(l.expire(10_000, 10_000), 2);
         assert_eq!(l.total(), 1);
+        assert_eq!(l.partition_totals()[&PartitionKey::tenant("acme")], 1);
         assert!(
-            !l.release(dead, 10_001),
+            !l.release(dead, &keys(), 10_001),
             "a reclaimed entry releases nothing"
         );
         assert_eq!(l.total(), 1);
@@ -242,7 +368,7 @@ mod tests {
             Err(LedgerError::Version(9))
         );
         assert_eq!(
-            Ledger::decode(&[1, 0, 0, 0, 0, 1, 0]),
+            Ledger::decode(&[2, 0, 0, 0, 0, 1, 0]),
             Err(LedgerError::Length(7))
         );
         let mut dup = Ledger::default();
@@ -251,6 +377,12 @@ mod tests {
         bytes[5] = 2;
         bytes.extend_from_within(HEADER_LEN..);
         assert_eq!(Ledger::decode(&bytes), Err(LedgerError::Inconsistent));
+        let mut trailing = dup.encode();
+        trailing.push(0);
+        assert_eq!(
+            Ledger::decode(&trailing),
+            Err(LedgerError::Length(trailing.len()))
+        );
     }
 
     proptest! {
@@ -258,15 +390,26 @@ mod tests {
         fn encode_decode_round_trips(ops in proptest::collection::vec((0u8..4, 0u32..8, 0u64..100), 0..200)) {
             let mut l = Ledger::default();
             let mut ids = Vec::new();
+            let mut held: Vec<(WorkerId, PartitionKey)> = Vec::new();
             for (op, pick, t) in ops {
-                match op {
-                    0 => ids.extend(l.register(t)),
-                    1 => if let Some(id) = ids.get(pick as usize % ids.len().max(1)) { l.acquire(*id, 50, t); },
-                    2 => if let Some(id) = ids.get(pick as usize % ids.len().max(1)) { l.release(*id, t); },
+                let id = ids.get(pick as usize % ids.len().max(1)).copied();
+                match (op, id) {
+                    (0, _) => ids.extend(l.register(t)),
+                    (1, Some(id)) => {
+                        let key = PartitionKey::tenant(&format!("t{}", pick % 3));
+                        if l.acquire(id, &[key], t) {
+                            held.push((id, key));
+                        }
+                    }
+                    (2, _) if !held.is_empty() => {
+                        let (id, key) = held.swap_remove(pick as usize % held.len());
+                        l.release(id, &[key], t);
+                    }
                     _ => { l.expire(t, 30); }
                 }
-                prop_assert!(l.total() <= 50);
                 prop_assert_eq!(Ledger::decode(&l.encode()), Ok(l.clone()));
+                let parts: u64 = l.partition_totals().values().sum();
+                prop_assert_eq!(parts, l.total());
             }
         }
 

@@ -68,7 +68,7 @@ fn limit_holds_across_threads_and_counts_return_to_zero() {
                 let mut count = 0u64;
                 for i in 0..2_000u64 {
                     // Contended (every attempt lost to other writers) counts as a rejection.
-                    let Ok(report) = gate.admit(&*store, &worker, LIMIT, i) else {
+                    let Ok(report) = gate.admit_within(&*store, &worker, LIMIT, i) else {
                         continue;
                     };
                     if let Admission::Admitted(permit) = report.value {
@@ -105,13 +105,17 @@ fn dead_workers_slots_come_back_after_the_lease() {
     let gate = Gate::new("k", 1_000);
     let (dead, live) = (WorkerHandle::default(), WorkerHandle::default());
     for _ in 0..3 {
-        assert!(admitted(&gate.admit(&store, &dead, 3, 0).unwrap().value));
+        assert!(admitted(
+            &gate.admit_within(&store, &dead, 3, 0).unwrap().value
+        ));
     }
-    assert!(!admitted(&gate.admit(&store, &live, 3, 500).unwrap().value));
+    assert!(!admitted(
+        &gate.admit_within(&store, &live, 3, 500).unwrap().value
+    ));
     let beat = gate.heartbeat(&store, &live, 1_000).unwrap();
     assert_eq!((beat.reclaimed, beat.value), (3, 0));
     assert!(admitted(
-        &gate.admit(&store, &live, 3, 1_001).unwrap().value
+        &gate.admit_within(&store, &live, 3, 1_001).unwrap().value
     ));
 }
 
@@ -124,8 +128,9 @@ fn a_failed_release_is_paid_by_the_next_write() {
     let gate = Gate::default();
     let worker = WorkerHandle::default();
     // Write 0 fails (injected), write 1 admits.
-    assert!(gate.admit(&store, &worker, 1, 0).is_err());
-    let Admission::Admitted(permit) = gate.admit(&store, &worker, 1, 0).unwrap().value else {
+    assert!(gate.admit_within(&store, &worker, 1, 0).is_err());
+    let Admission::Admitted(permit) = gate.admit_within(&store, &worker, 1, 0).unwrap().value
+    else {
         panic!("first admission refused");
     };
     // Write 2 fails: the release is owed, the slot still counted.
@@ -156,7 +161,7 @@ proptest! {
             let now = t as u64;
             match op {
                 0 => {
-                    if let Ok(r) = gate.admit(&store, &workers[w], limit, now) {
+                    if let Ok(r) = gate.admit_within(&store, &workers[w], limit, now) {
                         if let Admission::Admitted(p) = r.value {
                             permits[w].push(p);
                         }

@@ -5,37 +5,33 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use wipgate_admission::{Admission, Permit, RejectReason, Rejection, TenantName};
+use wipgate_admission::{Admission, Permit, Placement, Rejection, TenantName};
 
 use crate::host::now_ms;
+use crate::metrics::StatsSlot;
 use crate::plugin::Plugin;
 
-/// Per-stream state. Invariant: `permit` is `Some` exactly while this stream holds a slot.
+/// Per-stream state. Invariant: `held` is `Some` exactly while this stream holds a slot.
 pub struct AdmissionContext {
     plugin: Rc<Plugin>,
-    permit: Option<Permit>,
+    held: Option<(Permit, StatsSlot)>,
 }
 
 impl AdmissionContext {
     pub fn new(plugin: Rc<Plugin>) -> Self {
-        Self {
-            plugin,
-            permit: None,
-        }
+        Self { plugin, held: None }
     }
 
-    fn tenant(&self) -> TenantName {
+    /// The request's tenant and class, from its headers.
+    fn placement(&self) -> Placement {
         let config = &self.plugin.config;
-        let header = self.get_http_request_header_bytes(&config.tenant_header);
-        TenantName::from_header(header.as_deref(), &config.default_tenant)
+        let tenant = self.get_http_request_header_bytes(&config.tenant_header);
+        let tenant = TenantName::from_header(tenant.as_deref(), &config.default_tenant);
+        let priority = self.get_http_request_header_bytes(&config.priority_header);
+        self.plugin.partitions.place(tenant, priority.as_deref())
     }
 
-    fn reject(&self, reason: RejectReason) {
-        let rejection = Rejection {
-            reason,
-            tenant: self.tenant(),
-            retry_after_s: self.plugin.config.retry_after_s,
-        };
+    fn reject(&self, rejection: &Rejection) {
         let headers = rejection.headers();
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.send_http_response(
@@ -48,8 +44,8 @@ impl AdmissionContext {
     /// The one release path. Every end of a stream (on_done, on_log, the context being
     /// dropped) calls it; `take()` makes the second and later calls no-ops.
     fn finish(&mut self) {
-        if let Some(permit) = self.permit.take() {
-            self.plugin.release(permit, now_ms());
+        if let Some((permit, slot)) = self.held.take() {
+            self.plugin.release(permit, slot, now_ms());
         }
     }
 }
@@ -63,17 +59,23 @@ impl Context for AdmissionContext {
 
 impl HttpContext for AdmissionContext {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.permit.is_some() {
+        if self.held.is_some() {
             // Headers seen twice on one stream (e.g. an internal redirect): keep the slot.
             return Action::Continue;
         }
-        match self.plugin.admit(now_ms()) {
+        let placement = self.placement();
+        let slot = self.plugin.stats_slot(&placement);
+        match self.plugin.admit(&placement, slot, now_ms()) {
             Admission::Admitted(permit) => {
-                self.permit = Some(permit);
+                self.held = Some((permit, slot));
                 Action::Continue
             }
             Admission::Rejected(reason) => {
-                self.reject(reason);
+                self.reject(&Rejection {
+                    reason,
+                    tenant: placement.tenant,
+                    retry_after_s: self.plugin.config.retry_after_s,
+                });
                 Action::Pause
             }
         }

@@ -6,11 +6,12 @@ use std::cell::Cell;
 
 use wipgate_admission::gate::Report;
 use wipgate_admission::{
-    Admission, Gate, GateConfig, GateError, Permit, RejectReason, WorkerHandle,
+    Admission, Gate, GateConfig, GateError, Partitions, Permit, Placement, RejectReason,
+    WorkerHandle,
 };
 
 use crate::host::HostSharedData;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StatsSlot};
 
 /// At most one log line per this many ms for repeated gate errors.
 const ERROR_LOG_INTERVAL_MS: u64 = 10_000;
@@ -18,6 +19,7 @@ const ERROR_LOG_INTERVAL_MS: u64 = 10_000;
 /// One configured plugin in one VM.
 pub struct Plugin {
     pub config: GateConfig,
+    pub partitions: Partitions,
     gate: Gate,
     worker: WorkerHandle,
     metrics: Metrics,
@@ -26,9 +28,12 @@ pub struct Plugin {
 
 impl Plugin {
     /// Sets up the gate for a validated configuration.
-    pub fn new(config: GateConfig, metrics: Metrics) -> Self {
+    pub fn new(config: GateConfig) -> Self {
+        let partitions = Partitions::new(&config);
+        let metrics = Metrics::define(&partitions);
         let plugin = Self {
             config,
+            partitions,
             gate: Gate::default(),
             worker: WorkerHandle::default(),
             metrics,
@@ -41,33 +46,41 @@ impl Plugin {
         plugin
     }
 
+    /// Where a request's stats go.
+    pub fn stats_slot(&self, placement: &Placement) -> StatsSlot {
+        StatsSlot {
+            tenant: self.partitions.tenant_index(placement),
+            class: self.partitions.class_index(placement),
+        }
+    }
+
     /// Asks the gate for a slot. A gate that cannot be read or written fails closed: the
     /// request is rejected as over the limit rather than admitted unaccounted.
-    pub fn admit(&self, now_ms: u64) -> Admission {
-        let result = self.gate.admit(
-            &HostSharedData,
-            &self.worker,
-            self.config.max_inflight,
-            now_ms,
-        );
+    pub fn admit(&self, placement: &Placement, slot: StatsSlot, now_ms: u64) -> Admission {
+        let limit = self.config.max_inflight;
+        let result = self
+            .gate
+            .admit(&HostSharedData, &self.worker, now_ms, |ledger| {
+                self.partitions.decide(ledger, limit, placement)
+            });
         let admission = self
             .account(result, now_ms)
             .unwrap_or(Admission::Rejected(RejectReason::WipLimit));
         match &admission {
-            Admission::Admitted(_) => self.metrics.admitted(),
-            Admission::Rejected(reason) => self.metrics.rejected(*reason),
+            Admission::Admitted(_) => self.metrics.admitted(slot),
+            Admission::Rejected(reason) => self.metrics.rejected(slot, *reason),
         }
         admission
     }
 
     /// Gives a slot back. If the ledger cannot be written now, the release is owed and paid
     /// by this VM's next write (the next heartbeat at the latest).
-    pub fn release(&self, permit: Permit, now_ms: u64) {
+    pub fn release(&self, permit: Permit, slot: StatsSlot, now_ms: u64) {
         let result = self
             .gate
             .release(&HostSharedData, &self.worker, permit, now_ms);
         self.account(result, now_ms);
-        self.metrics.released();
+        self.metrics.released(slot);
     }
 
     /// Periodic sign of life; reclaims the slots of dead VMs and pays owed releases.

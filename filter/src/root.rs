@@ -9,7 +9,6 @@ use wipgate_admission::GateConfig;
 
 use crate::host::now_ms;
 use crate::http::AdmissionContext;
-use crate::metrics::Metrics;
 use crate::plugin::Plugin;
 
 /// How often each VM sends a heartbeat to the shared ledger.
@@ -40,7 +39,7 @@ impl RootContext for WipgateRoot {
                 pending.join(", ")
             );
         }
-        self.plugin = Some(Rc::new(Plugin::new(config, Metrics::define())));
+        self.plugin = Some(Rc::new(Plugin::new(config)));
         self.set_tick_period(HEARTBEAT);
         true
     }

@@ -1,0 +1,424 @@
+//! Bulkheads: the per-tenant and per-class partitions of the Envoy-wide limit, and the one
+//! rule that admits a request against them.
+//!
+//! A request is admitted when (1) total in-flight stays within the limit, (2) its tenant and
+//! its class stay within their `max`, and (3) what is left after it still covers the unused
+//! reservations of the other tenants, and (separately) those of the other classes.
+//!
+//! Tenant reservations fit in the limit, and so do class reservations (validated). Rule (3)
+//! keeps "free capacity ≥ unused tenant reservations" and "free capacity ≥ unused class
+//! reservations" true at all times (a release frees one slot and restores at most one unit
+//! of each). Hence a tenant inside its own reservation is admitted whenever the limit has
+//! room, however busy the other tenants are, as long as its class may go too: a tenant's
+//! reservation does not let its batch work take the interactive classes' slice.
+//!
+//! Unlisted tenants follow the `*` template: each has `*`'s `max`; `*`'s `reserved` is held
+//! for all unlisted tenants together. At most `max_tenants` unlisted tenants are counted
+//! apart at once; newcomers beyond that share one overflow count (under `*`'s `max`), so the
+//! ledger stays bounded whatever names clients send. A tenant is forgotten as soon as it has
+//! nothing in flight.
+
+use std::collections::BTreeMap;
+
+use crate::config::WILDCARD_TENANT;
+use crate::ledger::{Ledger, PartitionKey};
+use crate::{Bulkhead, GateConfig, RejectReason, TenantName};
+
+/// A configured tenant or class.
+#[derive(Debug, Clone)]
+struct Named {
+    name: String,
+    key: PartitionKey,
+    bulkhead: Bulkhead,
+}
+
+/// The partitions of one configuration, ready for per-request use.
+#[derive(Debug, Clone)]
+pub struct Partitions {
+    tenants: Vec<Named>,
+    wildcard: Bulkhead,
+    classes: Vec<Named>,
+    default_class: Option<usize>,
+    max_tenants: usize,
+}
+
+/// Where a request belongs, before the ledger is consulted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The request's tenant (for the rejection body).
+    pub tenant: TenantName,
+    tenant_key: PartitionKey,
+    listed: Option<usize>,
+    class: Option<usize>,
+}
+
+/// The stat label of every tenant not listed in the configuration.
+pub const UNLISTED_LABEL: &str = "_unlisted";
+
+/// The count shared by unlisted tenants beyond `max_tenants`. `*` is not a valid tenant name,
+/// so no real tenant has this key.
+fn overflow_key() -> PartitionKey {
+    PartitionKey::tenant(WILDCARD_TENANT)
+}
+
+impl Partitions {
+    /// The partitions of a validated configuration.
+    pub fn new(config: &GateConfig) -> Self {
+        let named = |map: &BTreeMap<String, Bulkhead>, key: fn(&str) -> PartitionKey| {
+            map.iter()
+                .filter(|(name, _)| name.as_str() != WILDCARD_TENANT)
+                .map(|(name, b)| Named {
+                    name: name.clone(),
+                    key: key(name),
+                    bulkhead: *b,
+                })
+                .collect::<Vec<_>>()
+        };
+        let classes = named(&config.classes, PartitionKey::class);
+        let default_class = config
+            .default_class
+            .as_ref()
+            .and_then(|d| classes.iter().position(|c| &c.name == d));
+        Self {
+            tenants: named(&config.tenants, PartitionKey::tenant),
+            wildcard: config
+                .tenants
+                .get(WILDCARD_TENANT)
+                .copied()
+                .unwrap_or_default(),
+            classes,
+            default_class,
+            max_tenants: usize::try_from(config.max_tenants).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Places a request by its tenant and its priority header value (a configured class
+    /// name; anything else means the default class).
+    pub fn place(&self, tenant: TenantName, priority: Option<&[u8]>) -> Placement {
+        let listed = self.tenants.iter().position(|t| t.name == tenant.as_str());
+        let class = priority
+            .and_then(|p| self.classes.iter().position(|c| c.name.as_bytes() == p))
+            .or(self.default_class);
+        Placement {
+            tenant_key: PartitionKey::tenant(tenant.as_str()),
+            tenant,
+            listed,
+            class,
+        }
+    }
+
+    /// Stat labels of tenants: every listed name, then `_unlisted` for all others, so stat
+    /// cardinality follows the configuration, never what clients send.
+    pub fn tenant_labels(&self) -> impl Iterator<Item = &str> {
+        self.tenants
+            .iter()
+            .map(|t| t.name.as_str())
+            .chain([UNLISTED_LABEL])
+    }
+
+    /// Stat labels of classes, in configuration order.
+    pub fn class_labels(&self) -> impl Iterator<Item = &str> {
+        self.classes.iter().map(|c| c.name.as_str())
+    }
+
+    /// Index of a placement's tenant in [`Partitions::tenant_labels`].
+    pub fn tenant_index(&self, placement: &Placement) -> usize {
+        placement.listed.unwrap_or(self.tenants.len())
+    }
+
+    /// Index of a placement's class in [`Partitions::class_labels`], if classes are set.
+    pub fn class_index(&self, placement: &Placement) -> Option<usize> {
+        placement.class
+    }
+
+    /// Decides on `placement` against the ledger: the partition keys to count the request
+    /// in, or why not. Pure: called inside the ledger's compare-and-swap loop.
+    pub fn decide(
+        &self,
+        ledger: &Ledger,
+        limit: u32,
+        placement: &Placement,
+    ) -> Result<Vec<PartitionKey>, RejectReason> {
+        let total = ledger.total();
+        if total >= u64::from(limit) {
+            return Err(RejectReason::WipLimit);
+        }
+        let totals = ledger.partition_totals();
+        let count = |key: PartitionKey| totals.get(&key).copied().unwrap_or(0);
+        let is_listed = |key: &PartitionKey| self.tenants.iter().any(|t| t.key == *key);
+        let unlisted = || {
+            totals
+                .iter()
+                .filter(|(k, _)| !k.is_class() && !is_listed(k))
+        };
+
+        let (tenant_key, tenant) = match placement.listed {
+            Some(i) => (self.tenants[i].key, self.tenants[i].bulkhead),
+            None => {
+                let tracked = count(placement.tenant_key) > 0;
+                let counted_apart = unlisted().filter(|(k, _)| **k != overflow_key()).count();
+                if tracked || counted_apart < self.max_tenants {
+                    (placement.tenant_key, self.wildcard)
+                } else {
+                    (overflow_key(), self.wildcard)
+                }
+            }
+        };
+        if count(tenant_key) >= tenant.max.map_or(u64::MAX, u64::from) {
+            return Err(RejectReason::TenantLimit);
+        }
+        let class = placement.class.map(|j| &self.classes[j]);
+        if let Some(class) = class {
+            if count(class.key) >= class.bulkhead.max.map_or(u64::MAX, u64::from) {
+                return Err(RejectReason::ClassLimit);
+            }
+        }
+
+        let unused = |b: &Bulkhead, used: u64| u64::from(b.reserved).saturating_sub(used);
+        let mut other_tenants: u64 = self
+            .tenants
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != placement.listed)
+            .map(|(_, t)| unused(&t.bulkhead, count(t.key)))
+            .sum();
+        if placement.listed.is_some() {
+            other_tenants += unused(&self.wildcard, unlisted().map(|(_, n)| *n).sum());
+        }
+        let other_classes: u64 = self
+            .classes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| Some(*j) != placement.class)
+            .map(|(_, c)| unused(&c.bulkhead, count(c.key)))
+            .sum();
+        let free_after = u64::from(limit) - total - 1;
+        if free_after < other_tenants || free_after < other_classes {
+            return Err(RejectReason::WipLimit);
+        }
+        Ok(std::iter::once(tenant_key)
+            .chain(class.map(|c| c.key))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::WorkerId;
+    use proptest::prelude::*;
+
+    fn config(json: &str) -> GateConfig {
+        GateConfig::parse(json.as_bytes()).unwrap()
+    }
+
+    fn name(s: &str) -> TenantName {
+        TenantName::parse(s).unwrap()
+    }
+
+    /// Admits into a one-worker ledger; returns the keys taken.
+    fn admit(
+        p: &Partitions,
+        l: &mut Ledger,
+        w: WorkerId,
+        limit: u32,
+        tenant: &str,
+        class: Option<&str>,
+    ) -> Result<Vec<PartitionKey>, RejectReason> {
+        let placement = p.place(name(tenant), class.map(str::as_bytes));
+        let keys = p.decide(l, limit, &placement)?;
+        assert!(l.acquire(w, &keys, 0));
+        Ok(keys)
+    }
+
+    #[test]
+    fn tenant_max_gives_429_and_reservations_hold_against_a_noisy_neighbour() {
+        let c = config(
+            r#"{"max_inflight": 10, "tenants": {"a": {"reserved": 0, "max": 6}, "b": {"reserved": 3, "max": 10}}}"#,
+        );
+        let p = Partitions::new(&c);
+        let mut l = Ledger::default();
+        let w = l.register(0).unwrap();
+        for _ in 0..6 {
+            admit(&p, &mut l, w, 10, "a", None).unwrap();
+        }
+        assert_eq!(
+            admit(&p, &mut l, w, 10, "a", None),
+            Err(RejectReason::TenantLimit)
+        );
+        // Unlisted tenants may use what is left but not b's reservation: 10 - 6 - 3 = 1.
+        admit(&p, &mut l, w, 10, "zed", None).unwrap();
+        assert_eq!(
+            admit(&p, &mut l, w, 10, "zed", None),
+            Err(RejectReason::WipLimit)
+        );
+        for _ in 0..3 {
+            admit(&p, &mut l, w, 10, "b", None).unwrap();
+        }
+        assert_eq!(
+            admit(&p, &mut l, w, 10, "b", None),
+            Err(RejectReason::WipLimit)
+        );
+    }
+
+    #[test]
+    fn a_batch_flood_cannot_take_the_interactive_reservation() {
+        let c = config(
+            r#"{"max_inflight": 10, "default_class": "interactive",
+                "classes": {"interactive": {"reserved": 4}, "batch": {"max": 8}}}"#,
+        );
+        let p = Partitions::new(&c);
+        let mut l = Ledger::default();
+        let w = l.register(0).unwrap();
+        let batch = (0..20)
+            .filter(|_| admit(&p, &mut l, w, 10, "t", Some("batch")).is_ok())
+            .count();
+        assert_eq!(
+            batch, 6,
+            "batch stops where the interactive reservation starts"
+        );
+        assert_eq!(
+            admit(&p, &mut l, w, 10, "t", Some("batch")),
+            Err(RejectReason::WipLimit)
+        );
+        for _ in 0..4 {
+            admit(&p, &mut l, w, 10, "t", None).unwrap();
+        }
+        assert_eq!(
+            admit(&p, &mut l, w, 10, "t", None),
+            Err(RejectReason::WipLimit)
+        );
+    }
+
+    #[test]
+    fn class_max_gives_class_limit() {
+        let c = config(
+            r#"{"max_inflight": 10, "default_class": "i", "classes": {"i": {}, "b": {"max": 2}}}"#,
+        );
+        let p = Partitions::new(&c);
+        let mut l = Ledger::default();
+        let w = l.register(0).unwrap();
+        admit(&p, &mut l, w, 10, "t", Some("b")).unwrap();
+        admit(&p, &mut l, w, 10, "t", Some("b")).unwrap();
+        assert_eq!(
+            admit(&p, &mut l, w, 10, "t", Some("b")),
+            Err(RejectReason::ClassLimit)
+        );
+        assert!(admit(&p, &mut l, w, 10, "t", Some("unknown-goes-to-default")).is_ok());
+    }
+
+    #[test]
+    fn tenants_beyond_max_tenants_share_the_overflow_count() {
+        let c = config(r#"{"max_inflight": 100, "max_tenants": 2, "tenants": {"*": {"max": 3}}}"#);
+        let p = Partitions::new(&c);
+        let mut l = Ledger::default();
+        let w = l.register(0).unwrap();
+        admit(&p, &mut l, w, 100, "t1", None).unwrap();
+        admit(&p, &mut l, w, 100, "t2", None).unwrap();
+        let overflow: Vec<_> = (3..10)
+            .map(|i| admit(&p, &mut l, w, 100, &format!("t{i}"), None))
+            .collect();
+        assert_eq!(
+            overflow.iter().filter(|r| r.is_ok()).count(),
+            3,
+            "{overflow:?}"
+        );
+        assert!(overflow
+            .iter()
+            .all(|r| r.is_ok() || *r == Err(RejectReason::TenantLimit)));
+        assert!(l.partition_totals().len() <= 3);
+    }
+
+    /// A random configuration whose reservations fit, as validation requires; classes
+    /// (interactive with a reservation, batch with a max) are there or not.
+    fn arb_config() -> impl Strategy<Value = (u32, String)> {
+        let r = proptest::collection::vec((0u32..6, 1u32..12), 4);
+        (1u32..30, r, 1u32..4, any::<bool>()).prop_map(|(limit, r, max_tenants, classes)| {
+            let fit = |x: u32, used: u32| x.min(limit.saturating_sub(used));
+            let (ra, rb) = (fit(r[0].0, 0), fit(r[1].0, r[0].0));
+            let rw = fit(r[2].0, ra + rb);
+            let ri = fit(r[3].0, 0);
+            let classes = if classes {
+                format!(
+                    r#", "default_class": "interactive",
+                       "classes": {{"interactive": {{"reserved": {ri}}}, "batch": {{"max": {}}}}}"#,
+                    r[3].1
+                )
+            } else {
+                String::new()
+            };
+            let json = format!(
+                r#"{{"max_inflight": {limit}, "max_tenants": {max_tenants},
+                    "tenants": {{"a": {{"reserved": {ra}, "max": {}}}, "b": {{"reserved": {rb}, "max": {}}},
+                                 "*": {{"reserved": {rw}, "max": {}}}}}{classes}}}"#,
+                r[0].1.max(ra),
+                r[1].1.max(rb),
+                r[2].1.max(rw)
+            );
+            (limit, json)
+        })
+    }
+
+    proptest! {
+        /// Random admit/release interleavings never break an invariant: no max exceeded,
+        /// total within the limit, a tenant inside its unused reservation never refused while
+        /// the total has room (unless its class may not go: over the class max, or into
+        /// another class's reservation — see the module doc), counts back to zero at the end.
+        #[test]
+        fn invariants_hold((limit, json) in arb_config(),
+                           ops in proptest::collection::vec((0usize..6, any::<bool>(), any::<bool>()), 1..300)) {
+            let c = config(&json);
+            let p = Partitions::new(&c);
+            let mut l = Ledger::default();
+            let w = l.register(0).unwrap();
+            let tenants = ["a", "b", "c", "d", "e", "f"];
+            let mut held: Vec<Vec<PartitionKey>> = Vec::new();
+            let get = |l: &Ledger, k: PartitionKey| l.partition_totals().get(&k).copied().unwrap_or(0);
+            let cap = |b: &Bulkhead| u64::from(b.max.unwrap_or(u32::MAX));
+            for (t, batch, release) in ops {
+                if release && !held.is_empty() {
+                    let keys = held.swap_remove(t % held.len());
+                    prop_assert!(l.release(w, &keys, 0));
+                    continue;
+                }
+                let class = if batch { "batch" } else { "interactive" };
+                let placement = p.place(name(tenants[t]), Some(class.as_bytes()));
+                let before = l.clone();
+                let result = p.decide(&l, limit, &placement);
+                if let Ok(keys) = &result {
+                    l.acquire(w, keys, 0);
+                    held.push(keys.clone());
+                }
+                prop_assert!(l.total() <= u64::from(limit));
+                for (name, b) in c.tenants.iter().filter(|(n, _)| *n != "*") {
+                    prop_assert!(get(&l, PartitionKey::tenant(name)) <= cap(b));
+                }
+                for (name, b) in &c.classes {
+                    prop_assert!(get(&l, PartitionKey::class(name)) <= cap(b));
+                }
+                // The tenant guarantee, where the class side cannot refuse: no classes, or an
+                // interactive request inside the interactive reservation.
+                let room = before.total() < u64::from(limit);
+                let class_clear = c.classes.is_empty()
+                    || (!batch && get(&before, PartitionKey::class("interactive")) < u64::from(c.classes["interactive"].reserved));
+                let tenant_in_reservation = c.tenants.get(tenants[t]).is_some_and(|b| {
+                    get(&before, PartitionKey::tenant(tenants[t])) < u64::from(b.reserved)
+                });
+                if tenant_in_reservation && room && class_clear {
+                    prop_assert!(result.is_ok(), "tenant {} inside its reservation refused: {:?}", tenants[t], result);
+                }
+                // The class guarantee, where the tenant side cannot refuse.
+                let interactive_in_reservation = !batch && !c.classes.is_empty()
+                    && get(&before, PartitionKey::class("interactive")) < u64::from(c.classes["interactive"].reserved);
+                if interactive_in_reservation && room && tenant_in_reservation {
+                    prop_assert!(result.is_ok(), "interactive inside its reservation refused: {:?}", result);
+                }
+            }
+            for keys in held.drain(..) {
+                l.release(w, &keys, 0);
+            }
+            prop_assert_eq!(l.total(), 0);
+            prop_assert!(l.partition_totals().is_empty());
+        }
+    }
+}
