@@ -12,11 +12,19 @@ use crate::envoy::EnvoyConfig;
 /// The name of the upstream cluster every route goes to.
 pub const UPSTREAM_CLUSTER: &str = "upstream";
 
-/// Tags `wasmcustom.wipgate.rq_rejected.reason.<reason>` with `reason`: Envoy puts the
-/// `wasmcustom.` prefix in front of every stat a wasm plugin defines, and the tag regex
-/// sees that full name. The first group is cut from the tag-extracted name, the second is
-/// the tag's value, so Prometheus shows `wipgate_rq_rejected{reason="..."}`.
-pub const REASON_TAG_REGEX: &str = r"^wasmcustom\.wipgate\.rq_rejected(\.reason\.(\w+))$";
+/// Envoy tag extractors for wipgate's stats (documented in docs/metrics.md). Envoy puts the
+/// `wasmcustom.` prefix in front of every stat a wasm plugin defines, and a tag regex sees
+/// that full name; its first group is cut from the tag-extracted name, its second is the
+/// tag's value. So `wasmcustom.wipgate.tenant.acme.rq_rejected.reason.tenant_limit` becomes
+/// `wipgate_tenant_rq_rejected{reason="tenant_limit",tenant="acme"}` in Prometheus.
+pub const STATS_TAGS: [(&str, &str); 3] = [
+    (
+        "reason",
+        r"^wasmcustom\.wipgate\.(?:(?:tenant|class)\.[^.]+\.)?rq_rejected(\.reason\.(\w+))$",
+    ),
+    ("tenant", r"^wasmcustom\.wipgate\.tenant(\.([^.]+))\."),
+    ("class", r"^wasmcustom\.wipgate\.class(\.([^.]+))\."),
+];
 
 /// The bootstrap as YAML text.
 pub fn render(cfg: &EnvoyConfig) -> Result<String> {
@@ -68,7 +76,11 @@ fn admin() -> Value {
 }
 
 fn stats_config() -> Value {
-    json!({"stats_tags": [{"tag_name": "reason", "regex": REASON_TAG_REGEX}]})
+    let tags: Vec<Value> = STATS_TAGS
+        .iter()
+        .map(|(name, regex)| json!({"tag_name": name, "regex": regex}))
+        .collect();
+    json!({ "stats_tags": tags })
 }
 
 fn duration(d: std::time::Duration) -> String {

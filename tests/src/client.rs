@@ -139,25 +139,46 @@ impl Outcome {
 /// The response part of an outcome.
 type Answer = (u16, HeaderMap, Bytes);
 
-async fn exchange(addr: SocketAddr, spec: &RequestSpec) -> Result<Answer> {
+/// A fresh HTTP/1.1 connection to `addr`, and the task driving it (abort it when done).
+pub async fn connect(
+    addr: SocketAddr,
+) -> Result<(
+    http1::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<()>,
+)> {
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-    let driver = tokio::spawn(conn);
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok((sender, driver))
+}
+
+/// One request on an open connection; the connection may be reused afterwards.
+pub async fn request_on(
+    sender: &mut http1::SendRequest<Empty<Bytes>>,
+    addr: SocketAddr,
+    spec: &RequestSpec,
+) -> Result<(u16, HeaderMap, Bytes)> {
+    sender.ready().await?;
     let mut builder = Request::get(spec.path.as_str()).header(http::header::HOST, addr.to_string());
     for (n, v) in &spec.headers {
         builder = builder.header(n.as_str(), v.as_str());
     }
-    let req = builder.body(Empty::<Bytes>::new())?;
-    let result = async {
-        let resp = sender.send_request(req).await?;
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await?.to_bytes();
-        Ok::<_, anyhow::Error>((parts.status.as_u16(), parts.headers, body))
-    }
-    .await;
+    let resp = sender
+        .send_request(builder.body(Empty::<Bytes>::new())?)
+        .await?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok((parts.status.as_u16(), parts.headers, body))
+}
+
+async fn exchange(addr: SocketAddr, spec: &RequestSpec) -> Result<Answer> {
+    let (mut sender, driver) = connect(addr).await?;
+    let result = request_on(&mut sender, addr, spec).await;
     // The connection is used once: close it.
     driver.abort();
     result

@@ -6,6 +6,7 @@ pub mod blocking_http;
 pub mod bootstrap;
 pub mod client;
 pub mod envoy;
+pub mod keepalive;
 pub mod load;
 pub mod summary;
 pub mod upstream;
