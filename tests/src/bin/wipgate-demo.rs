@@ -1,6 +1,8 @@
 //! `make demo`: the same overload twice, first through a bare Envoy, then through Envoy with
 //! wipgate on its embedded defaults, in front of a demo upstream of limited capacity; then a
-//! summary of what was admitted and rejected, and what the upstream went through.
+//! summary of what was admitted and rejected, and what the upstream went through, overall
+//! and per tenant: a noisy tenant sends three quarters of the load next to a well-behaved
+//! one.
 
 use std::time::Duration;
 
@@ -17,6 +19,9 @@ const MAX_INFLIGHT: u32 = 16;
 /// Offered load as a multiple of what the upstream can serve, for this long.
 const OVERLOAD: f64 = 2.0;
 const RUN: Duration = Duration::from_secs(5);
+/// The two tenants: `noisy` sends three requests for each one of `shop`.
+const NOISY: &str = "noisy";
+const SHOP: &str = "shop";
 /// The demo's clients give up after this long.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -24,6 +29,7 @@ struct Phase {
     name: String,
     outcomes: Vec<Outcome>,
     upstream_max: usize,
+    upstream_max_of: std::collections::BTreeMap<String, usize>,
     stats: Option<String>,
 }
 
@@ -43,7 +49,16 @@ fn main() -> Result<()> {
         "  load:     open loop, {rate:.0} req/s ({OVERLOAD:.1}x capacity) for {} s, through Envoy --concurrency 2",
         RUN.as_secs()
     );
-    let config = json!({"max_inflight": MAX_INFLIGHT, "retry_after_s": 1}).to_string();
+    println!("  tenants:  {NOISY} sends 3 of every 4 requests, {SHOP} the 4th (x-tenant-id)");
+    let config = json!({
+        "max_inflight": MAX_INFLIGHT,
+        "retry_after_s": 1,
+        "tenants": {
+            NOISY: {"reserved": 0, "max": 6},
+            SHOP: {"reserved": 6, "max": 16}
+        }
+    })
+    .to_string();
     let bare = runtime.block_on(run_phase("bare Envoy (no limit)", None, rate))?;
     let gated = runtime.block_on(run_phase(
         &format!("Envoy + wipgate (max_inflight {MAX_INFLIGHT})"),
@@ -69,16 +84,21 @@ async fn run_phase(name: &str, filter: Option<String>, rate: f64) -> Result<Phas
     let outcomes = open_loop_with_client_timeout(&envoy, rate).await;
     let stats = envoy_stats(&envoy);
     envoy.stop()?;
+    let upstream_max_of = [NOISY, SHOP].map(|t| (t.to_owned(), upstream.max_inflight_of(t)));
     Ok(Phase {
         name: name.to_owned(),
         outcomes,
         upstream_max: upstream.max_inflight(),
+        upstream_max_of: upstream_max_of.into(),
         stats,
     })
 }
 
 async fn open_loop_with_client_timeout(envoy: &Envoy, rate: f64) -> Vec<Outcome> {
-    let spec = |i: usize| RequestSpec::get(format!("/order/{i}"));
+    let spec = |i: usize| {
+        let tenant = if i % 4 == 3 { SHOP } else { NOISY };
+        RequestSpec::get(format!("/order/{i}")).tenant(tenant)
+    };
     wipgate_e2e::open_loop_with_timeout(envoy.listener_addr(), rate, RUN, CLIENT_TIMEOUT, spec)
         .await
 }
@@ -87,13 +107,15 @@ async fn open_loop_with_client_timeout(envoy: &Envoy, rate: f64) -> Vec<Outcome>
 fn envoy_stats(envoy: &Envoy) -> Option<String> {
     let admitted = envoy.wasm_stat("wipgate.rq_admitted")?;
     let rejected = envoy.wasm_stat("wipgate.rq_rejected.reason.wip_limit")?;
+    let noisy = envoy.wasm_stat("wipgate.tenant.noisy.rq_rejected.reason.tenant_limit")?;
     // Slots are released as streams end; give the last ones a moment.
     let _ = wipgate_e2e::wait_until(Duration::from_secs(5), "in-flight back at 0", || {
         envoy.wasm_stat("wipgate.rq_inflight") == Some(0)
     });
     let inflight = envoy.wasm_stat("wipgate.rq_inflight")?;
     Some(format!(
-        "wipgate.rq_admitted {admitted}, wipgate.rq_rejected.reason.wip_limit {rejected}, wipgate.rq_inflight after the run {inflight}"
+        "wipgate.rq_admitted {admitted}, wipgate.rq_rejected.reason.wip_limit {rejected}, \
+         wipgate.tenant.noisy.rq_rejected.reason.tenant_limit {noisy}, wipgate.rq_inflight after the run {inflight}"
     ))
 }
 
@@ -106,6 +128,15 @@ fn ms(d: Duration) -> String {
 }
 
 fn print_table(phases: &[Phase]) {
+    print_rows(phases, None);
+    for tenant in [NOISY, SHOP] {
+        println!("\ntenant {tenant}:");
+        print_rows(phases, Some(tenant));
+    }
+    print_details(phases);
+}
+
+fn print_rows(phases: &[Phase], tenant: Option<&str>) {
     println!(
         "{:<36} {:>6} {:>8} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10} {:>14}",
         "",
@@ -120,25 +151,32 @@ fn print_table(phases: &[Phase]) {
         "upstream max"
     );
     for phase in phases {
-        let ok: Vec<Outcome> = phase
+        let mine: Vec<Outcome> = phase
             .outcomes
             .iter()
-            .filter(|o| o.is_success())
+            .filter(|o| tenant.is_none() || o.tenant.as_deref() == tenant)
             .cloned()
             .collect();
-        let rejected: Vec<Outcome> = phase
-            .outcomes
+        let ok: Vec<Outcome> = mine.iter().filter(|o| o.is_success()).cloned().collect();
+        let rejected: Vec<Outcome> = mine
             .iter()
             .filter(|o| o.reason().is_some())
             .cloned()
             .collect();
-        let failed = phase.outcomes.len() - ok.len() - rejected.len();
+        let failed = mine.len() - ok.len() - rejected.len();
+        let upstream = match tenant {
+            None => format!("{} / cap {CAPACITY}", phase.upstream_max),
+            Some(t) => phase
+                .upstream_max_of
+                .get(t)
+                .map_or_else(String::new, ToString::to_string),
+        };
         let (ok, rej) = (Summary::of(&ok), Summary::of(&rejected));
         let dash = |s: &Summary, d: Duration| if s.count == 0 { "-".to_owned() } else { ms(d) };
         println!(
             "{:<36} {:>6} {:>8} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10} {:>14}",
             phase.name,
-            phase.outcomes.len(),
+            mine.len(),
             ok.count,
             rej.count,
             failed,
@@ -146,9 +184,12 @@ fn print_table(phases: &[Phase]) {
             dash(&ok, ok.p99),
             dash(&rej, rej.p50),
             dash(&rej, rej.p99),
-            format!("{} / cap {CAPACITY}", phase.upstream_max),
+            upstream,
         );
     }
+}
+
+fn print_details(phases: &[Phase]) {
     println!();
     for phase in phases {
         let reasons = Summary::of(&phase.outcomes).by_reason;
