@@ -23,6 +23,15 @@ help:
 ## ---- prerequisites --------------------------------------------------------------------
 prereqs: wasm-target envoy
 
+# $(call need,COMMAND,DEBIAN_PACKAGE): installs a missing system tool where it can (root with
+# apt-get), else stops and names the command that installs it.
+define need
+@command -v $(1) >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+  echo "installing $(2) (apt-get)" && apt-get update -qq >/dev/null && \
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; } || \
+  { echo "$(1) is missing: apt-get install -y $(2)"; exit 1; }
+endef
+
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
@@ -47,7 +56,10 @@ test: prereqs filter lint test-unit test-control test-e2e validate-configs
 test-unit:
 	cargo test -p wipgate-admission
 
+# The Redis tests start their own redis-server on free ports (REDIS_URL points the
+# non-fault ones at an existing Redis instead); the fault test kills only its own.
 test-control:
+	$(call need,redis-server,redis-server)
 	cargo test -p wipgate-control
 
 # One Envoy (--concurrency 2) per test; serial keeps the 2-core machine's timings sane.
@@ -71,8 +83,14 @@ demo: prereqs filter
 	cargo run --release --quiet -p wipgate-e2e --bin wipgate-demo
 
 ## ---- benchmarks -----------------------------------------------------------------------
-bench: prereqs filter
-	@echo "benchmarks: see bench/README.md"
+bench: prereqs filter bench-control
+
+.PHONY: bench-control
+# /v1/sync requests per second per core and p99, memory and Redis stores (bench/control-sync.md).
+bench-control:
+	$(call need,redis-server,redis-server)
+	cargo build --release -p wipgate-control --bins
+	target/release/wipgate-control-bench --out bench/control-sync.md
 
 clean:
 	cargo clean

@@ -18,7 +18,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             problem: problem.into(),
@@ -153,12 +153,7 @@ impl GateConfig {
                 "the plugin configuration is empty; max_inflight is required",
             ));
         }
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut de)
-            .map_err(|e| serde_error(e.path().to_string(), e.inner().to_string()))?;
-        de.end()
-            .map_err(|e| ConfigError::new("(top level)", e.to_string()))?;
-        raw.validate()
+        parse_json::<RawConfig>(bytes)?.validate()
     }
 
     /// The configuration keys that are accepted and validated but that this release does
@@ -173,6 +168,17 @@ impl GateConfig {
         }
         keys
     }
+}
+
+/// Deserializes JSON, naming the field at fault on error (shared by the plugin
+/// configuration and the control service's policy and sync bodies).
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| serde_error(e.path().to_string(), e.inner().to_string()))?;
+    de.end()
+        .map_err(|e| ConfigError::new("(top level)", e.to_string()))?;
+    Ok(value)
 }
 
 /// Turns a serde error into a field error; for unknown and missing fields the field is the

@@ -8,6 +8,7 @@
 
 pub mod bulkhead;
 pub mod config;
+pub mod fleet;
 pub mod gate;
 pub mod ledger;
 pub mod partitions;

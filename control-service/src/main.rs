@@ -1,2 +1,65 @@
-//! The control service (built by the control-service issue).
-fn main() {}
+//! `wipgate-control`: reads the settings, opens the store, serves until SIGTERM or Ctrl-C.
+
+use std::time::Duration;
+
+use clap::Parser;
+use wipgate_control::settings::LogFormat;
+use wipgate_control::{app, open_store, AdminToken, AppState, Settings};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match settings.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+    let token = settings.admin_token()?;
+    if token.is_none() {
+        tracing::warn!(
+            "no admin token (WIPGATE_ADMIN_TOKEN or --admin-token-file): admin calls are refused"
+        );
+    }
+    let store = open_store(&settings)?;
+    let state = AppState::new(store, AdminToken::new(token), &settings)?;
+    let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, store = state.store.kind(), "wipgate-control listening");
+    let drain = state.clone();
+    let delay = Duration::from_millis(settings.drain_delay_ms);
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: draining");
+            drain.start_draining();
+            tokio::time::sleep(delay).await;
+        })
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "listening for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "listening for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}

@@ -1,0 +1,20 @@
+//! The fleet: what the control service and the filter share about fleet-wide limits.
+//!
+//! The control service holds one [`FleetPolicy`] for all Envoys; every Envoy reports its
+//! counts in a [`SyncRequest`] and gets back its share of the fleet numbers in a
+//! [`SyncReply`]. How a fleet number is split among the live instances is pure arithmetic
+//! in [`allowance`], and [`FleetLedger`] is the whole bookkeeping for one process (the
+//! control service's memory store); the Redis store keeps the same records in Redis and
+//! calls the same functions. Time is always an argument.
+
+pub mod allowance;
+pub mod ledger;
+#[cfg(feature = "openapi")]
+mod openapi;
+pub mod policy;
+pub mod sync;
+
+pub use allowance::{Dim, SplitParams};
+pub use ledger::{FleetLedger, InstanceView};
+pub use policy::FleetPolicy;
+pub use sync::{SyncReply, SyncRequest, UsageReport};

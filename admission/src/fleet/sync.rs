@@ -1,0 +1,197 @@
+//! The JSON of `POST /v1/sync`: what an Envoy reports and the allowance it gets back.
+//!
+//! The filter serializes [`SyncRequest`] and parses [`SyncReply`]; the control service does
+//! the opposite. Both sides use these types, so the wire format has one definition.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ConfigError, WILDCARD_TENANT};
+use crate::fleet::policy::{error, parse_json, MAX_POLICY_ENTRIES};
+use crate::{Bulkhead, TenantName};
+
+/// Longest instance id, in bytes.
+pub const MAX_INSTANCE_LEN: usize = 256;
+
+/// One Envoy's report. `admitted` and `rejected` count since the previous report.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SyncRequest {
+    /// Stable id of the Envoy (e.g. its node id): 1-256 bytes of visible ASCII.
+    pub instance: String,
+    /// Requests in flight through this Envoy now.
+    #[serde(default)]
+    pub inflight: u32,
+    /// Per-tenant counts; names as the filter resolved them (`*` for the overflow entry).
+    #[serde(default)]
+    pub tenants: BTreeMap<String, UsageReport>,
+    /// Per-class counts.
+    #[serde(default)]
+    pub classes: BTreeMap<String, UsageReport>,
+    /// The policy version of the allowance the Envoy currently holds, if any.
+    #[serde(default)]
+    pub policy_version: Option<u64>,
+}
+
+/// Counts of one tenant or class on one Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UsageReport {
+    /// In flight now.
+    #[serde(default)]
+    pub inflight: u32,
+    /// Admitted since the previous report.
+    #[serde(default)]
+    pub admitted: u64,
+    /// Rejected since the previous report.
+    #[serde(default)]
+    pub rejected: u64,
+}
+
+/// One Envoy's allowance: its share of the fleet numbers until its next sync.
+///
+/// `max_inflight` and a tenant's or class's `max` may be 0: this Envoy admits none of that
+/// until its next sync (the fleet's capacity is in use elsewhere). A tenant or class
+/// without `max` has no fleet-wide cap. A tenant or class that is not listed has no fleet
+/// numbers; `*` applies to each tenant not listed by name, as in the plugin configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SyncReply {
+    /// The instance id of the request.
+    pub instance: String,
+    /// Version of the policy this allowance was computed from.
+    pub policy_version: u64,
+    /// Requests in flight this Envoy may have, all tenants together.
+    pub max_inflight: u32,
+    /// This Envoy's share of each tenant's fleet `reserved` and `max`.
+    pub tenants: BTreeMap<String, Bulkhead>,
+    /// This Envoy's share of each class's fleet `reserved` and `max`.
+    pub classes: BTreeMap<String, Bulkhead>,
+    /// True when the control service could not reach its store and repeats the last
+    /// allowance it gave this Envoy.
+    pub degraded: bool,
+    /// How long from now this allowance may be used without a newer one, in ms.
+    pub stale_after_ms: u64,
+}
+
+impl SyncRequest {
+    /// Parses and validates a report; the error names the field at fault.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let request: Self = parse_json(bytes)?;
+        request.validate()?;
+        Ok(request)
+    }
+
+    /// Instance id well-formed; at most [`MAX_POLICY_ENTRIES`] tenants and classes, with
+    /// well-formed names.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let id = self.instance.as_bytes();
+        if id.is_empty() || id.len() > MAX_INSTANCE_LEN || !id.iter().all(u8::is_ascii_graphic) {
+            return Err(error("instance", "must be 1-256 bytes of visible ASCII"));
+        }
+        for (field, entries, wildcard) in [
+            ("tenants", &self.tenants, true),
+            ("classes", &self.classes, false),
+        ] {
+            if entries.len() > MAX_POLICY_ENTRIES {
+                return Err(error(
+                    field,
+                    format!("more than {MAX_POLICY_ENTRIES} entries"),
+                ));
+            }
+            for name in entries.keys() {
+                let ok = (wildcard && name == WILDCARD_TENANT) || TenantName::parse(name).is_some();
+                if !ok {
+                    return Err(error(
+                        format!("{field}.{name}"),
+                        "name must be 1-64 bytes of [A-Za-z0-9._-]",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn documented_request_parses() {
+        let json = r#"{"instance": "envoy-1", "inflight": 12,
+            "tenants": {"acme": {"inflight": 10, "admitted": 300, "rejected": 4}},
+            "classes": {"batch": {"inflight": 2}}, "policy_version": 7}"#;
+        let r = SyncRequest::parse(json.as_bytes()).unwrap();
+        assert_eq!(
+            r.tenants["acme"],
+            UsageReport {
+                inflight: 10,
+                admitted: 300,
+                rejected: 4
+            }
+        );
+        assert_eq!(r.classes["batch"].admitted, 0);
+        assert_eq!(r.policy_version, Some(7));
+        assert_eq!(
+            SyncRequest::parse(br#"{"instance": "a"}"#)
+                .unwrap()
+                .inflight,
+            0
+        );
+    }
+
+    #[test]
+    fn bad_requests_name_their_field() {
+        let cases = [
+            (r#"{}"#, "instance"),
+            (r#"{"instance": ""}"#, "instance"),
+            (r#"{"instance": "a b"}"#, "instance"),
+            (r#"{"instance": "a", "inflight": -1}"#, "inflight"),
+            (
+                r#"{"instance": "a", "tenants": {"x y": {}}}"#,
+                "tenants.x y",
+            ),
+            (r#"{"instance": "a", "classes": {"*": {}}}"#, "classes.*"),
+            (
+                r#"{"instance": "a", "tenants": {"t": {"inflite": 1}}}"#,
+                "tenants.t.inflite",
+            ),
+            (r#"{"instance": "a", "nope": 1}"#, "nope"),
+        ];
+        for (json, field) in cases {
+            assert_eq!(
+                SyncRequest::parse(json.as_bytes()).unwrap_err().field,
+                field,
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn reply_round_trips() {
+        let reply = SyncReply {
+            instance: "e".into(),
+            policy_version: 3,
+            max_inflight: 40,
+            tenants: [(
+                "acme".to_owned(),
+                Bulkhead {
+                    reserved: 2,
+                    max: Some(9),
+                },
+            )]
+            .into(),
+            classes: BTreeMap::new(),
+            degraded: false,
+            stale_after_ms: 14_000,
+        };
+        let json = serde_json::to_string(&reply).unwrap();
+        assert_eq!(serde_json::from_str::<SyncReply>(&json).unwrap(), reply);
+    }
+}

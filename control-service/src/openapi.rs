@@ -1,0 +1,35 @@
+//! `/openapi.json`, generated from the handlers' annotations and the request and reply
+//! types themselves (the same types the filter uses).
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "wipgate control service", description = "Fleet policy, fleet accounting and each Envoy's allowance. See docs/control-service.md."),
+    paths(routes::healthz, routes::readyz, routes::metrics, routes::openapi, routes::get_policy, routes::put_policy,
+          routes::put_tenant, routes::delete_tenant, routes::status, routes::sync),
+    components(schemas(wipgate_admission::Bulkhead, wipgate_admission::fleet::UsageReport,
+                       wipgate_admission::fleet::InstanceView, crate::status::Totals, crate::status::TenantStatus)),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

@@ -1,0 +1,195 @@
+//! The embedded store: everything in this process. Policy changes are also written to
+//! `--policy-file` (temporary file, fsync, rename), so a restart loses only the fleet's
+//! live accounting, which the Envoys rebuild within one sync interval.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use wipgate_admission::fleet::{
+    FleetLedger, FleetPolicy, InstanceView, SplitParams, SyncReply, SyncRequest,
+};
+
+use super::{unix_ms, BoxFuture, FleetStore, StoreError, Versioned};
+
+/// The memory store.
+#[derive(Debug)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+    /// Serializes policy writes, so the file and the state change in the same order.
+    writes: tokio::sync::Mutex<()>,
+    policy_file: Option<PathBuf>,
+}
+
+#[derive(Debug)]
+struct State {
+    policy: Versioned,
+    ledger: FleetLedger,
+}
+
+impl MemoryStore {
+    /// A store holding the policy of `policy_file` when the file exists, else the default.
+    ///
+    /// Versions are derived from the clock (ms since the epoch, and at least one more than
+    /// the last), so they keep growing across restarts without being stored.
+    pub fn open(policy_file: Option<PathBuf>) -> anyhow::Result<Self> {
+        let policy = match &policy_file {
+            Some(path) if path.exists() => {
+                let bytes = std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("--policy-file {}: {e}", path.display()))?;
+                FleetPolicy::parse(&bytes)
+                    .map_err(|e| anyhow::anyhow!("--policy-file {}: {e}", path.display()))?
+            }
+            _ => FleetPolicy::default(),
+        };
+        let version = if policy_file.as_ref().is_some_and(|p| p.exists()) {
+            unix_ms()
+        } else {
+            0
+        };
+        Ok(Self {
+            state: Mutex::new(State {
+                policy: Versioned { policy, version },
+                ledger: FleetLedger::default(),
+            }),
+            writes: tokio::sync::Mutex::new(()),
+            policy_file,
+        })
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, StoreError> {
+        self.state
+            .lock()
+            .map_err(|_| StoreError::Internal("memory store lock poisoned".into()))
+    }
+}
+
+impl FleetStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move { self.lock().map(|_| ()) })
+    }
+
+    fn policy(&self) -> BoxFuture<'_, Result<Versioned, StoreError>> {
+        Box::pin(async move { Ok(self.lock()?.policy.clone()) })
+    }
+
+    fn replace_policy(
+        &self,
+        expected: u64,
+        policy: FleetPolicy,
+    ) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let _write = self.writes.lock().await;
+            let current = self.lock()?.policy.version;
+            if current != expected {
+                return Err(StoreError::Conflict);
+            }
+            if let Some(path) = self.policy_file.clone() {
+                let bytes = serde_json::to_vec_pretty(&policy)
+                    .map_err(|e| StoreError::Internal(e.to_string()))?;
+                tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+                    .await
+                    .map_err(|e| StoreError::Internal(e.to_string()))?
+                    .map_err(|e| {
+                        StoreError::Unavailable(format!("writing the policy file: {e}"))
+                    })?;
+            }
+            let mut state = self.lock()?;
+            let version = unix_ms().max(current + 1);
+            state.policy = Versioned { policy, version };
+            Ok(version)
+        })
+    }
+
+    fn sync(
+        &self,
+        report: SyncRequest,
+        params: SplitParams,
+    ) -> BoxFuture<'_, Result<SyncReply, StoreError>> {
+        Box::pin(async move {
+            let mut state = self.lock()?;
+            let State { policy, ledger } = &mut *state;
+            Ok(ledger.sync(unix_ms(), &report, &policy.policy, policy.version, params))
+        })
+    }
+
+    fn instances(
+        &self,
+        params: SplitParams,
+    ) -> BoxFuture<'_, Result<(Vec<InstanceView>, u64), StoreError>> {
+        Box::pin(async move {
+            let now = unix_ms();
+            let mut state = self.lock()?;
+            state.ledger.prune(now, params.stale_after_ms);
+            Ok((state.ledger.instances(), now))
+        })
+    }
+}
+
+/// Writes `bytes` to `path` so that a reader (or a crash) sees the old or the new file,
+/// never a part: a temporary file in the same directory, fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[tokio::test]
+    async fn policy_survives_a_restart_and_versions_grow() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.json");
+        let store = MemoryStore::open(Some(path.clone())).unwrap();
+        let v0 = store.policy().await.unwrap();
+        assert_eq!(v0.version, 0);
+        let policy =
+            FleetPolicy::parse(br#"{"global_max_inflight": 77, "tenants": {"a": {"max": 5}}}"#)
+                .unwrap();
+        let v1 = store.replace_policy(0, policy.clone()).await.unwrap();
+        assert!(matches!(
+            store.replace_policy(0, policy.clone()).await,
+            Err(StoreError::Conflict)
+        ));
+        drop(store);
+        let reopened = MemoryStore::open(Some(path.clone())).unwrap();
+        let again = reopened.policy().await.unwrap();
+        assert_eq!(again.policy, policy);
+        assert!(again.version >= v1);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temporary files left behind");
+    }
+
+    #[test]
+    fn a_broken_policy_file_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.json");
+        std::fs::write(&path, br#"{"global_max_inflight": 0}"#).unwrap();
+        let err = MemoryStore::open(Some(path)).unwrap_err().to_string();
+        assert!(err.contains("global_max_inflight"), "{err}");
+    }
+}

@@ -1,0 +1,286 @@
+//! Test helpers: a redis-server per test on a free port, the service in-process on a real
+//! socket, and a tiny HTTP client. Polls with deadlines, never fixed sleeps.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use tokio::net::TcpStream;
+use wipgate_control::{app, open_store, AdminToken, AppState, Settings};
+
+pub const TOKEN: &str = "test-admin-token";
+
+/// A key prefix no other run uses.
+pub fn unique_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("wipgate-test-{}-{nanos}:", std::process::id())
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A redis-server of this test's own, killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn binary() -> String {
+        std::env::var("WIPGATE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
+    }
+
+    /// Starts redis-server on a free port with append-only persistence in a temp dir.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(Self::binary())
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}); install it: apt-get install -y redis-server"
+                )
+            });
+        self.child = Some(child);
+        let port = self.port;
+        wait_for(
+            "redis-server to answer",
+            Duration::from_secs(10),
+            || async move { redis_ping(port).await.then_some(()) },
+        )
+        .await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts it again on the same port and data directory.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn redis_ping(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if s.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+/// The Redis to use for tests that do not kill it: `REDIS_URL` when set, else our own.
+pub async fn test_redis() -> (String, Option<RedisServer>) {
+    match std::env::var("REDIS_URL") {
+        Ok(url) if !url.is_empty() => (url, None),
+        _ => {
+            let server = RedisServer::start().await;
+            (server.url(), Some(server))
+        }
+    }
+}
+
+/// One control-service replica served in-process on 127.0.0.1:<free port>.
+pub struct Service {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Service {
+    /// Starts a replica with the given extra flags (after `--listen 127.0.0.1:0`).
+    pub async fn start(extra: &[&str]) -> Self {
+        let mut args = vec!["wipgate-control", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let settings = Settings::parse_from(args);
+        let store = open_store(&settings).unwrap();
+        let state =
+            AppState::new(store, AdminToken::new(Some(TOKEN.to_owned())), &settings).unwrap();
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = app(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        Self { addr, state, task }
+    }
+
+    pub async fn redis(url: &str, prefix: &str, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "--redis-url",
+            url,
+            "--redis-prefix",
+            prefix,
+            "--redis-timeout-ms",
+            "300",
+        ];
+        args.extend_from_slice(extra);
+        Self::start(&args).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        request(self.addr, "GET", path, None, None).await
+    }
+
+    pub async fn send(&self, method: &str, path: &str, body: &str, token: Option<&str>) -> Reply {
+        request(
+            self.addr,
+            method,
+            path,
+            Some(body.as_bytes().to_vec()),
+            token,
+        )
+        .await
+    }
+
+    pub async fn admin(&self, method: &str, path: &str, body: &str) -> Reply {
+        self.send(method, path, body, Some(TOKEN)).await
+    }
+
+    pub async fn sync(&self, body: &serde_json::Value) -> Reply {
+        self.send("POST", "/v1/sync", &body.to_string(), None).await
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request on a new connection.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    token: Option<&str>,
+) -> Reply {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "wipgate-control");
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("request timed out")
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}

@@ -1,0 +1,169 @@
+//! The Redis store with two replicas on one real Redis: changes through one are served by
+//! the other, and 50 instances syncing concurrently through both never get allowances that
+//! sum above the fleet numbers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{test_redis, unique_prefix, Service};
+use serde_json::{json, Value};
+
+const POLICY: &str = r#"{"global_max_inflight": 500,
+    "tenants": {"acme": {"reserved": 50, "max": 200}, "*": {"reserved": 10, "max": 100}},
+    "classes": {"interactive": {"reserved": 100}, "batch": {"max": 250}}}"#;
+
+#[tokio::test]
+async fn a_change_through_one_replica_is_served_by_the_other() {
+    let (url, _server) = test_redis().await;
+    let prefix = unique_prefix();
+    let (a, b) = (
+        Service::redis(&url, &prefix, &[]).await,
+        Service::redis(&url, &prefix, &[]).await,
+    );
+    let ready = b.get("/readyz").await;
+    assert_eq!(
+        (ready.status, ready.json()["store"].as_str()),
+        (200, Some("redis"))
+    );
+    assert_eq!(
+        b.get("/v1/policy").await.json()["global_max_inflight"],
+        1000
+    );
+
+    let put = a.admin("PUT", "/v1/policy", POLICY).await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let version = put.headers["x-wipgate-policy-version"].clone();
+    let seen = b.get("/v1/policy").await;
+    assert_eq!(seen.headers["x-wipgate-policy-version"], version);
+    assert_eq!(
+        seen.json()["tenants"]["acme"],
+        json!({"reserved": 50, "max": 200})
+    );
+
+    assert_eq!(
+        b.admin("PUT", "/v1/tenants/globex", r#"{"max": 40}"#)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        a.get("/v1/policy").await.json()["tenants"]["globex"],
+        json!({"reserved": 0, "max": 40})
+    );
+    assert_eq!(
+        a.admin("DELETE", "/v1/tenants/globex", "").await.status,
+        200
+    );
+    assert_eq!(
+        b.admin("DELETE", "/v1/tenants/globex", "").await.status,
+        404
+    );
+    assert_eq!(
+        b.send("PUT", "/v1/policy", "{}", Some("nope")).await.status,
+        401
+    );
+
+    // A sync through one replica is in the other's status and metrics; its allowance
+    // follows the new policy.
+    let reply = a
+        .sync(&json!({"instance": "e1", "inflight": 7, "tenants": {"acme": {"inflight": 7}}}))
+        .await
+        .json();
+    let current = b.get("/v1/policy").await.headers["x-wipgate-policy-version"].clone();
+    assert_ne!(current, version, "two tenant edits since");
+    assert_eq!(
+        reply["policy_version"].to_string(),
+        current.to_str().unwrap()
+    );
+    assert!(reply["max_inflight"].as_u64().unwrap() <= 500);
+    let status = b.get("/v1/status").await.json();
+    assert_eq!(status["totals"]["instances"], 1);
+    assert_eq!(status["instances"][0]["instance"], "e1");
+    assert_eq!(status["instances"][0]["allowance"], reply);
+    assert_eq!(status["tenants"]["acme"]["inflight"], 7);
+    assert!(b
+        .get("/metrics")
+        .await
+        .text()
+        .lines()
+        .any(|l| l == "wipgate_fleet_inflight 7"));
+}
+
+#[tokio::test]
+async fn fifty_instances_through_two_replicas_never_exceed_the_fleet_numbers() {
+    let (url, _server) = test_redis().await;
+    let prefix = unique_prefix();
+    let replicas = [
+        Service::redis(&url, &prefix, &[]).await,
+        Service::redis(&url, &prefix, &[]).await,
+    ];
+    assert_eq!(
+        replicas[0].admin("PUT", "/v1/policy", POLICY).await.status,
+        200
+    );
+    let replicas = std::sync::Arc::new(replicas);
+
+    let limits: Value = serde_json::from_str(POLICY).unwrap();
+    let mut latest: BTreeMap<String, Value> = BTreeMap::new();
+    for round in 0..8u64 {
+        let mut tasks = Vec::new();
+        for i in 0..50u64 {
+            let replicas = std::sync::Arc::clone(&replicas);
+            tasks.push(tokio::spawn(async move {
+                // Demand shifts between rounds so grants have to move between instances.
+                let load = (i * 7 + round * 13) % 60 + if i % 5 == round % 5 { 100 } else { 0 };
+                let report = json!({"instance": format!("envoy-{i:02}"), "inflight": load,
+                    "tenants": {"acme": {"inflight": load / 2, "rejected": load % 3},
+                                format!("t{i}"): {"inflight": load / 4}},
+                    "classes": {"batch": {"inflight": load / 3}, "interactive": {"inflight": load / 5}}});
+                let reply = replicas[(i as usize + round as usize) % 2].sync(&report).await;
+                assert_eq!(reply.status, 200, "{}", reply.text());
+                reply.json()
+            }));
+        }
+        for task in tasks {
+            let reply = task.await.unwrap();
+            assert_eq!(reply["degraded"], false);
+            latest.insert(reply["instance"].as_str().unwrap().to_owned(), reply);
+        }
+        // Every instance's latest allowance is in force at once: they must fit together.
+        let sum = |f: &dyn Fn(&Value) -> u64| latest.values().map(f).sum::<u64>();
+        let global = sum(&|r| r["max_inflight"].as_u64().unwrap());
+        assert!(
+            global <= 500,
+            "round {round}: max_inflight sums to {global}"
+        );
+        for (tenant, kind) in [
+            ("acme", "tenants"),
+            ("*", "tenants"),
+            ("interactive", "classes"),
+            ("batch", "classes"),
+        ] {
+            for field in ["max", "reserved"] {
+                let total = sum(&|r| r[kind][tenant][field].as_u64().unwrap_or(0));
+                let limit = limits[kind][tenant][field]
+                    .as_u64()
+                    .unwrap_or(if field == "max" { u64::MAX } else { 0 });
+                assert!(
+                    total <= limit,
+                    "round {round}: {kind}.{tenant}.{field} sums to {total} > {limit}"
+                );
+            }
+        }
+        let status = replicas[1].get("/v1/status").await.json();
+        assert_eq!(status["totals"]["instances"], 50);
+        assert!(status["totals"]["allowance"].as_u64().unwrap() <= 500);
+    }
+    // The split follows demand: in the last round (7) instances with i % 5 == 2 were busiest.
+    let busy = latest["envoy-02"]["max_inflight"].as_u64().unwrap();
+    let idle = latest["envoy-01"]["max_inflight"].as_u64().unwrap();
+    assert!(busy > idle, "busy {busy} vs idle {idle}");
+    assert!(
+        latest
+            .values()
+            .all(|r| r["max_inflight"].as_u64().unwrap() >= 1),
+        "floors hold"
+    );
+}
