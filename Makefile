@@ -9,8 +9,9 @@ ENVOY_VERSION := 1.40.0
 ENVOY         := $(VENV)/envoy
 WASM          := target/wasm32-wasip1/release/wipgate_filter.wasm
 
-export WIPGATE_ENVOY := $(abspath $(ENVOY))
-export WIPGATE_WASM  := $(abspath $(WASM))
+export WIPGATE_ENVOY   := $(abspath $(ENVOY))
+export WIPGATE_WASM    := $(abspath $(WASM))
+export WIPGATE_CONTROL := $(abspath target/debug/wipgate-control)
 
 .PHONY: help demo test test-unit test-control test-e2e bench filter prereqs wasm-target \
         envoy lint validate-configs clean
@@ -64,6 +65,8 @@ test-control:
 
 # One Envoy (--concurrency 2) per test; serial keeps the 2-core machine's timings sane.
 test-e2e: prereqs filter
+	$(call need,redis-server,redis-server)
+	cargo build -p wipgate-control
 	cargo test -p wipgate-e2e -- --test-threads=1
 
 lint:

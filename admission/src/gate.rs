@@ -15,7 +15,7 @@ use crate::RejectReason;
 
 /// Shared-data key of the ledger. The format version is part of the name, so a filter
 /// upgrade with a new format never reads an old record (old VMs drain on the old key).
-pub const LEDGER_KEY: &str = "wipgate.ledger.v2";
+pub const LEDGER_KEY: &str = "wipgate.ledger.v3";
 
 /// Read-modify-write attempts before giving up on one change.
 pub const MAX_CAS_ATTEMPTS: u32 = 1_000;
@@ -84,6 +84,8 @@ pub struct Report<T> {
     pub cas_retries: u32,
     /// The stored record did not parse and was started afresh.
     pub reset_corrupt: bool,
+    /// The latest allowance `seq` announced in the ledger (see [`Ledger::limits_seq`]).
+    pub limits_seq: u64,
 }
 
 /// The gate itself: where the ledger lives and how long a VM's lease is.
@@ -150,6 +152,7 @@ impl Gate {
             reclaimed: report.reclaimed,
             cas_retries: report.cas_retries,
             reset_corrupt: report.reset_corrupt,
+            limits_seq: report.limits_seq,
         })
     }
 
@@ -199,6 +202,20 @@ impl Gate {
         })
     }
 
+    /// Announces a new allowance to every worker: their next admission sees `seq`.
+    pub fn publish_limits(
+        &self,
+        store: &impl SharedData,
+        worker: &WorkerHandle,
+        seq: u64,
+        now_ms: u64,
+    ) -> Result<Report<()>, GateError> {
+        self.update(store, worker, now_ms, |ledger, _| {
+            ledger.publish_limits(seq);
+            Ok(())
+        })
+    }
+
     /// Reads the in-flight total without writing.
     pub fn inflight(&self, store: &impl SharedData) -> Result<u64, GateError> {
         let (bytes, _) = store.get(&self.key)?;
@@ -235,6 +252,7 @@ impl Gate {
                         reclaimed,
                         cas_retries: attempt,
                         reset_corrupt,
+                        limits_seq: ledger.limits_seq(),
                     });
                 }
                 Err(CasError::Mismatch) => continue,

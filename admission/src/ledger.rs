@@ -82,8 +82,8 @@ impl WorkerEntry {
 /// At most this many worker entries; bounds the record whatever happens to the VMs.
 pub const MAX_WORKERS: usize = 1024;
 
-const FORMAT_VERSION: u8 = 2;
-const HEADER_LEN: usize = 1 + 4 + 2;
+const FORMAT_VERSION: u8 = 3;
+const HEADER_LEN: usize = 1 + 4 + 8 + 2;
 const ENTRY_HEAD_LEN: usize = 4 + 4 + 8 + 2;
 const PART_LEN: usize = 8 + 4;
 
@@ -91,6 +91,9 @@ const PART_LEN: usize = 8 + 4;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ledger {
     next_id: u32,
+    /// The `seq` of the latest control-service allowance: every admission reads the ledger
+    /// anyway, so this is how workers learn, at no extra cost, that new limits are out.
+    limits_seq: u64,
     entries: Vec<WorkerEntry>,
 }
 
@@ -121,6 +124,16 @@ impl Ledger {
             *totals.entry(*key).or_insert(0) += u64::from(*n);
         }
         totals
+    }
+
+    /// The `seq` of the latest allowance published.
+    pub fn limits_seq(&self) -> u64 {
+        self.limits_seq
+    }
+
+    /// Announces allowance `seq` (never goes back).
+    pub fn publish_limits(&mut self, seq: u64) {
+        self.limits_seq = self.limits_seq.max(seq);
     }
 
     /// The live worker entries.
@@ -191,7 +204,7 @@ impl Ledger {
         reclaimed
     }
 
-    /// Serialises the ledger: version, next id, entry count, then each entry (id, in-flight,
+    /// Serialises the ledger: version, next id, limits seq, entry count, then each entry (id, in-flight,
     /// last seen, partition count, partitions), all little-endian.
     pub fn encode(&self) -> Vec<u8> {
         let parts: usize = self.entries.iter().map(|e| e.parts.len()).sum();
@@ -199,6 +212,7 @@ impl Ledger {
             Vec::with_capacity(HEADER_LEN + ENTRY_HEAD_LEN * self.entries.len() + PART_LEN * parts);
         out.push(FORMAT_VERSION);
         out.extend_from_slice(&self.next_id.to_le_bytes());
+        out.extend_from_slice(&self.limits_seq.to_le_bytes());
         // entries.len() <= MAX_WORKERS < u16::MAX, kept so by register().
         out.extend_from_slice(&len_u16(self.entries.len()).to_le_bytes());
         for e in &self.entries {
@@ -222,6 +236,7 @@ impl Ledger {
             return Err(LedgerError::Version(version));
         }
         let next_id = r.u32()?;
+        let limits_seq = r.u64()?;
         let count = usize::from(r.u16()?);
         if count > MAX_WORKERS {
             return Err(LedgerError::Inconsistent);
@@ -255,7 +270,11 @@ impl Ledger {
         if ids.len() != entries.len() {
             return Err(LedgerError::Inconsistent);
         }
-        Ok(Self { next_id, entries })
+        Ok(Self {
+            next_id,
+            limits_seq,
+            entries,
+        })
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod bulkhead;
 pub mod config;
+pub mod control_sync;
 pub mod fleet;
 pub mod gate;
 pub mod ledger;

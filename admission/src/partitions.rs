@@ -121,14 +121,16 @@ impl Partitions {
         self.classes.iter().map(|c| c.name.as_str())
     }
 
-    /// Index of a placement's tenant in [`Partitions::tenant_labels`].
-    pub fn tenant_index(&self, placement: &Placement) -> usize {
-        placement.listed.unwrap_or(self.tenants.len())
+    /// The stat label of a placement's tenant: its name when listed, else `_unlisted`.
+    pub fn tenant_label(&self, placement: &Placement) -> &str {
+        placement
+            .listed
+            .map_or(UNLISTED_LABEL, |i| self.tenants[i].name.as_str())
     }
 
-    /// Index of a placement's class in [`Partitions::class_labels`], if classes are set.
-    pub fn class_index(&self, placement: &Placement) -> Option<usize> {
-        placement.class
+    /// The stat label of a placement's class, if it has one.
+    pub fn class_label(&self, placement: &Placement) -> Option<&str> {
+        placement.class.map(|j| self.classes[j].name.as_str())
     }
 
     /// Decides on `placement` against the ledger: the partition keys to count the request

@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use wipgate_admission::{Admission, Permit, Placement, Rejection, TenantName};
+use wipgate_admission::{Admission, Permit, Rejection, TenantName};
 
 use crate::host::now_ms;
 use crate::metrics::StatsSlot;
@@ -22,15 +22,6 @@ impl AdmissionContext {
         Self { plugin, held: None }
     }
 
-    /// The request's tenant and class, from its headers.
-    fn placement(&self) -> Placement {
-        let config = &self.plugin.config;
-        let tenant = self.get_http_request_header_bytes(&config.tenant_header);
-        let tenant = TenantName::from_header(tenant.as_deref(), &config.default_tenant);
-        let priority = self.get_http_request_header_bytes(&config.priority_header);
-        self.plugin.partitions.place(tenant, priority.as_deref())
-    }
-
     fn reject(&self, rejection: &Rejection) {
         let headers = rejection.headers();
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -45,7 +36,7 @@ impl AdmissionContext {
     /// dropped) calls it; `take()` makes the second and later calls no-ops.
     fn finish(&mut self) {
         if let Some((permit, slot)) = self.held.take() {
-            self.plugin.release(permit, slot, now_ms());
+            self.plugin.release(permit, &slot, now_ms());
         }
     }
 }
@@ -63,9 +54,14 @@ impl HttpContext for AdmissionContext {
             // Headers seen twice on one stream (e.g. an internal redirect): keep the slot.
             return Action::Continue;
         }
-        let placement = self.placement();
-        let slot = self.plugin.stats_slot(&placement);
-        match self.plugin.admit(&placement, slot, now_ms()) {
+        let now = now_ms();
+        let config = &self.plugin.static_config;
+        let tenant = self.get_http_request_header_bytes(&config.tenant_header);
+        let tenant = TenantName::from_header(tenant.as_deref(), &config.default_tenant);
+        let priority = self.get_http_request_header_bytes(&config.priority_header);
+        let limits = self.plugin.limits(now);
+        let (placement, slot) = self.plugin.place(&limits, tenant, priority.as_deref());
+        match self.plugin.admit(&limits, &placement, &slot, now) {
             Admission::Admitted(permit) => {
                 self.held = Some((permit, slot));
                 Action::Continue
@@ -74,7 +70,7 @@ impl HttpContext for AdmissionContext {
                 self.reject(&Rejection {
                     reason,
                     tenant: placement.tenant,
-                    retry_after_s: self.plugin.config.retry_after_s,
+                    retry_after_s: config.retry_after_s,
                 });
                 Action::Pause
             }

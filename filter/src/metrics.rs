@@ -3,11 +3,17 @@
 //!
 //! In-flight gauges are only ever moved by +1/-1 (and by minus what a reclaim gave back),
 //! never set, so concurrent workers cannot overwrite each other's view. Per-tenant stats
-//! exist for listed tenants and one `_unlisted` label, so their number is bounded by the
-//! configuration whatever tenant names clients send.
+//! exist for tenants named by the configuration or the fleet policy, plus one `_unlisted`
+//! label for all others, so their number never follows what clients send.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
+use wipgate_admission::control_sync::SyncFailure;
+use wipgate_admission::partitions::UNLISTED_LABEL;
 use wipgate_admission::{Partitions, RejectReason};
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
@@ -20,6 +26,11 @@ fn add(id: Option<u32>, by: i64) {
     }
 }
 
+fn read(id: Option<u32>) -> u64 {
+    id.and_then(|id| hostcalls::get_metric(id).ok())
+        .unwrap_or(0)
+}
+
 /// Stat names carry a label between dots: keep it one name segment.
 fn segment(label: &str) -> String {
     label.replace('.', "_")
@@ -27,7 +38,7 @@ fn segment(label: &str) -> String {
 
 /// Admitted, rejected per reason and in-flight, under one prefix (Envoy-wide, a tenant or
 /// a class). An id of `None` means the host refused to define it: updates skip it.
-struct RequestStats {
+pub struct RequestStats {
     admitted: Option<u32>,
     rejected: [Option<u32>; 6],
     inflight: Option<u32>,
@@ -58,68 +69,144 @@ impl RequestStats {
         let index = RejectReason::ALL.iter().position(|r| *r == reason);
         add(index.and_then(|i| self.rejected[i]), 1);
     }
+
+    /// (in flight, admitted, rejected) as Envoy holds them, all workers together.
+    fn usage(&self) -> (u64, u64, u64) {
+        let rejected = self.rejected.iter().map(|id| read(*id)).sum();
+        (read(self.inflight), read(self.admitted), rejected)
+    }
 }
 
-/// Where one request is counted: its tenant's and its class's stats.
-#[derive(Debug, Clone, Copy)]
+/// Where one request is counted: its tenant's and its class's stats. Held by the stream,
+/// so its release is counted where its admission was, whatever limits came since.
+#[derive(Clone)]
 pub struct StatsSlot {
-    pub tenant: usize,
-    pub class: Option<usize>,
+    tenant: Rc<RequestStats>,
+    class: Option<Rc<RequestStats>>,
+}
+
+/// Per-label stats, defined on first use.
+#[derive(Default)]
+struct Labelled {
+    kind: &'static str,
+    by_label: RefCell<BTreeMap<String, Rc<RequestStats>>>,
+}
+
+impl Labelled {
+    fn new(kind: &'static str) -> Self {
+        Self {
+            kind,
+            by_label: RefCell::default(),
+        }
+    }
+
+    fn get(&self, label: &str) -> Rc<RequestStats> {
+        let mut map = self.by_label.borrow_mut();
+        let stats = map.entry(label.to_owned()).or_insert_with(|| {
+            Rc::new(RequestStats::define(&format!(
+                "wipgate.{}.{}",
+                self.kind,
+                segment(label)
+            )))
+        });
+        Rc::clone(stats)
+    }
 }
 
 /// Metric ids of this VM (names in docs/metrics.md).
 pub struct Metrics {
     all: RequestStats,
-    tenants: Vec<RequestStats>,
-    classes: Vec<RequestStats>,
+    tenants: Labelled,
+    classes: Labelled,
     limit: Option<u32>,
     reclaimed: Option<u32>,
     gate_errors: Option<u32>,
     cas_retries: Option<u32>,
+    sync_success: Option<u32>,
+    sync_failures: [Option<u32>; 5],
+    on_static: Option<u32>,
 }
 
 impl Metrics {
-    /// Defines every stat, per tenant label and per class of `partitions`.
+    /// Defines the Envoy-wide stats and those of every label of `partitions`.
     pub fn define(partitions: &Partitions) -> Self {
-        let per = |kind: &str, label: &str| {
-            RequestStats::define(&format!("wipgate.{kind}.{}", segment(label)))
-        };
-        Self {
+        let metrics = Self {
             all: RequestStats::define("wipgate"),
-            tenants: partitions
-                .tenant_labels()
-                .map(|l| per("tenant", l))
-                .collect(),
-            classes: partitions.class_labels().map(|l| per("class", l)).collect(),
+            tenants: Labelled::new("tenant"),
+            classes: Labelled::new("class"),
             limit: define(MetricType::Gauge, "wipgate.inflight_limit"),
             reclaimed: define(MetricType::Counter, "wipgate.slots_reclaimed"),
             gate_errors: define(MetricType::Counter, "wipgate.gate_errors"),
             cas_retries: define(MetricType::Counter, "wipgate.cas_retries"),
+            sync_success: define(MetricType::Counter, "wipgate.sync.success"),
+            sync_failures: SyncFailure::ALL.map(|kind| {
+                define(
+                    MetricType::Counter,
+                    &format!("wipgate.sync.failure.reason.{}", kind.as_str()),
+                )
+            }),
+            on_static: define(MetricType::Gauge, "wipgate.sync.on_static_config"),
+        };
+        metrics.define_labels(partitions);
+        metrics
+    }
+
+    /// Makes sure every label of `partitions` has its stats (new limits may name more).
+    pub fn define_labels(&self, partitions: &Partitions) {
+        partitions
+            .tenant_labels()
+            .for_each(|l| drop(self.tenants.get(l)));
+        partitions
+            .class_labels()
+            .for_each(|l| drop(self.classes.get(l)));
+    }
+
+    /// The stats of a request of this tenant and class label.
+    pub fn slot(&self, tenant: &str, class: Option<&str>) -> StatsSlot {
+        StatsSlot {
+            tenant: self.tenants.get(tenant),
+            class: class.map(|c| self.classes.get(c)),
         }
     }
 
-    fn each(&self, slot: StatsSlot, f: impl Fn(&RequestStats)) {
+    fn each(&self, slot: &StatsSlot, f: impl Fn(&RequestStats)) {
         f(&self.all);
-        self.tenants.get(slot.tenant).into_iter().for_each(&f);
-        slot.class
-            .and_then(|c| self.classes.get(c))
-            .into_iter()
-            .for_each(&f);
+        f(&slot.tenant);
+        if let Some(class) = &slot.class {
+            f(class);
+        }
     }
 
     /// A request was admitted.
-    pub fn admitted(&self, slot: StatsSlot) {
+    pub fn admitted(&self, slot: &StatsSlot) {
         self.each(slot, RequestStats::admitted);
     }
 
     /// An admitted request released its slot.
-    pub fn released(&self, slot: StatsSlot) {
+    pub fn released(&self, slot: &StatsSlot) {
         self.each(slot, RequestStats::released);
     }
 
     /// A request was rejected.
-    pub fn rejected(&self, slot: StatsSlot, reason: RejectReason) {
+    pub fn rejected(&self, slot: &StatsSlot, reason: RejectReason) {
         self.each(slot, |s| s.rejected(reason));
+    }
+
+    /// Per label (`tenant:NAME`, `tenant:*` for the unlisted, `class:NAME`): in flight,
+    /// admitted and rejected, Envoy-wide, for the sync report.
+    pub fn usage(&self) -> BTreeMap<String, (u64, u64, u64)> {
+        let mut out = BTreeMap::new();
+        for (labelled, kind) in [(&self.tenants, "tenant"), (&self.classes, "class")] {
+            for (label, stats) in labelled.by_label.borrow().iter() {
+                let name = if label == UNLISTED_LABEL {
+                    "*"
+                } else {
+                    label.as_str()
+                };
+                out.insert(format!("{kind}:{name}"), stats.usage());
+            }
+        }
+        out
     }
 
     /// Slots of dead VMs were given back. Only the Envoy-wide gauge can follow: which
@@ -140,10 +227,24 @@ impl Metrics {
         add(self.gate_errors, 1);
     }
 
-    /// The limit in force.
-    pub fn set_limit(&self, limit: u32) {
+    /// The limit in force, and whether it is the static configuration's.
+    pub fn set_limit(&self, limit: u32, on_static: bool) {
         if let Some(id) = self.limit {
             let _ = hostcalls::record_metric(id, u64::from(limit));
+        }
+        if let Some(id) = self.on_static {
+            let _ = hostcalls::record_metric(id, u64::from(on_static));
+        }
+    }
+
+    /// A sync with the control service ended.
+    pub fn sync(&self, result: Result<(), SyncFailure>) {
+        match result {
+            Ok(()) => add(self.sync_success, 1),
+            Err(kind) => {
+                let index = SyncFailure::ALL.iter().position(|k| *k == kind);
+                add(index.and_then(|i| self.sync_failures[i]), 1);
+            }
         }
     }
 }

@@ -1,67 +1,115 @@
-//! What the root context and every request of one VM share: the validated configuration, the
-//! gate and this VM's handle on it, and the stats. Turns the core's reports into stats and
-//! (rate-limited) logs, so that `http.rs` and `root.rs` stay one-liners per event.
+//! What the root context and every request of one VM share: the static configuration, the
+//! limits in force, the gate and this VM's handle on it, and the stats. Turns the core's
+//! reports into stats and (rate-limited) logs, so that `http.rs` and `root.rs` stay short.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 use wipgate_admission::gate::Report;
 use wipgate_admission::{
-    Admission, Gate, GateConfig, GateError, Partitions, Permit, Placement, RejectReason,
+    Admission, Gate, GateConfig, GateError, Permit, Placement, RejectReason, TenantName,
     WorkerHandle,
 };
 
 use crate::host::HostSharedData;
+use crate::limits::{load_allowance, Limits};
 use crate::metrics::{Metrics, StatsSlot};
 
-/// At most one log line per this many ms for repeated gate errors.
-const ERROR_LOG_INTERVAL_MS: u64 = 10_000;
+/// At most one log line per this many ms for repeated errors of one kind.
+pub const ERROR_LOG_INTERVAL_MS: u64 = 10_000;
 
 /// One configured plugin in one VM.
 pub struct Plugin {
-    pub config: GateConfig,
-    pub partitions: Partitions,
+    /// The validated plugin configuration.
+    pub static_config: GateConfig,
+    limits: RefCell<Rc<Limits>>,
+    /// The allowance `seq` the cached limits were built for.
+    loaded_seq: Cell<u64>,
+    /// The latest allowance `seq` seen in the ledger.
+    seen_seq: Cell<u64>,
     gate: Gate,
     worker: WorkerHandle,
-    metrics: Metrics,
+    pub metrics: Metrics,
     last_error_log_ms: Cell<u64>,
 }
 
 impl Plugin {
     /// Sets up the gate for a validated configuration.
-    pub fn new(config: GateConfig) -> Self {
-        let partitions = Partitions::new(&config);
-        let metrics = Metrics::define(&partitions);
-        let plugin = Self {
-            config,
-            partitions,
-            gate: Gate::default(),
+    pub fn new(static_config: GateConfig) -> Self {
+        let limits = Limits::build(&static_config, None, 0);
+        let metrics = Metrics::define(&limits.partitions);
+        metrics.set_limit(limits.config.max_inflight, true);
+        let gate = Gate::default();
+        if let Err(e) = gate.initialize(&HostSharedData) {
+            log::error!("cannot initialise the shared in-flight ledger: {e}");
+        }
+        Self {
+            static_config,
+            limits: RefCell::new(Rc::new(limits)),
+            loaded_seq: Cell::new(0),
+            seen_seq: Cell::new(0),
+            gate,
             worker: WorkerHandle::default(),
             metrics,
             last_error_log_ms: Cell::new(0),
-        };
-        plugin.metrics.set_limit(plugin.config.max_inflight);
-        if let Err(e) = plugin.gate.initialize(&HostSharedData) {
-            log::error!("cannot initialise the shared in-flight ledger: {e}");
         }
-        plugin
     }
 
-    /// Where a request's stats go.
-    pub fn stats_slot(&self, placement: &Placement) -> StatsSlot {
-        StatsSlot {
-            tenant: self.partitions.tenant_index(placement),
-            class: self.partitions.class_index(placement),
+    /// The limits in force: rebuilt only when a new allowance was announced in the ledger
+    /// or the current one went stale.
+    pub fn limits(&self, now_ms: u64) -> Rc<Limits> {
+        let current = Rc::clone(&self.limits.borrow());
+        let seq = self.seen_seq.get();
+        if now_ms < current.valid_until_ms && seq == self.loaded_seq.get() {
+            return current;
         }
+        let next = Rc::new(Limits::build(
+            &self.static_config,
+            load_allowance().as_ref(),
+            now_ms,
+        ));
+        if next.seq.is_none() && current.seq.is_some() {
+            log::warn!(
+                "the control service's allowance is stale: back on the static configuration"
+            );
+        }
+        self.loaded_seq.set(seq);
+        self.metrics.define_labels(&next.partitions);
+        self.metrics
+            .set_limit(next.config.max_inflight, next.seq.is_none());
+        *self.limits.borrow_mut() = Rc::clone(&next);
+        next
+    }
+
+    /// Where a request belongs under `limits`, and where its stats go.
+    pub fn place(
+        &self,
+        limits: &Limits,
+        tenant: TenantName,
+        priority: Option<&[u8]>,
+    ) -> (Placement, StatsSlot) {
+        let placement = limits.partitions.place(tenant, priority);
+        let slot = self.metrics.slot(
+            limits.partitions.tenant_label(&placement),
+            limits.partitions.class_label(&placement),
+        );
+        (placement, slot)
     }
 
     /// Asks the gate for a slot. A gate that cannot be read or written fails closed: the
     /// request is rejected as over the limit rather than admitted unaccounted.
-    pub fn admit(&self, placement: &Placement, slot: StatsSlot, now_ms: u64) -> Admission {
-        let limit = self.config.max_inflight;
+    pub fn admit(
+        &self,
+        limits: &Limits,
+        placement: &Placement,
+        slot: &StatsSlot,
+        now_ms: u64,
+    ) -> Admission {
+        let max = limits.config.max_inflight;
         let result = self
             .gate
             .admit(&HostSharedData, &self.worker, now_ms, |ledger| {
-                self.partitions.decide(ledger, limit, placement)
+                limits.partitions.decide(ledger, max, placement)
             });
         let admission = self
             .account(result, now_ms)
@@ -75,7 +123,7 @@ impl Plugin {
 
     /// Gives a slot back. If the ledger cannot be written now, the release is owed and paid
     /// by this VM's next write (the next heartbeat at the latest).
-    pub fn release(&self, permit: Permit, slot: StatsSlot, now_ms: u64) {
+    pub fn release(&self, permit: Permit, slot: &StatsSlot, now_ms: u64) {
         let result = self
             .gate
             .release(&HostSharedData, &self.worker, permit, now_ms);
@@ -83,15 +131,40 @@ impl Plugin {
         self.metrics.released(slot);
     }
 
-    /// Periodic sign of life; reclaims the slots of dead VMs and pays owed releases.
+    /// Periodic sign of life; reclaims the slots of dead VMs, pays owed releases, and
+    /// notices new or stale limits while no request comes.
     pub fn heartbeat(&self, now_ms: u64) {
         let result = self.gate.heartbeat(&HostSharedData, &self.worker, now_ms);
         self.account(result, now_ms);
+        self.limits(now_ms);
+    }
+
+    /// Requests in flight through this Envoy now.
+    pub fn inflight(&self) -> u64 {
+        self.gate.inflight(&HostSharedData).unwrap_or(0)
+    }
+
+    /// Tells every worker that allowance `seq` is in shared data.
+    pub fn publish_limits(&self, seq: u64, now_ms: u64) {
+        let result = self
+            .gate
+            .publish_limits(&HostSharedData, &self.worker, seq, now_ms);
+        self.account(result, now_ms);
+    }
+
+    /// True at most once per [`ERROR_LOG_INTERVAL_MS`] per `last` cell.
+    pub fn may_log(last: &Cell<u64>, now_ms: u64) -> bool {
+        let due = now_ms.saturating_sub(last.get()) >= ERROR_LOG_INTERVAL_MS || last.get() == 0;
+        if due {
+            last.set(now_ms);
+        }
+        due
     }
 
     fn account<T>(&self, result: Result<Report<T>, GateError>, now_ms: u64) -> Option<T> {
         match result {
             Ok(report) => {
+                self.seen_seq.set(report.limits_seq);
                 self.metrics.cas_retries(report.cas_retries);
                 if report.reclaimed > 0 {
                     self.metrics.reclaimed(report.reclaimed);
@@ -108,8 +181,7 @@ impl Plugin {
             }
             Err(e) => {
                 self.metrics.gate_error();
-                if now_ms.saturating_sub(self.last_error_log_ms.get()) >= ERROR_LOG_INTERVAL_MS {
-                    self.last_error_log_ms.set(now_ms);
+                if Self::may_log(&self.last_error_log_ms, now_ms) {
                     log::error!("shared in-flight ledger error: {e}");
                 }
                 None

@@ -1,4 +1,5 @@
-//! The root context: validates the plugin configuration once, and ticks the heartbeat.
+//! The root context: validates the plugin configuration once, ticks the heartbeat, and
+//! drives the sync with the control service when one is configured.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -10,17 +11,38 @@ use wipgate_admission::GateConfig;
 use crate::host::now_ms;
 use crate::http::AdmissionContext;
 use crate::plugin::Plugin;
+use crate::sync::{instance_id, SyncDriver};
 
-/// How often each VM sends a heartbeat to the shared ledger.
+/// How often each VM sends a heartbeat to the shared ledger (at least).
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// One per VM (the main thread's and each worker's).
 #[derive(Default)]
 pub struct WipgateRoot {
     plugin: Option<Rc<Plugin>>,
+    sync: Option<SyncDriver>,
 }
 
-impl Context for WipgateRoot {}
+impl Context for WipgateRoot {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let status = self
+            .get_http_call_response_header(":status")
+            .and_then(|s| s.parse::<u16>().ok());
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        let (Some(plugin), Some(sync)) = (&self.plugin, &mut self.sync) else {
+            return;
+        };
+        sync.on_response(plugin, token, status, &body, now_ms());
+    }
+}
 
 impl RootContext for WipgateRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -39,14 +61,29 @@ impl RootContext for WipgateRoot {
                 pending.join(", ")
             );
         }
+        let now = now_ms();
+        self.sync = config.control.clone().map(|control| {
+            let node_id = self.get_property(vec!["node", "id"]);
+            SyncDriver::new(
+                control,
+                instance_id(node_id, now.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            )
+        });
         self.plugin = Some(Rc::new(Plugin::new(config)));
-        self.set_tick_period(HEARTBEAT);
+        let tick = self
+            .sync
+            .as_ref()
+            .map_or(HEARTBEAT, |s| s.tick_period().min(HEARTBEAT));
+        self.set_tick_period(tick);
         true
     }
 
     fn on_tick(&mut self) {
-        if let Some(plugin) = &self.plugin {
-            plugin.heartbeat(now_ms());
+        let Some(plugin) = &self.plugin else { return };
+        let now = now_ms();
+        plugin.heartbeat(now);
+        if let Some(sync) = &mut self.sync {
+            sync.on_tick(plugin, now);
         }
     }
 

@@ -1,4 +1,4 @@
-//! A tiny blocking HTTP/1.1 GET over `std::net`, so the sync parts of the harness (Envoy's
+//! A tiny blocking HTTP/1.1 client over `std::net`, so the sync parts of the harness (Envoy's
 //! admin API, readiness probes) work from plain tests and from inside async tests alike,
 //! without starting or nesting a tokio runtime.
 
@@ -42,19 +42,38 @@ const MAX_RESPONSE: u64 = 64 << 20;
 /// `GET path` on `addr` with `Connection: close`; `timeout` bounds connecting and each
 /// read or write.
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response> {
+    request(addr, "GET", path, &[], b"", timeout)
+}
+
+/// Any method, extra headers and a body (sent with its `content-length`).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Response> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n");
-    stream.write_all(request.as_bytes())?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
     let mut raw = Vec::new();
     stream
         .take(MAX_RESPONSE)
         .read_to_end(&mut raw)
-        .with_context(|| format!("reading GET {path} from {addr}"))?;
-    parse(&raw).with_context(|| format!("parsing GET {path} from {addr}"))
+        .with_context(|| format!("reading {method} {path} from {addr}"))?;
+    parse(&raw).with_context(|| format!("parsing {method} {path} from {addr}"))
 }
 
 fn parse(raw: &[u8]) -> Result<Response> {

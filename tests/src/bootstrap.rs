@@ -146,18 +146,22 @@ fn listener(cfg: &EnvoyConfig) -> Value {
 fn upstream_cluster(cfg: &EnvoyConfig) -> Value {
     // Envoy's default circuit breakers (1024 requests, pending, connections) would cap
     // concurrency before wipgate does; lift them out of the way.
+    // EnvoyConfig::circuit_breakers puts real ones back (the benchmarks compare them).
     let big = 100_000;
-    json!({
-        "name": UPSTREAM_CLUSTER,
-        "type": "STATIC",
-        "connect_timeout": "2s",
-        "circuit_breakers": {"thresholds": [{
+    let circuit_breakers = cfg.circuit_breakers.clone().unwrap_or_else(|| {
+        json!({"thresholds": [{
             "priority": "DEFAULT",
             "max_connections": big,
             "max_pending_requests": big,
             "max_requests": big,
             "max_retries": big
-        }]},
+        }]})
+    });
+    json!({
+        "name": UPSTREAM_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "circuit_breakers": circuit_breakers,
         "load_assignment": {"cluster_name": UPSTREAM_CLUSTER, "endpoints": [{"lb_endpoints": [{
             "endpoint": {"address": {"socket_address": {
                 "address": cfg.upstream.ip().to_string(),

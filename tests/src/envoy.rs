@@ -93,6 +93,9 @@ pub struct EnvoyConfig {
     pub vm_id: String,
     /// Envoy's log level (default `info`).
     pub log_level: String,
+    /// The `upstream` cluster's `circuit_breakers` (JSON, Envoy's `CircuitBreakers`);
+    /// `None` (the default): every threshold lifted out of the way.
+    pub circuit_breakers: Option<serde_json::Value>,
 }
 
 impl EnvoyConfig {
@@ -109,6 +112,7 @@ impl EnvoyConfig {
             filters_after: Vec::new(),
             vm_id: "wipgate".to_owned(),
             log_level: "info".to_owned(),
+            circuit_breakers: None,
         }
     }
 

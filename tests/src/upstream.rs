@@ -7,6 +7,8 @@
 //! gauges. `GET /__stats` answers the gauges as JSON and is not counted.
 //! With `capacity: Some(C)`, at most C requests are served at once and the rest wait (a
 //! constrained resource); each served request takes `service_time` plus its delay.
+//! With `collapse: Some(..)` the service time grows with the requests in flight beyond a
+//! knee (congestion collapse, like a database under lock contention): see [`Collapse`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -42,6 +44,37 @@ pub struct UpstreamOptions {
     pub capacity: Option<usize>,
     /// Time every request takes on top of its `x-delay-ms`.
     pub service_time: Duration,
+    /// Congestion collapse beyond a knee; `None` (the default): the service time is fixed.
+    pub collapse: Option<Collapse>,
+}
+
+/// A resource that slows down as it is pushed past its sweet spot: a request that arrives
+/// while `n` requests (itself included) are in flight takes
+/// `service_time * (1 + slope * (n - knee) / knee)` when `n > knee`, at most `max_service`.
+/// With `slope > 1` throughput falls as in-flight grows past the knee, towards
+/// `knee / (service_time * slope)`: the more it is offered, the less it serves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Collapse {
+    /// In flight up to this many, the service time is the base one (≥ 1).
+    pub knee: usize,
+    /// How much slower per `knee` requests in flight beyond the knee.
+    pub slope: f64,
+    /// The longest service time it grows to.
+    pub max_service: Duration,
+}
+
+impl Collapse {
+    /// The service time of a request that finds `inflight` in flight (itself included).
+    #[must_use]
+    pub fn service_time(&self, base: Duration, inflight: usize) -> Duration {
+        let knee = self.knee.max(1);
+        if inflight <= knee || !self.slope.is_finite() || self.slope <= 0.0 {
+            return base;
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let factor = 1.0 + self.slope * (inflight - knee) as f64 / knee as f64;
+        base.mul_f64(factor).min(self.max_service.max(base))
+    }
 }
 
 /// What every connection task shares.
@@ -50,6 +83,7 @@ struct Shared {
     stats: Arc<UpstreamStats>,
     capacity: Option<Semaphore>,
     service_time: Duration,
+    collapse: Option<Collapse>,
 }
 
 /// The error that makes hyper drop the connection without writing a response.
@@ -134,7 +168,11 @@ async fn handle(
         Some(sem) => Some(sem.acquire().await.map_err(|_| DeliberateReset)?),
         None => None,
     };
-    tokio::time::sleep(shared.service_time + delay).await;
+    let service = match &shared.collapse {
+        Some(c) => c.service_time(shared.service_time, shared.stats.inflight()),
+        None => shared.service_time,
+    };
+    tokio::time::sleep(service + delay).await;
     drop(permit);
     if reset {
         shared.stats.count_reset();
@@ -161,6 +199,7 @@ pub async fn serve(
         stats,
         capacity: opts.capacity.map(Semaphore::new),
         service_time: opts.service_time,
+        collapse: opts.collapse,
     });
     tokio::pin!(shutdown);
     loop {
@@ -317,5 +356,25 @@ impl Drop for Upstream {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collapse_slows_down_past_the_knee_only_and_is_capped() {
+        let c = Collapse {
+            knee: 10,
+            slope: 2.0,
+            max_service: Duration::from_millis(100),
+        };
+        let base = Duration::from_millis(20);
+        assert_eq!(c.service_time(base, 1), base);
+        assert_eq!(c.service_time(base, 10), base);
+        assert_eq!(c.service_time(base, 15), Duration::from_millis(40));
+        assert_eq!(c.service_time(base, 20), Duration::from_millis(60));
+        assert_eq!(c.service_time(base, 1000), Duration::from_millis(100));
     }
 }

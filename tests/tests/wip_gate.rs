@@ -180,7 +180,9 @@ async fn client_aborts_release_their_slots() {
         upstream.max_inflight()
     );
     assert_eq!(aborted, 334);
-    assert!(upstream.max_inflight() <= LIMIT);
+    // No upstream bound here: an aborted request's slot is free the moment Envoy resets the
+    // stream, while the upstream may go on working on it until it notices the reset (see
+    // docs/architecture.md), so the upstream can briefly see more than the limit.
     assert_eq!(
         summary.status(200) + summary.status(503),
         outcomes.len(),
