@@ -37,7 +37,7 @@ impl std::error::Error for ConfigError {}
 /// The tenant entry that applies to tenants not listed by name.
 pub const WILDCARD_TENANT: &str = "*";
 
-/// Settings for the periodic sync with the control service (not yet enforced).
+/// Settings for the periodic sync with the control service.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
@@ -140,7 +140,7 @@ pub struct GateConfig {
     pub classes: BTreeMap<String, Bulkhead>,
     /// `retry-after` seconds on rejections.
     pub retry_after_s: u32,
-    /// Control-service sync (not yet enforced).
+    /// Control-service sync; without it the static configuration alone is enforced.
     pub control: Option<ControlConfig>,
 }
 
@@ -162,9 +162,6 @@ impl GateConfig {
         let mut keys = Vec::new();
         if self.min_inflight.is_some() {
             keys.push("min_inflight");
-        }
-        if self.control.is_some() {
-            keys.push("control");
         }
         keys
     }
@@ -378,7 +375,7 @@ mod tests {
             }
         );
         assert_eq!(c.control.as_ref().unwrap().timeout_ms, 250);
-        assert_eq!(c.not_yet_enforced(), vec!["min_inflight", "control"]);
+        assert_eq!(c.not_yet_enforced(), vec!["min_inflight"]);
     }
 
     #[test]

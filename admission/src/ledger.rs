@@ -386,14 +386,18 @@ mod tests {
             Ledger::decode(&[9, 0, 0, 0, 0, 0, 0]),
             Err(LedgerError::Version(9))
         );
+        let mut one_missing = Ledger::default().encode();
+        one_missing[HEADER_LEN - 2] = 1;
         assert_eq!(
-            Ledger::decode(&[2, 0, 0, 0, 0, 1, 0]),
-            Err(LedgerError::Length(7))
+            Ledger::decode(&one_missing),
+            Err(LedgerError::Length(HEADER_LEN))
         );
         let mut dup = Ledger::default();
         dup.register(0);
+        dup.publish_limits(5);
+        assert_eq!(Ledger::decode(&dup.encode()).unwrap().limits_seq(), 5);
         let mut bytes = dup.encode();
-        bytes[5] = 2;
+        bytes[HEADER_LEN - 2] = 2;
         bytes.extend_from_within(HEADER_LEN..);
         assert_eq!(Ledger::decode(&bytes), Err(LedgerError::Inconsistent));
         let mut trailing = dup.encode();
