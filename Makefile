@@ -83,12 +83,25 @@ validate-configs: prereqs
 
 ## ---- the demo -------------------------------------------------------------------------
 demo: prereqs filter
-	cargo run --release --quiet -p wipgate-e2e --bin wipgate-demo
+	cargo build --release --quiet -p wipgate-control
+	WIPGATE_CONTROL=$(abspath target/release/wipgate-control) \
+	  cargo run --release --quiet -p wipgate-e2e --bin wipgate-demo
 
 ## ---- benchmarks -----------------------------------------------------------------------
-bench: prereqs filter bench-control
+# bench/report.md (+ results.json, PNGs): overhead, overload and noisy-tenant scenarios of
+# wipgate beside bare Envoy, a pass-through wasm filter and Envoy's own protections.
+bench: prereqs filter bench-control bench-wipgate
 
-.PHONY: bench-control
+.PHONY: bench-control bench-wipgate
+bench-wipgate: prereqs filter
+	cargo build --release --target wasm32-wasip1 -p passthrough-filter
+	cargo build --release -p wipgate-bench
+	@$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null || \
+	  $(VENV)/bin/pip install --quiet --disable-pip-version-check matplotlib
+	WIPGATE_PASSTHROUGH_WASM=$(abspath target/wasm32-wasip1/release/passthrough_filter.wasm) \
+	  target/release/wipgate-bench --out bench
+	$(VENV)/bin/python bench/plot.py bench/results.json bench
+
 # /v1/sync requests per second per core and p99, memory and Redis stores (bench/control-sync.md).
 bench-control:
 	$(call need,redis-server,redis-server)

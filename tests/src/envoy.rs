@@ -91,6 +91,9 @@ pub struct EnvoyConfig {
     pub filters_after: Vec<serde_json::Value>,
     /// The wasm `vm_id` (default `wipgate`).
     pub vm_id: String,
+    /// A complete bootstrap (YAML) to use as it is instead of the generated one (the demo
+    /// runs `envoy/envoy.yaml` this way); the other fields are then ignored.
+    pub bootstrap: Option<String>,
     /// Envoy's log level (default `info`).
     pub log_level: String,
     /// The `upstream` cluster's `circuit_breakers` (JSON, Envoy's `CircuitBreakers`);
@@ -111,6 +114,7 @@ impl EnvoyConfig {
             extra_clusters: Vec::new(),
             filters_after: Vec::new(),
             vm_id: "wipgate".to_owned(),
+            bootstrap: None,
             log_level: "info".to_owned(),
             circuit_breakers: None,
         }

@@ -1,36 +1,53 @@
-//! `make demo`: the same overload twice, first through a bare Envoy, then through Envoy with
-//! wipgate on its embedded defaults, in front of a demo upstream of limited capacity; then a
-//! summary of what was admitted and rejected, and what the upstream went through, overall
-//! and per tenant: a noisy tenant sends three quarters of the load next to a well-behaved
-//! one.
+//! `make demo`: the same overload twice in front of a demo upstream of limited capacity,
+//! first through a bare Envoy, then through Envoy running `envoy/envoy.yaml` (wipgate synced
+//! with the control service, in memory). Halfway through the second run the noisy tenant's
+//! limit is lowered through the control service's REST API. Then a summary: what was
+//! admitted and rejected, overall and per tenant, what the upstream went through, and the
+//! noisy tenant before and after the change.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use wipgate_e2e::{Envoy, EnvoyConfig, Outcome, RequestSpec, Summary, Upstream, UpstreamOptions};
+use wipgate_e2e::processes::ControlService;
+use wipgate_e2e::upstream::UpstreamStats;
+use wipgate_e2e::{
+    open_loop_with_timeout, wait_until, Envoy, EnvoyConfig, Outcome, RequestSpec, Summary,
+    Upstream, UpstreamOptions,
+};
 
 /// The constrained resource: this many requests served at once, each taking `SERVICE`;
 /// the rest queue inside it, like connections waiting for a database pool.
 const CAPACITY: usize = 16;
 const SERVICE: Duration = Duration::from_millis(50);
-/// wipgate's limit, at the resource's sweet spot.
-const MAX_INFLIGHT: u32 = 16;
 /// Offered load as a multiple of what the upstream can serve, for this long.
 const OVERLOAD: f64 = 2.0;
-const RUN: Duration = Duration::from_secs(5);
-/// The two tenants: `noisy` sends three requests for each one of `shop`.
+const RUN: Duration = Duration::from_secs(6);
+/// The two tenants of `envoy/envoy.yaml`: `noisy` sends three requests for each of `shop`'s.
 const NOISY: &str = "noisy";
 const SHOP: &str = "shop";
+/// Halfway through, the noisy tenant's fleet limit goes down to this.
+const NOISY_MAX_AFTER: u32 = 3;
 /// The demo's clients give up after this long.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The Envoy config the demo runs, as shipped.
+const ENVOY_YAML: &str = include_str!("../../../envoy/envoy.yaml");
 
 struct Phase {
     name: String,
     outcomes: Vec<Outcome>,
     upstream_max: usize,
-    upstream_max_of: std::collections::BTreeMap<String, usize>,
+    upstream_max_of: BTreeMap<String, usize>,
     stats: Option<String>,
+}
+
+/// The noisy tenant around the limit change.
+struct Change {
+    propagated: Duration,
+    before: (u64, u64, usize),
+    after: (u64, u64, usize),
 }
 
 fn main() -> Result<()> {
@@ -50,72 +67,185 @@ fn main() -> Result<()> {
         RUN.as_secs()
     );
     println!("  tenants:  {NOISY} sends 3 of every 4 requests, {SHOP} the 4th (x-tenant-id)");
-    let config = json!({
-        "max_inflight": MAX_INFLIGHT,
-        "retry_after_s": 1,
-        "tenants": {
-            NOISY: {"reserved": 0, "max": 6},
-            SHOP: {"reserved": 6, "max": 16}
-        }
-    })
-    .to_string();
-    let bare = runtime.block_on(run_phase("bare Envoy (no limit)", None, rate))?;
-    let gated = runtime.block_on(run_phase(
-        &format!("Envoy + wipgate (max_inflight {MAX_INFLIGHT})"),
-        Some(config.clone()),
-        rate,
-    ))?;
-    println!("  wipgate configuration: {config}\n");
+    println!("  wipgate:  envoy/envoy.yaml (max_inflight 16; noisy max 6; shop reserved 6), synced with wipgate-control");
+    let bare = runtime.block_on(bare_phase(rate))?;
+    let (gated, change) = runtime.block_on(wipgate_phase(rate))?;
+    println!();
     print_table(&[bare, gated]);
+    print_change(&change);
     Ok(())
 }
 
-async fn run_phase(name: &str, filter: Option<String>, rate: f64) -> Result<Phase> {
-    let upstream = Upstream::start(UpstreamOptions {
+fn demo_upstream() -> Result<Upstream> {
+    Upstream::start(UpstreamOptions {
         capacity: Some(CAPACITY),
         service_time: SERVICE,
         ..UpstreamOptions::default()
-    })?;
-    let mut cfg = EnvoyConfig::new(upstream.addr());
-    cfg.filter_config = filter;
-    cfg.route_timeout = CLIENT_TIMEOUT * 2;
-    let mut envoy = Envoy::start(&cfg).with_context(|| format!("starting Envoy for {name}"))?;
-    eprintln!("  running: {name} ...");
-    let outcomes = open_loop_with_client_timeout(&envoy, rate).await;
-    let stats = envoy_stats(&envoy);
-    envoy.stop()?;
-    let upstream_max_of = [NOISY, SHOP].map(|t| (t.to_owned(), upstream.max_inflight_of(t)));
-    Ok(Phase {
-        name: name.to_owned(),
-        outcomes,
-        upstream_max: upstream.max_inflight(),
-        upstream_max_of: upstream_max_of.into(),
-        stats,
     })
 }
 
-async fn open_loop_with_client_timeout(envoy: &Envoy, rate: f64) -> Vec<Outcome> {
+/// `envoy/envoy.yaml` on free ports, with the freshly built module.
+fn demo_bootstrap(upstream: &Upstream, control: &ControlService, wasm: &str) -> String {
+    ENVOY_YAML
+        .replace(
+            "address: 0.0.0.0, port_value: 10000",
+            "address: 127.0.0.1, port_value: 0",
+        )
+        .replace("port_value: 9901", "port_value: 0")
+        .replace(
+            "port_value: 8081",
+            &format!("port_value: {}", upstream.addr().port()),
+        )
+        .replace(
+            "port_value: 8090",
+            &format!("port_value: {}", control.addr().port()),
+        )
+        .replace("/etc/wipgate/wipgate_filter.wasm", wasm)
+}
+
+async fn bare_phase(rate: f64) -> Result<Phase> {
+    let upstream = demo_upstream()?;
+    let mut cfg = EnvoyConfig::new(upstream.addr());
+    cfg.route_timeout = CLIENT_TIMEOUT * 2;
+    let mut envoy = Envoy::start(&cfg).context("starting the bare Envoy")?;
+    eprintln!("  running: bare Envoy ...");
+    let outcomes = load(&envoy, rate).await;
+    envoy.stop()?;
+    Ok(phase(
+        "bare Envoy (no limit)",
+        outcomes,
+        &upstream,
+        upstream.max_inflight(),
+        None,
+    ))
+}
+
+async fn wipgate_phase(rate: f64) -> Result<(Phase, Change)> {
+    let upstream = demo_upstream()?;
+    let control = ControlService::start(None, &[]).context("starting wipgate-control")?;
+    let mut cfg = EnvoyConfig::new(upstream.addr());
+    cfg.bootstrap = Some(demo_bootstrap(
+        &upstream,
+        &control,
+        &cfg.wasm_path.display().to_string(),
+    ));
+    let mut envoy = Envoy::start(&cfg).context("starting Envoy with envoy/envoy.yaml")?;
+    let syncs = |e: &Envoy| e.wasm_stat("wipgate.sync.success").unwrap_or(0);
+    wait_until(Duration::from_secs(10), "the first sync", || {
+        syncs(&envoy) >= 1
+    })?;
+    eprintln!("  running: Envoy + wipgate ...");
+    let (outcomes, change) = tokio::join!(
+        load(&envoy, rate),
+        change_midway(&envoy, &control, upstream.stats())
+    );
+    let change = change?;
+    let stats = envoy_stats(&envoy);
+    envoy.stop()?;
+    let max = change.before.2.max(upstream.max_inflight());
+    let mut gated = phase("Envoy + wipgate", outcomes, &upstream, max, stats);
+    gated
+        .upstream_max_of
+        .insert(NOISY.to_owned(), change.before.2.max(change.after.2));
+    Ok((gated, change))
+}
+
+/// Halfway through the load: `PUT /v1/tenants/noisy {"max": 3}`, and the noisy tenant's
+/// counts before and after.
+async fn change_midway(
+    envoy: &Envoy,
+    control: &ControlService,
+    upstream: &Arc<UpstreamStats>,
+) -> Result<Change> {
+    let noisy = |e: &Envoy| {
+        let admitted = e.wasm_stat("wipgate.tenant.noisy.rq_admitted").unwrap_or(0);
+        let rejected = e
+            .wasm_stat("wipgate.tenant.noisy.rq_rejected.reason.tenant_limit")
+            .unwrap_or(0);
+        (admitted, rejected)
+    };
+    tokio::time::sleep(RUN / 2).await;
+    let (admitted, rejected) = noisy(envoy);
+    let before = (admitted, rejected, upstream.tenant(NOISY).max_inflight);
+    let syncs = envoy.wasm_stat("wipgate.sync.success").unwrap_or(0);
+    let put = Instant::now();
+    let (status, body) = control.admin(
+        "PUT",
+        "/v1/tenants/noisy",
+        &json!({"reserved": 0, "max": NOISY_MAX_AFTER}),
+    )?;
+    anyhow::ensure!(status == 200, "PUT /v1/tenants/noisy: {status} {body}");
+    let mut propagated = Duration::ZERO;
+    for _ in 0..100 {
+        if envoy.wasm_stat("wipgate.sync.success").unwrap_or(0) > syncs {
+            propagated = put.elapsed();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Requests admitted under the old limit finish within a service time or two.
+    let settle = SERVICE * 4;
+    tokio::time::sleep(settle).await;
+    upstream.reset();
+    tokio::time::sleep((RUN / 2).saturating_sub(settle)).await;
+    let (admitted_end, rejected_end) = noisy(envoy);
+    let after = (
+        admitted_end - before.0,
+        rejected_end - before.1,
+        upstream.tenant(NOISY).max_inflight,
+    );
+    Ok(Change {
+        propagated,
+        before,
+        after,
+    })
+}
+
+async fn load(envoy: &Envoy, rate: f64) -> Vec<Outcome> {
     let spec = |i: usize| {
         let tenant = if i % 4 == 3 { SHOP } else { NOISY };
         RequestSpec::get(format!("/order/{i}")).tenant(tenant)
     };
-    wipgate_e2e::open_loop_with_timeout(envoy.listener_addr(), rate, RUN, CLIENT_TIMEOUT, spec)
-        .await
+    open_loop_with_timeout(envoy.listener_addr(), rate, RUN, CLIENT_TIMEOUT, spec).await
+}
+
+fn phase(
+    name: &str,
+    outcomes: Vec<Outcome>,
+    upstream: &Upstream,
+    max: usize,
+    stats: Option<String>,
+) -> Phase {
+    Phase {
+        name: name.to_owned(),
+        outcomes,
+        upstream_max: max,
+        upstream_max_of: [NOISY, SHOP]
+            .map(|t| (t.to_owned(), upstream.max_inflight_of(t)))
+            .into(),
+        stats,
+    }
 }
 
 /// The filter's own account, read from Envoy's stats once the load is over.
 fn envoy_stats(envoy: &Envoy) -> Option<String> {
-    let admitted = envoy.wasm_stat("wipgate.rq_admitted")?;
-    let rejected = envoy.wasm_stat("wipgate.rq_rejected.reason.wip_limit")?;
-    let noisy = envoy.wasm_stat("wipgate.tenant.noisy.rq_rejected.reason.tenant_limit")?;
-    // Slots are released as streams end; give the last ones a moment.
-    let _ = wipgate_e2e::wait_until(Duration::from_secs(5), "in-flight back at 0", || {
+    let _ = wait_until(Duration::from_secs(5), "in-flight back at 0", || {
         envoy.wasm_stat("wipgate.rq_inflight") == Some(0)
     });
-    let inflight = envoy.wasm_stat("wipgate.rq_inflight")?;
+    let stat = |name: &str| {
+        envoy
+            .wasm_stat(name)
+            .map_or_else(|| "-".to_owned(), |v| v.to_string())
+    };
     Some(format!(
-        "wipgate.rq_admitted {admitted}, wipgate.rq_rejected.reason.wip_limit {rejected}, \
-         wipgate.tenant.noisy.rq_rejected.reason.tenant_limit {noisy}, wipgate.rq_inflight after the run {inflight}"
+        "wipgate.rq_admitted {}, wipgate.rq_rejected.reason.wip_limit {}, \
+         wipgate.tenant.noisy.rq_rejected.reason.tenant_limit {}, wipgate.sync.success {}, \
+         wipgate.rq_inflight after the run {}",
+        stat("wipgate.rq_admitted"),
+        stat("wipgate.rq_rejected.reason.wip_limit"),
+        stat("wipgate.tenant.noisy.rq_rejected.reason.tenant_limit"),
+        stat("wipgate.sync.success"),
+        stat("wipgate.rq_inflight"),
     ))
 }
 
@@ -138,7 +268,7 @@ fn print_table(phases: &[Phase]) {
 
 fn print_rows(phases: &[Phase], tenant: Option<&str>) {
     println!(
-        "{:<36} {:>6} {:>8} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10} {:>14}",
+        "{:<24} {:>6} {:>8} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10} {:>14}",
         "",
         "sent",
         "admitted",
@@ -174,7 +304,7 @@ fn print_rows(phases: &[Phase], tenant: Option<&str>) {
         let (ok, rej) = (Summary::of(&ok), Summary::of(&rejected));
         let dash = |s: &Summary, d: Duration| if s.count == 0 { "-".to_owned() } else { ms(d) };
         println!(
-            "{:<36} {:>6} {:>8} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10} {:>14}",
+            "{:<24} {:>6} {:>8} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10} {:>14}",
             phase.name,
             mine.len(),
             ok.count,
@@ -215,8 +345,28 @@ fn print_details(phases: &[Phase]) {
             );
         }
     }
+}
+
+fn print_change(change: &Change) {
+    println!(
+        "\nlimit change halfway: PUT /v1/tenants/{NOISY} {{\"reserved\": 0, \"max\": {NOISY_MAX_AFTER}}} \
+         -> in force at the next sync, {} later",
+        ms(change.propagated)
+    );
+    println!(
+        "{:<24} {:>10} {:>10} {:>14}",
+        "tenant noisy", "admitted", "rejected", "upstream max"
+    );
+    for (name, (admitted, rejected, max)) in [
+        ("before the change", change.before),
+        ("after the change", change.after),
+    ] {
+        println!("{name:<24} {admitted:>10} {rejected:>10} {max:>14}");
+    }
     println!(
         "\nwipgate keeps the upstream at its capacity and answers the excess at once, so admitted\n\
-         requests keep the upstream's unloaded latency instead of queueing behind the overload."
+         requests keep the upstream's unloaded latency instead of queueing behind the overload;\n\
+         the well-behaved tenant keeps its reservation, and a limit changed through the REST API\n\
+         is enforced by the running Envoy from its next sync on."
     );
 }
