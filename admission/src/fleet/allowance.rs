@@ -255,6 +255,7 @@ pub fn build_reply(
         classes: shares(&policy.classes, Dim::ClassMax, Dim::ClassReserved),
         degraded: false,
         stale_after_ms: params.reply_validity_ms(),
+        health: crate::fleet::ResourceHealth::Ok,
     }
 }
 

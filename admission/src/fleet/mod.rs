@@ -8,6 +8,7 @@
 //! calls the same functions. Time is always an argument.
 
 pub mod allowance;
+pub mod health;
 pub mod ledger;
 #[cfg(feature = "openapi")]
 mod openapi;
@@ -15,6 +16,7 @@ pub mod policy;
 pub mod sync;
 
 pub use allowance::{Dim, SplitParams};
+pub use health::ResourceHealth;
 pub use ledger::{FleetLedger, InstanceView};
 pub use policy::FleetPolicy;
 pub use sync::{SyncReply, SyncRequest, UsageReport};

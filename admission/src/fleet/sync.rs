@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, WILDCARD_TENANT};
+use crate::fleet::health::ResourceHealth;
 use crate::fleet::policy::{error, parse_json, MAX_POLICY_ENTRIES};
 use crate::{Bulkhead, TenantName};
 
@@ -76,6 +77,9 @@ pub struct SyncReply {
     pub degraded: bool,
     /// How long from now this allowance may be used without a newer one, in ms.
     pub stale_after_ms: u64,
+    /// The protected resource's health by the control service's probes (`ok` when absent).
+    #[serde(default)]
+    pub health: ResourceHealth,
 }
 
 impl SyncRequest {
@@ -190,6 +194,7 @@ mod tests {
             classes: BTreeMap::new(),
             degraded: false,
             stale_after_ms: 14_000,
+            health: ResourceHealth::Degraded { limit_percent: 60 },
         };
         let json = serde_json::to_string(&reply).unwrap();
         assert_eq!(serde_json::from_str::<SyncReply>(&json).unwrap(), reply);
