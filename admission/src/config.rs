@@ -6,6 +6,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::adaptive::AdaptiveConfig;
 use crate::{Bulkhead, TenantName};
 
 /// An invalid configuration: which field, and what is wrong with it.
@@ -82,6 +83,8 @@ struct RawConfig {
     retry_after_s: u32,
     #[serde(default)]
     control: Option<ControlConfig>,
+    #[serde(default)]
+    adaptive: Option<AdaptiveConfig>,
 }
 
 mod defaults {
@@ -118,11 +121,11 @@ pub const MAX_RETRY_AFTER_S: u32 = 3_600;
 
 /// A validated plugin configuration. Invariants: `max_inflight >= 1`; header names are
 /// lowercase HTTP tokens; every reservation set fits within `max_inflight`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GateConfig {
     /// Requests in flight through this Envoy, all workers together, never more.
     pub max_inflight: u32,
-    /// Floor of the adaptive limit (not yet enforced).
+    /// Floor of the adaptive limit (1 when not set).
     pub min_inflight: Option<u32>,
     /// Header naming the tenant (lowercase).
     pub tenant_header: String,
@@ -142,6 +145,9 @@ pub struct GateConfig {
     pub retry_after_s: u32,
     /// Control-service sync; without it the static configuration alone is enforced.
     pub control: Option<ControlConfig>,
+    /// Adaptive limits between `min_inflight` and `max_inflight`; without it the limit is
+    /// `max_inflight` (or the fleet share).
+    pub adaptive: Option<AdaptiveConfig>,
 }
 
 impl GateConfig {
@@ -156,11 +162,12 @@ impl GateConfig {
         parse_json::<RawConfig>(bytes)?.validate()
     }
 
-    /// The configuration keys that are accepted and validated but that this release does
-    /// not act on yet; the filter logs them at start so nothing is silently ignored.
+    /// The configuration keys that are accepted and validated but have no effect in this
+    /// configuration (`min_inflight` without `adaptive`); the filter logs them at start so
+    /// nothing is silently ignored.
     pub fn not_yet_enforced(&self) -> Vec<&'static str> {
         let mut keys = Vec::new();
-        if self.min_inflight.is_some() {
+        if self.min_inflight.is_some() && self.adaptive.is_none() {
             keys.push("min_inflight");
         }
         keys
@@ -248,6 +255,9 @@ impl RawConfig {
         if let Some(control) = &self.control {
             validate_control(control)?;
         }
+        if let Some(adaptive) = &self.adaptive {
+            adaptive.validate()?;
+        }
         Ok(GateConfig {
             max_inflight: self.max_inflight,
             min_inflight: self.min_inflight,
@@ -260,6 +270,7 @@ impl RawConfig {
             classes: self.classes,
             retry_after_s: self.retry_after_s,
             control: self.control,
+            adaptive: self.adaptive,
         })
     }
 }
@@ -444,6 +455,22 @@ mod tests {
                 "control.timeout_ms",
             ),
             (r#"{"max_inflight": 5} trailing"#, "(top level)"),
+            (
+                r#"{"max_inflight": 5, "adaptive": {"algorithm": "vegas"}}"#,
+                "adaptive.algorithm",
+            ),
+            (
+                r#"{"max_inflight": 5, "adaptive": {"algorithm": "aimd", "backoff": 1.5}}"#,
+                "adaptive.backoff",
+            ),
+            (
+                r#"{"max_inflight": 5, "adaptive": {"algorithm": "gradient", "tolerance": 0.5}}"#,
+                "adaptive.tolerance",
+            ),
+            (
+                r#"{"max_inflight": 5, "adaptive": {"algorithm": "aimd", "speed": 1}}"#,
+                "adaptive.speed",
+            ),
             ("not json", "(top level)"),
             (r#"{"max_inflight": 10,"#, "(top level)"),
         ];

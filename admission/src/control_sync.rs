@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{parse_json, ControlConfig};
-use crate::fleet::{SyncReply, SyncRequest, UsageReport};
+use crate::fleet::{ResourceHealth, SyncReply, SyncRequest, UsageReport};
 use crate::{Bulkhead, GateConfig};
 
 /// Shared-data key of the [`SyncLease`].
@@ -119,15 +119,20 @@ pub struct Allowance {
     pub valid_until_ms: u64,
     /// The control service said it answered from its last known state.
     pub degraded: bool,
+    /// The protected resource's health by the control service's probes.
+    #[serde(default)]
+    pub health: ResourceHealth,
 }
 
 /// The limits a request is admitted against.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EffectiveLimits {
     /// The validated configuration with the allowance applied.
     pub config: GateConfig,
     /// The allowance's `seq`, or `None` on the static configuration.
     pub seq: Option<u64>,
+    /// The protected resource is saturated (only reserved classes go).
+    pub saturated: bool,
 }
 
 /// Turns a callout's outcome into an allowance; `status` is `None` when no response came.
@@ -169,6 +174,7 @@ pub fn accept_reply(
         classes: reply.classes,
         valid_until_ms: now_ms.saturating_add(reply.stale_after_ms.min(stale_after_ms)),
         degraded: reply.degraded,
+        health: reply.health,
     };
     effective(static_config, Some(&allowance), now_ms)
         .seq
@@ -189,10 +195,14 @@ pub fn effective(
         return EffectiveLimits {
             config: static_config.clone(),
             seq: None,
+            saturated: false,
         };
     };
     let mut config = static_config.clone();
-    config.max_inflight = a.max_inflight.min(static_config.max_inflight);
+    // A degraded resource scales this Envoy's limit down; reservations follow below.
+    config.max_inflight = a
+        .health
+        .scale(a.max_inflight.min(static_config.max_inflight));
     for (map, shares) in [
         (&mut config.tenants, &a.tenants),
         (&mut config.classes, &a.classes),
@@ -208,6 +218,7 @@ pub fn effective(
     EffectiveLimits {
         config,
         seq: Some(a.seq),
+        saturated: a.health == ResourceHealth::Saturated,
     }
 }
 
@@ -342,6 +353,27 @@ mod tests {
     }
 
     #[test]
+    fn health_scales_the_limit_or_marks_saturation() {
+        let degraded = GOOD.replace(
+            r#""stale_after_ms": 13500"#,
+            r#""stale_after_ms": 13500, "health": {"state": "degraded", "limit_percent": 50}"#,
+        );
+        let e = effective(&static_config(), Some(&reply(&degraded).unwrap()), 2_000);
+        assert_eq!((e.config.max_inflight, e.saturated), (20, false));
+        assert!(
+            e.config.classes["i"].reserved <= 20,
+            "reservations follow the lower limit"
+        );
+        let saturated = GOOD.replace(
+            r#""stale_after_ms": 13500"#,
+            r#""stale_after_ms": 13500, "health": {"state": "saturated"}"#,
+        );
+        let e = effective(&static_config(), Some(&reply(&saturated).unwrap()), 2_000);
+        assert!(e.saturated);
+        assert!(!effective(&static_config(), None, 0).saturated);
+    }
+
+    #[test]
     fn stale_or_absent_allowance_means_static_configuration() {
         let a = reply(GOOD).unwrap();
         let e = effective(&static_config(), Some(&a), 14_500);
@@ -433,7 +465,7 @@ mod tests {
             let tenants: BTreeMap<String, Bulkhead> = shares.iter().enumerate()
                 .map(|(i, (r, m))| (names[i].to_owned(), Bulkhead { reserved: (*r).min(m.unwrap_or(u32::MAX)), max: *m }))
                 .collect();
-            let a = Allowance { seq: 1, policy_version: 1, max_inflight: max, tenants, classes: BTreeMap::new(), valid_until_ms: 10, degraded: false };
+            let a = Allowance { seq: 1, policy_version: 1, max_inflight: max, tenants, classes: BTreeMap::new(), valid_until_ms: 10, degraded: false, health: ResourceHealth::Degraded { limit_percent: 40 } };
             let e = effective(&static_config(), Some(&a), 0);
             prop_assert!(e.config.max_inflight <= 100);
             let reserved: u64 = e.config.tenants.values().map(|b| u64::from(b.reserved)).sum();

@@ -9,7 +9,8 @@ use std::cell::{Cell, RefCell};
 
 use thiserror::Error;
 
-use crate::ledger::{Ledger, PartitionKey, WorkerId};
+use crate::adaptive::{AdaptiveConfig, Outcome};
+use crate::ledger::{ClosedWindow, Ledger, PartitionKey, WorkerId};
 use crate::shared_data::{CasError, SharedData};
 use crate::RejectReason;
 
@@ -49,7 +50,7 @@ pub struct Permit {
 pub struct WorkerHandle {
     current: Cell<Option<WorkerId>>,
     /// Releases whose write failed; paid with the next successful write, so none is lost.
-    owed: RefCell<Vec<Permit>>,
+    owed: RefCell<Vec<(Permit, Option<Finish>)>>,
 }
 
 impl WorkerHandle {
@@ -57,6 +58,16 @@ impl WorkerHandle {
     pub fn owed_releases(&self) -> usize {
         self.owed.borrow().len()
     }
+}
+
+/// How an admitted request ended, for the adaptive limit: admission to end of stream, and
+/// its outcome. `None` where nothing can be said (the client left before any response).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finish {
+    /// Microseconds from admission to the end of the stream.
+    pub latency_us: u64,
+    /// Success or error.
+    pub outcome: Outcome,
 }
 
 /// Why the ledger could not be changed.
@@ -74,7 +85,7 @@ pub enum GateError {
 }
 
 /// What a change did besides its own result, for stats and logs.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub struct Report<T> {
     /// The change's own result.
     pub value: T,
@@ -86,6 +97,8 @@ pub struct Report<T> {
     pub reset_corrupt: bool,
     /// The latest allowance `seq` announced in the ledger (see [`Ledger::limits_seq`]).
     pub limits_seq: u64,
+    /// The adaptive window this change closed, if any.
+    pub window: Option<ClosedWindow>,
 }
 
 /// The gate itself: where the ledger lives and how long a VM's lease is.
@@ -93,6 +106,8 @@ pub struct Report<T> {
 pub struct Gate {
     key: String,
     lease_ms: u64,
+    /// Adaptive limits: the algorithm and the bounds (`min_inflight`, `max_inflight`).
+    adaptive: Option<(AdaptiveConfig, u32, u32)>,
 }
 
 impl Default for Gate {
@@ -107,7 +122,15 @@ impl Gate {
         Self {
             key: key.to_owned(),
             lease_ms,
+            adaptive: None,
         }
+    }
+
+    /// Turns adaptive limits on, within `min ..= max`.
+    #[must_use]
+    pub fn with_adaptive(mut self, config: Option<AdaptiveConfig>, min: u32, max: u32) -> Self {
+        self.adaptive = config.map(|c| (c, min.max(1), max.max(min.max(1))));
+        self
     }
 
     /// Writes an empty ledger unless one exists. Called when a VM is configured: the main
@@ -136,8 +159,12 @@ impl Gate {
                 None => ledger.register(now_ms).ok_or(GateError::Full)?,
             };
             let decision = decide(ledger);
-            if let Ok(keys) = &decision {
-                ledger.acquire(id, keys, now_ms);
+            match &decision {
+                Ok(keys) => {
+                    ledger.acquire(id, keys, now_ms);
+                }
+                Err(RejectReason::WipLimit) => ledger.note_rejected(),
+                Err(_) => {}
             }
             Ok((id, decision))
         })?;
@@ -153,6 +180,7 @@ impl Gate {
             cas_retries: report.cas_retries,
             reset_corrupt: report.reset_corrupt,
             limits_seq: report.limits_seq,
+            window: report.window,
         })
     }
 
@@ -180,9 +208,10 @@ impl Gate {
         store: &impl SharedData,
         worker: &WorkerHandle,
         permit: Permit,
+        finish: Option<Finish>,
         now_ms: u64,
     ) -> Result<Report<()>, GateError> {
-        worker.owed.borrow_mut().push(permit);
+        worker.owed.borrow_mut().push((permit, finish));
         self.update(store, worker, now_ms, |_, _| Ok(()))
     }
 
@@ -240,8 +269,19 @@ impl Gate {
                 Some(Err(_)) => (Ledger::default(), true),
             };
             let reclaimed = ledger.expire(now_ms, self.lease_ms);
-            for permit in worker.owed.borrow().iter() {
-                ledger.release(permit.worker, &permit.keys, now_ms);
+            let adaptive = self.adaptive.as_ref();
+            let window = ledger.roll_adaptive(
+                adaptive.map(|(c, _, _)| c),
+                adaptive.map_or(1, |a| a.1),
+                adaptive.map_or(u32::MAX, |a| a.2),
+                now_ms,
+            );
+            for (permit, finish) in worker.owed.borrow().iter() {
+                if ledger.release(permit.worker, &permit.keys, now_ms) {
+                    if let Some(f) = finish {
+                        ledger.record_finish(f.latency_us, f.outcome);
+                    }
+                }
             }
             let value = change(&mut ledger, worker.current.get())?;
             match store.set(&self.key, &ledger.encode(), cas) {
@@ -253,6 +293,7 @@ impl Gate {
                         cas_retries: attempt,
                         reset_corrupt,
                         limits_seq: ledger.limits_seq(),
+                        window,
                     });
                 }
                 Err(CasError::Mismatch) => continue,

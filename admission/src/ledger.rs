@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
+use crate::adaptive::histogram::Histogram;
+use crate::adaptive::{AdaptiveConfig, ChangeReason, LimitState, Outcome, Sample, Window};
+
 /// Identifies one worker VM's entry. Ids are never reused within a ledger, so a permit taken
 /// under an entry that was later reclaimed can never release a slot of a newer entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,7 +85,7 @@ impl WorkerEntry {
 /// At most this many worker entries; bounds the record whatever happens to the VMs.
 pub const MAX_WORKERS: usize = 1024;
 
-const FORMAT_VERSION: u8 = 3;
+const FORMAT_VERSION: u8 = 4;
 const HEADER_LEN: usize = 1 + 4 + 8 + 2;
 const ENTRY_HEAD_LEN: usize = 4 + 4 + 8 + 2;
 const PART_LEN: usize = 8 + 4;
@@ -95,6 +98,21 @@ pub struct Ledger {
     /// anyway, so this is how workers learn, at no extra cost, that new limits are out.
     limits_seq: u64,
     entries: Vec<WorkerEntry>,
+    /// The adaptive limit's state and the window being measured, when `adaptive` is on.
+    adaptive: Option<(LimitState, Window)>,
+}
+
+/// A window that closed during a ledger change: what it measured, and the limit after it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClosedWindow {
+    /// The window's summary.
+    pub sample: Sample,
+    /// The adaptive limit after it.
+    pub limit: u32,
+    /// Why the limit changed, if it did.
+    pub change: Option<ChangeReason>,
+    /// Why the limit last changed (for the reason gauge).
+    pub reason: ChangeReason,
 }
 
 /// Why bytes read from shared data are not a ledger.
@@ -134,6 +152,64 @@ impl Ledger {
     /// Announces allowance `seq` (never goes back).
     pub fn publish_limits(&mut self, seq: u64) {
         self.limits_seq = self.limits_seq.max(seq);
+    }
+
+    /// The adaptive limit in force, if `adaptive` is on.
+    pub fn adaptive_limit(&self) -> Option<u32> {
+        self.adaptive.as_ref().map(|(state, _)| state.limit)
+    }
+
+    /// Turns adaptive limits on (cold start at `min`) or off, and closes the current window
+    /// when it is over, moving the limit within `min ..= max`.
+    pub fn roll_adaptive(
+        &mut self,
+        config: Option<&AdaptiveConfig>,
+        min: u32,
+        max: u32,
+        now_ms: u64,
+    ) -> Option<ClosedWindow> {
+        let Some(config) = config else {
+            self.adaptive = None;
+            return None;
+        };
+        let (state, window) = self.adaptive.get_or_insert_with(|| {
+            (
+                LimitState::cold(min),
+                Window {
+                    start_ms: now_ms,
+                    ..Window::default()
+                },
+            )
+        });
+        if now_ms < window.start_ms.saturating_add(config.window_ms) {
+            return None;
+        }
+        let sample = window.sample(state.limit);
+        let change = state.update(&sample, config, min, max);
+        *window = Window {
+            start_ms: now_ms,
+            ..Window::default()
+        };
+        Some(ClosedWindow {
+            sample,
+            limit: state.limit,
+            change,
+            reason: state.reason,
+        })
+    }
+
+    /// A request was refused because the limit was full: demand above the limit.
+    pub fn note_rejected(&mut self) {
+        if let Some((_, w)) = &mut self.adaptive {
+            w.rejected = w.rejected.saturating_add(1);
+        }
+    }
+
+    /// An admitted request finished after `latency_us`, ending as `outcome`.
+    pub fn record_finish(&mut self, latency_us: u64, outcome: Outcome) {
+        if let Some((_, w)) = &mut self.adaptive {
+            w.record(latency_us, outcome);
+        }
     }
 
     /// The live worker entries.
@@ -225,6 +301,28 @@ impl Ledger {
                 out.extend_from_slice(&n.to_le_bytes());
             }
         }
+        match &self.adaptive {
+            None => out.push(0),
+            Some((state, w)) => {
+                out.push(1);
+                out.extend_from_slice(&state.limit.to_le_bytes());
+                out.extend_from_slice(&state.stable.to_le_bytes());
+                out.push(state.reason.code());
+                out.push(u8::from(state.slow_start));
+                out.extend_from_slice(&state.long_rtt_us.to_le_bytes());
+                out.extend_from_slice(&w.start_ms.to_le_bytes());
+                out.extend_from_slice(&w.errors.to_le_bytes());
+                out.extend_from_slice(&w.rejected.to_le_bytes());
+                out.extend_from_slice(&w.peak_inflight.to_le_bytes());
+                let buckets = w.latency.buckets();
+                // At most 4 x 33 distinct buckets exist, so the count fits a byte.
+                out.push(u8::try_from(buckets.len()).unwrap_or(u8::MAX));
+                for (b, n) in buckets {
+                    out.push(*b);
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
+            }
+        }
         out
     }
 
@@ -261,6 +359,11 @@ impl Ledger {
                 parts,
             });
         }
+        let adaptive = match r.u8()? {
+            0 => None,
+            1 => Some(read_adaptive(&mut r)?),
+            _ => return Err(LedgerError::Inconsistent),
+        };
         if r.remaining() != 0 {
             return Err(LedgerError::Length(bytes.len()));
         }
@@ -274,8 +377,42 @@ impl Ledger {
             next_id,
             limits_seq,
             entries,
+            adaptive,
         })
     }
+}
+
+fn read_adaptive(r: &mut Reader<'_>) -> Result<(LimitState, Window), LedgerError> {
+    let limit = r.u32()?;
+    let stable = u16::from_le_bytes(r.take()?);
+    let reason = ChangeReason::from_code(r.u8()?).ok_or(LedgerError::Inconsistent)?;
+    let slow_start = r.u8()? != 0;
+    let long_rtt_us = r.u32()?;
+    let state = LimitState {
+        limit,
+        stable,
+        reason,
+        long_rtt_us,
+        slow_start,
+    };
+    let start_ms = r.u64()?;
+    let (errors, rejected, peak_inflight) = (r.u32()?, r.u32()?, r.u32()?);
+    let n = r.u8()?;
+    let mut buckets = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        buckets.push((r.u8()?, r.u32()?));
+    }
+    let latency = Histogram::from_buckets(buckets).ok_or(LedgerError::Inconsistent)?;
+    Ok((
+        state,
+        Window {
+            start_ms,
+            errors,
+            rejected,
+            peak_inflight,
+            latency,
+        },
+    ))
 }
 
 fn len_u16(n: usize) -> u16 {
@@ -390,16 +527,30 @@ mod tests {
         one_missing[HEADER_LEN - 2] = 1;
         assert_eq!(
             Ledger::decode(&one_missing),
-            Err(LedgerError::Length(HEADER_LEN))
+            Err(LedgerError::Length(HEADER_LEN + 1))
         );
         let mut dup = Ledger::default();
         dup.register(0);
         dup.publish_limits(5);
         assert_eq!(Ledger::decode(&dup.encode()).unwrap().limits_seq(), 5);
-        let mut bytes = dup.encode();
+        let encoded = dup.encode();
+        let entry = &encoded[HEADER_LEN..encoded.len() - 1];
+        let mut bytes = encoded[..HEADER_LEN].to_vec();
         bytes[HEADER_LEN - 2] = 2;
-        bytes.extend_from_within(HEADER_LEN..);
+        bytes.extend_from_slice(entry);
+        bytes.extend_from_slice(entry);
+        bytes.push(0);
         assert_eq!(Ledger::decode(&bytes), Err(LedgerError::Inconsistent));
+        let mut adaptive = dup.clone();
+        let config: AdaptiveConfig =
+            serde_json::from_str(r#"{"algorithm": "aimd", "window_ms": 50}"#).unwrap();
+        adaptive.roll_adaptive(Some(&config), 4, 40, 0);
+        adaptive.record_finish(12_000, Outcome::Success);
+        adaptive.note_rejected();
+        assert_eq!(Ledger::decode(&adaptive.encode()), Ok(adaptive.clone()));
+        assert_eq!(adaptive.adaptive_limit(), Some(4));
+        let closed = adaptive.roll_adaptive(Some(&config), 4, 40, 50).unwrap();
+        assert_eq!((closed.sample.count, closed.sample.limited), (1, true));
         let mut trailing = dup.encode();
         trailing.push(0);
         assert_eq!(

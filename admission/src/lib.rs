@@ -6,6 +6,7 @@
 //! [`SharedData`] trait, which the filter implements over proxy-wasm shared data.
 #![warn(missing_docs)]
 
+pub mod adaptive;
 pub mod bulkhead;
 pub mod config;
 pub mod control_sync;

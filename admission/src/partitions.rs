@@ -40,6 +40,10 @@ pub struct Partitions {
     classes: Vec<Named>,
     default_class: Option<usize>,
     max_tenants: usize,
+    /// The limit the reservations were sized for; below it they shrink in proportion.
+    base_limit: u32,
+    /// The protected resource is saturated: only reserved classes, within their slice.
+    saturated: bool,
 }
 
 /// Where a request belongs, before the ledger is consulted.
@@ -89,7 +93,16 @@ impl Partitions {
             classes,
             default_class,
             max_tenants: usize::try_from(config.max_tenants).unwrap_or(usize::MAX),
+            base_limit: config.max_inflight,
+            saturated: false,
         }
+    }
+
+    /// The same partitions while the protected resource is (or is not) saturated.
+    #[must_use]
+    pub fn saturated(mut self, saturated: bool) -> Self {
+        self.saturated = saturated;
+        self
     }
 
     /// Places a request by its tenant and its priority header value (a configured class
@@ -133,8 +146,19 @@ impl Partitions {
         placement.class.map(|j| self.classes[j].name.as_str())
     }
 
+    /// `reserved` sized for the base limit, shrunk in proportion to `limit`.
+    fn scaled(&self, reserved: u32, limit: u32) -> u32 {
+        if limit >= self.base_limit || self.base_limit == 0 {
+            return reserved;
+        }
+        let scaled = u64::from(reserved) * u64::from(limit) / u64::from(self.base_limit);
+        u32::try_from(scaled).unwrap_or(reserved)
+    }
+
     /// Decides on `placement` against the ledger: the partition keys to count the request
-    /// in, or why not. Pure: called inside the ledger's compare-and-swap loop.
+    /// in, or why not. Pure: called inside the ledger's compare-and-swap loop. `limit` may be
+    /// below the configured `max_inflight` (adaptive limits): reservations then shrink in
+    /// proportion, so they still fit and their guarantees hold.
     pub fn decide(
         &self,
         ledger: &Ledger,
@@ -169,14 +193,19 @@ impl Partitions {
         if count(tenant_key) >= tenant.max.map_or(u64::MAX, u64::from) {
             return Err(RejectReason::TenantLimit);
         }
+        let unused = |b: &Bulkhead, used: u64| {
+            u64::from(self.scaled(b.reserved, limit)).saturating_sub(used)
+        };
         let class = placement.class.map(|j| &self.classes[j]);
+        if self.saturated && !class.is_some_and(|c| unused(&c.bulkhead, count(c.key)) > 0) {
+            return Err(RejectReason::BottleneckSaturated);
+        }
         if let Some(class) = class {
             if count(class.key) >= class.bulkhead.max.map_or(u64::MAX, u64::from) {
                 return Err(RejectReason::ClassLimit);
             }
         }
 
-        let unused = |b: &Bulkhead, used: u64| u64::from(b.reserved).saturating_sub(used);
         let mut other_tenants: u64 = self
             .tenants
             .iter()
@@ -290,6 +319,44 @@ mod tests {
             admit(&p, &mut l, w, 10, "t", None),
             Err(RejectReason::WipLimit)
         );
+    }
+
+    #[test]
+    fn saturation_admits_only_reserved_classes_within_their_slice() {
+        let c = config(
+            r#"{"max_inflight": 10, "default_class": "interactive",
+                "classes": {"interactive": {"reserved": 3}, "batch": {}}}"#,
+        );
+        let p = Partitions::new(&c).saturated(true);
+        let mut l = Ledger::default();
+        let w = l.register(0).unwrap();
+        assert_eq!(
+            admit(&p, &mut l, w, 10, "t", Some("batch")),
+            Err(RejectReason::BottleneckSaturated)
+        );
+        for _ in 0..3 {
+            admit(&p, &mut l, w, 10, "t", None).unwrap();
+        }
+        assert_eq!(
+            admit(&p, &mut l, w, 10, "t", None),
+            Err(RejectReason::BottleneckSaturated)
+        );
+    }
+
+    #[test]
+    fn reservations_shrink_with_a_lower_limit() {
+        let c = config(r#"{"max_inflight": 20, "tenants": {"b": {"reserved": 10}}}"#);
+        let p = Partitions::new(&c);
+        let mut l = Ledger::default();
+        let w = l.register(0).unwrap();
+        // At an adaptive limit of 10, b's reservation is 5: others may use the other 5.
+        let others = (0..10)
+            .filter(|_| admit(&p, &mut l, w, 10, "x", None).is_ok())
+            .count();
+        assert_eq!(others, 5);
+        for _ in 0..5 {
+            admit(&p, &mut l, w, 10, "b", None).unwrap();
+        }
     }
 
     #[test]

@@ -78,7 +78,7 @@ fn limit_holds_across_threads_and_counts_return_to_zero() {
                         std::thread::yield_now();
                         held.fetch_sub(1, Ordering::SeqCst);
                         // A contended release is owed and paid by a later write.
-                        let _ = gate.release(&*store, &worker, permit, i);
+                        let _ = gate.release(&*store, &worker, permit, None, i);
                     }
                 }
                 for _ in 0..1_000 {
@@ -134,7 +134,7 @@ fn a_failed_release_is_paid_by_the_next_write() {
         panic!("first admission refused");
     };
     // Write 2 fails: the release is owed, the slot still counted.
-    assert!(gate.release(&store, &worker, permit, 1).is_err());
+    assert!(gate.release(&store, &worker, permit, None, 1).is_err());
     assert_eq!(worker.owed_releases(), 1);
     assert_eq!(gate.inflight(&store).unwrap(), 1);
     // Write 3 succeeds and pays it.
@@ -169,7 +169,7 @@ proptest! {
                 }
                 1 => {
                     if let Some(p) = permits[w].pop() {
-                        let _ = gate.release(&store, &workers[w], p, now);
+                        let _ = gate.release(&store, &workers[w], p, None, now);
                     }
                 }
                 _ => {
@@ -182,7 +182,7 @@ proptest! {
         }
         for (w, ps) in permits.iter_mut().enumerate() {
             for p in ps.drain(..) {
-                let _ = gate.release(&store, &workers[w], p, 1_000);
+                let _ = gate.release(&store, &workers[w], p, None, 1_000);
             }
         }
         let clean = Store::default();

@@ -5,9 +5,11 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
+use wipgate_admission::adaptive::Outcome;
+use wipgate_admission::gate::Finish;
 use wipgate_admission::{Admission, Permit, Rejection, TenantName};
 
-use crate::host::now_ms;
+use crate::host::{now_ms, now_us};
 use crate::metrics::StatsSlot;
 use crate::plugin::Plugin;
 
@@ -15,11 +17,20 @@ use crate::plugin::Plugin;
 pub struct AdmissionContext {
     plugin: Rc<Plugin>,
     held: Option<(Permit, StatsSlot)>,
+    /// When the request was admitted (µs), for its latency.
+    admitted_us: u64,
+    /// The response status, once response headers passed.
+    status: Option<u16>,
 }
 
 impl AdmissionContext {
     pub fn new(plugin: Rc<Plugin>) -> Self {
-        Self { plugin, held: None }
+        Self {
+            plugin,
+            held: None,
+            admitted_us: 0,
+            status: None,
+        }
     }
 
     fn reject(&self, rejection: &Rejection) {
@@ -36,7 +47,17 @@ impl AdmissionContext {
     /// dropped) calls it; `take()` makes the second and later calls no-ops.
     fn finish(&mut self) {
         if let Some((permit, slot)) = self.held.take() {
-            self.plugin.release(permit, &slot, now_ms());
+            // A 5xx (Envoy's own for upstream resets and timeouts included) counts against
+            // the resource; a stream with no response (the client left) says nothing.
+            let finish = self.status.map(|status| Finish {
+                latency_us: now_us().saturating_sub(self.admitted_us),
+                outcome: if status >= 500 {
+                    Outcome::Error
+                } else {
+                    Outcome::Success
+                },
+            });
+            self.plugin.release(permit, &slot, finish, now_ms());
         }
     }
 }
@@ -64,6 +85,7 @@ impl HttpContext for AdmissionContext {
         match self.plugin.admit(&limits, &placement, &slot, now) {
             Admission::Admitted(permit) => {
                 self.held = Some((permit, slot));
+                self.admitted_us = now_us();
                 Action::Continue
             }
             Admission::Rejected(reason) => {
@@ -75,6 +97,13 @@ impl HttpContext for AdmissionContext {
                 Action::Pause
             }
         }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.status = self
+            .get_http_response_header(":status")
+            .and_then(|s| s.parse().ok());
+        Action::Continue
     }
 
     fn on_log(&mut self) {

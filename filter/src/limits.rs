@@ -27,7 +27,7 @@ impl Limits {
         let e = effective(static_config, allowance, now_ms);
         let in_force = allowance.filter(|_| e.seq.is_some());
         Self {
-            partitions: Partitions::new(&e.config),
+            partitions: Partitions::new(&e.config).saturated(e.saturated),
             config: e.config,
             seq: e.seq,
             policy_version: in_force.map(|a| a.policy_version),

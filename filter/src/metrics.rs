@@ -12,7 +12,9 @@ use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
+use wipgate_admission::adaptive::ChangeReason;
 use wipgate_admission::control_sync::SyncFailure;
+use wipgate_admission::ledger::ClosedWindow;
 use wipgate_admission::partitions::UNLISTED_LABEL;
 use wipgate_admission::{Partitions, RejectReason};
 
@@ -125,6 +127,9 @@ pub struct Metrics {
     sync_success: Option<u32>,
     sync_failures: [Option<u32>; 5],
     on_static: Option<u32>,
+    adaptive_limit: Option<u32>,
+    latency_us: [Option<u32>; 3],
+    reasons: [Option<u32>; 5],
 }
 
 impl Metrics {
@@ -146,6 +151,19 @@ impl Metrics {
                 )
             }),
             on_static: define(MetricType::Gauge, "wipgate.sync.on_static_config"),
+            adaptive_limit: define(MetricType::Gauge, "wipgate.adaptive.limit"),
+            latency_us: ["p50", "p90", "p99"].map(|p| {
+                define(
+                    MetricType::Gauge,
+                    &format!("wipgate.adaptive.latency_{p}_us"),
+                )
+            }),
+            reasons: ChangeReason::ALL.map(|r| {
+                define(
+                    MetricType::Gauge,
+                    &format!("wipgate.adaptive.reason.{}", r.as_str()),
+                )
+            }),
         };
         metrics.define_labels(partitions);
         metrics
@@ -234,6 +252,26 @@ impl Metrics {
         }
         if let Some(id) = self.on_static {
             let _ = hostcalls::record_metric(id, u64::from(on_static));
+        }
+    }
+
+    /// An adaptive window closed: the limit, the window's latencies, why it last changed
+    /// (1 on that reason's gauge, 0 on the others).
+    pub fn adaptive(&self, window: &ClosedWindow) {
+        let set = |id: Option<u32>, v: u64| {
+            if let Some(id) = id {
+                let _ = hostcalls::record_metric(id, v);
+            }
+        };
+        set(self.adaptive_limit, u64::from(window.limit));
+        let s = &window.sample;
+        if s.count > 0 {
+            for (id, v) in self.latency_us.iter().zip([s.p50_us, s.p90_us, s.p99_us]) {
+                set(*id, v);
+            }
+        }
+        for (id, reason) in self.reasons.iter().zip(ChangeReason::ALL) {
+            set(*id, u64::from(reason == window.reason));
         }
     }
 

@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use wipgate_admission::gate::Report;
+use wipgate_admission::gate::{Finish, Report};
 use wipgate_admission::{
     Admission, Gate, GateConfig, GateError, Permit, Placement, RejectReason, TenantName,
     WorkerHandle,
@@ -39,7 +39,11 @@ impl Plugin {
         let limits = Limits::build(&static_config, None, 0);
         let metrics = Metrics::define(&limits.partitions);
         metrics.set_limit(limits.config.max_inflight, true);
-        let gate = Gate::default();
+        let gate = Gate::default().with_adaptive(
+            static_config.adaptive.clone(),
+            static_config.min_inflight.unwrap_or(1),
+            static_config.max_inflight,
+        );
         if let Err(e) = gate.initialize(&HostSharedData) {
             log::error!("cannot initialise the shared in-flight ledger: {e}");
         }
@@ -109,7 +113,9 @@ impl Plugin {
         let result = self
             .gate
             .admit(&HostSharedData, &self.worker, now_ms, |ledger| {
-                limits.partitions.decide(ledger, max, placement)
+                // The adaptive limit, when on, can only lower the configured (or fleet) one.
+                let limit = max.min(ledger.adaptive_limit().unwrap_or(u32::MAX));
+                limits.partitions.decide(ledger, limit, placement)
             });
         let admission = self
             .account(result, now_ms)
@@ -123,10 +129,10 @@ impl Plugin {
 
     /// Gives a slot back. If the ledger cannot be written now, the release is owed and paid
     /// by this VM's next write (the next heartbeat at the latest).
-    pub fn release(&self, permit: Permit, slot: &StatsSlot, now_ms: u64) {
+    pub fn release(&self, permit: Permit, slot: &StatsSlot, finish: Option<Finish>, now_ms: u64) {
         let result = self
             .gate
-            .release(&HostSharedData, &self.worker, permit, now_ms);
+            .release(&HostSharedData, &self.worker, permit, finish, now_ms);
         self.account(result, now_ms);
         self.metrics.released(slot);
     }
@@ -165,6 +171,9 @@ impl Plugin {
         match result {
             Ok(report) => {
                 self.seen_seq.set(report.limits_seq);
+                if let Some(window) = &report.window {
+                    self.metrics.adaptive(window);
+                }
                 self.metrics.cas_retries(report.cas_retries);
                 if report.reclaimed > 0 {
                     self.metrics.reclaimed(report.reclaimed);

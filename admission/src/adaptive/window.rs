@@ -1,0 +1,72 @@
+//! One measurement window, accumulated Envoy-wide in the ledger: what the admitted requests
+//! that finished in it took and how they ended, and how hard the limit was pressed.
+
+use super::histogram::Histogram;
+
+/// How an admitted request ended, as the limit algorithms see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response below 500 (a 4xx is the caller's problem, not the resource's).
+    Success,
+    /// A 5xx, an upstream reset or a timeout: the resource may be in trouble.
+    Error,
+}
+
+/// The window being filled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Window {
+    /// When it started (ms since the epoch).
+    pub start_ms: u64,
+    /// Finished requests that ended in an error.
+    pub errors: u32,
+    /// Requests rejected because the limit was full (demand above the limit).
+    pub rejected: u32,
+    /// The most requests in flight at once.
+    pub peak_inflight: u32,
+    /// Latencies of finished requests, admission to end of stream.
+    pub latency: Histogram,
+}
+
+/// A closed window, summarised for the algorithms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Finished requests.
+    pub count: u64,
+    /// Share of them that ended in an error (0-1).
+    pub error_rate: f64,
+    /// Latency percentiles, in microseconds.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// Whether the limit held work back: rejections, or in flight at the limit.
+    pub limited: bool,
+}
+
+impl Window {
+    /// Counts one finished request.
+    pub fn record(&mut self, latency_us: u64, outcome: Outcome) {
+        self.latency.record(latency_us);
+        if outcome == Outcome::Error {
+            self.errors = self.errors.saturating_add(1);
+        }
+    }
+
+    /// The summary of this window under `limit`.
+    pub fn sample(&self, limit: u32) -> Sample {
+        let count = self.latency.count();
+        Sample {
+            count,
+            error_rate: if count == 0 {
+                0.0
+            } else {
+                f64::from(self.errors) / count as f64
+            },
+            p50_us: self.latency.percentile(50.0),
+            p90_us: self.latency.percentile(90.0),
+            p99_us: self.latency.percentile(99.0),
+            limited: self.rejected > 0 || self.peak_inflight >= limit,
+        }
+    }
+}
