@@ -46,6 +46,14 @@ $(ENVOY):
 	ln -sf "$$($(VENV)/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" $(ENVOY)
 	@$(ENVOY) --version
 
+# PostgreSQL's initdb/pg_ctl: on PATH, or where Debian's postgresql package puts them.
+define need_postgres
+@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo "installing postgresql (apt-get)" && \
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+  { echo "PostgreSQL (initdb, pg_ctl) is missing: apt-get install -y postgresql"; exit 1; }
+endef
+
 ## ---- build ----------------------------------------------------------------------------
 filter: wasm-target
 	cargo build --release --target wasm32-wasip1 -p wipgate-filter
@@ -66,6 +74,7 @@ test-control:
 # One Envoy (--concurrency 2) per test; serial keeps the 2-core machine's timings sane.
 test-e2e: prereqs filter
 	$(call need,redis-server,redis-server)
+	$(call need_postgres)
 	cargo build -p wipgate-control
 	cargo test -p wipgate-e2e -- --test-threads=1
 

@@ -8,6 +8,8 @@ pub mod client;
 pub mod envoy;
 pub mod keepalive;
 pub mod load;
+pub mod pg_upstream;
+pub mod postgres;
 pub mod processes;
 pub mod summary;
 pub mod upstream;

@@ -1,0 +1,109 @@
+//! Adaptive limits in a real Envoy in front of a real database: an upstream whose requests
+//! run on PostgreSQL through a bounded pool slows down; the limit falls and admitted latency
+//! recovers.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use wipgate_e2e::pg_upstream::PgUpstream;
+use wipgate_e2e::postgres::Postgres;
+use wipgate_e2e::{envoy_present, open_loop, Envoy, EnvoyConfig, Outcome, RequestSpec, Summary};
+
+fn envoy_or_skip(test: &str) -> bool {
+    envoy_present(test).expect("WIPGATE_ENVOY names a missing file")
+}
+
+/// Samples the adaptive limit every `every` until stopped: (ms since start, limit).
+fn trace_limit(envoy: &Envoy, stop: &AtomicBool, every: Duration) -> Vec<(u128, u64)> {
+    let start = Instant::now();
+    let mut trace = Vec::new();
+    while !stop.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(60) {
+        if let Some(limit) = envoy.wasm_stat("wipgate.adaptive.limit") {
+            trace.push((start.elapsed().as_millis(), limit));
+        }
+        std::thread::sleep(every);
+    }
+    trace
+}
+
+fn admitted(out: &[Outcome]) -> Summary {
+    let ok: Vec<Outcome> = out.iter().filter(|o| o.is_success()).cloned().collect();
+    Summary::of(&ok)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_falls_when_the_database_slows_down_and_admitted_latency_recovers() {
+    if !envoy_or_skip("the_limit_falls_when_the_database_slows_down_and_admitted_latency_recovers")
+    {
+        return;
+    }
+    let pg = Postgres::start(50).unwrap();
+    // Four connections, 10 ms of database work per request: about 400 requests/s.
+    let upstream = PgUpstream::start(&pg.dsn(), 4, Duration::from_millis(10))
+        .await
+        .unwrap();
+    let config = json!({
+        "max_inflight": 64,
+        "min_inflight": 2,
+        "adaptive": {"algorithm": "aimd", "window_ms": 250, "latency_target_ms": 60,
+                     "stable_windows": 1, "increase": 1}
+    });
+    let envoy = Arc::new(
+        Envoy::start(&EnvoyConfig::new(upstream.addr()).with_filter(config.to_string())).unwrap(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let tracer = {
+        let (envoy, stop) = (Arc::clone(&envoy), Arc::clone(&stop));
+        std::thread::spawn(move || trace_limit(&envoy, &stop, Duration::from_millis(250)))
+    };
+    let addr = envoy.listener_addr();
+    let spec = |_| RequestSpec::get("/order");
+
+    // Healthy: the limit ramps up from min_inflight while demand presses on it.
+    let healthy = open_loop(addr, 300.0, Duration::from_secs(3), spec).await;
+    // The database slows down 4x (40 ms per request, ~100 requests/s for 300 offered).
+    upstream.set_work(Duration::from_millis(40));
+    let slowed = open_loop(addr, 300.0, Duration::from_secs(2), spec).await;
+    let settled = open_loop(addr, 300.0, Duration::from_secs(4), spec).await;
+    stop.store(true, Ordering::SeqCst);
+    let trace = tracer.join().unwrap();
+
+    let (h, s, t) = (admitted(&healthy), admitted(&slowed), admitted(&settled));
+    eprintln!("limit trace (ms, limit): {trace:?}");
+    eprintln!("healthy (10 ms work): admitted {h}");
+    eprintln!("just slowed (40 ms work): admitted {s}");
+    eprintln!(
+        "settled (40 ms work): admitted {t}; all {}",
+        Summary::of(&settled)
+    );
+
+    let peak_healthy = trace
+        .iter()
+        .filter(|(ms, _)| *ms < 3_000)
+        .map(|(_, l)| *l)
+        .max()
+        .unwrap();
+    let last = trace.iter().rev().take(8).map(|(_, l)| *l).max().unwrap();
+    assert!(
+        peak_healthy > 2,
+        "the limit never rose from the cold start: {trace:?}"
+    );
+    assert!(last < peak_healthy, "the limit did not fall: {trace:?}");
+    // With at most ~4-5 in flight the pool hardly queues: near the 40 ms of work, far from
+    // the hundreds of ms a queue of 64 would make.
+    assert!(
+        t.p50 <= Duration::from_millis(120),
+        "admitted latency did not recover: {t}"
+    );
+    assert!(t.count > 0 && Summary::of(&settled).by_reason.contains_key("wip_limit"));
+    let reason_latency = envoy
+        .wasm_stat("wipgate.adaptive.reason.latency")
+        .unwrap_or(0)
+        + envoy
+            .wasm_stat("wipgate.adaptive.reason.increase")
+            .unwrap_or(0);
+    assert_eq!(reason_latency, 1, "the reason gauges name the last change");
+}
