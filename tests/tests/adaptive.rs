@@ -35,22 +35,34 @@ fn admitted(out: &[Outcome]) -> Summary {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_limit_falls_when_the_database_slows_down_and_admitted_latency_recovers() {
-    if !envoy_or_skip("the_limit_falls_when_the_database_slows_down_and_admitted_latency_recovers")
-    {
+async fn aimd_limit_falls_when_the_database_slows_down() {
+    if !envoy_or_skip("aimd_limit_falls_when_the_database_slows_down") {
         return;
     }
+    let aimd = json!({"algorithm": "aimd", "window_ms": 250, "latency_target_ms": 60,
+                      "stable_windows": 1, "increase": 1});
+    slowdown(aimd, "aimd").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gradient_limit_falls_when_the_database_slows_down() {
+    if !envoy_or_skip("gradient_limit_falls_when_the_database_slows_down") {
+        return;
+    }
+    let gradient = json!({"algorithm": "gradient", "window_ms": 250, "tolerance": 1.5,
+                          "smoothing": 0.5, "stable_windows": 1});
+    slowdown(gradient, "gradient").await;
+}
+
+/// Healthy, then the database 4x slower: the limit must have risen, then fallen, and
+/// admitted latency must stay near the database's own.
+async fn slowdown(adaptive: serde_json::Value, down_reason: &str) {
     let pg = Postgres::start(50).unwrap();
     // Four connections, 10 ms of database work per request: about 400 requests/s.
     let upstream = PgUpstream::start(&pg.dsn(), 4, Duration::from_millis(10))
         .await
         .unwrap();
-    let config = json!({
-        "max_inflight": 64,
-        "min_inflight": 2,
-        "adaptive": {"algorithm": "aimd", "window_ms": 250, "latency_target_ms": 60,
-                     "stable_windows": 1, "increase": 1}
-    });
+    let config = json!({"max_inflight": 64, "min_inflight": 2, "adaptive": adaptive});
     let envoy = Arc::new(
         Envoy::start(&EnvoyConfig::new(upstream.addr()).with_filter(config.to_string())).unwrap(),
     );
@@ -72,7 +84,7 @@ async fn the_limit_falls_when_the_database_slows_down_and_admitted_latency_recov
     let trace = tracer.join().unwrap();
 
     let (h, s, t) = (admitted(&healthy), admitted(&slowed), admitted(&settled));
-    eprintln!("limit trace (ms, limit): {trace:?}");
+    eprintln!("{down_reason}: limit trace (ms, limit): {trace:?}");
     eprintln!("healthy (10 ms work): admitted {h}");
     eprintln!("just slowed (40 ms work): admitted {s}");
     eprintln!(
@@ -99,11 +111,41 @@ async fn the_limit_falls_when_the_database_slows_down_and_admitted_latency_recov
         "admitted latency did not recover: {t}"
     );
     assert!(t.count > 0 && Summary::of(&settled).by_reason.contains_key("wip_limit"));
-    let reason_latency = envoy
-        .wasm_stat("wipgate.adaptive.reason.latency")
+    let reasons: Vec<(&str, u64)> = ["cold_start", "increase", "latency", "errors", "gradient"]
+        .into_iter()
+        .map(|r| {
+            (
+                r,
+                envoy
+                    .wasm_stat(&format!("wipgate.adaptive.reason.{r}"))
+                    .unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons.iter().map(|(_, v)| v).sum::<u64>(),
+        1,
+        "one reason gauge set: {reasons:?}"
+    );
+    let down = if down_reason == "aimd" {
+        "latency"
+    } else {
+        "gradient"
+    };
+    let last_down = envoy
+        .wasm_stat(&format!("wipgate.adaptive.reason.{down}"))
         .unwrap_or(0)
         + envoy
             .wasm_stat("wipgate.adaptive.reason.increase")
             .unwrap_or(0);
-    assert_eq!(reason_latency, 1, "the reason gauges name the last change");
+    assert_eq!(
+        last_down, 1,
+        "{down_reason} moved the limit last: {reasons:?}"
+    );
+    assert!(
+        envoy
+            .wasm_stat("wipgate.adaptive.latency_p50_us")
+            .unwrap_or(0)
+            > 0
+    );
 }
