@@ -1,0 +1,119 @@
+//! `make bench`: wipgate's overhead and overload behaviour side by side with bare Envoy, a
+//! pass-through wasm filter and Envoy's own protections, all in one run on this machine.
+//! Writes `results.json` (every figure and time series) and `report.md` into the output
+//! directory; `bench/plot.py` draws the PNGs from `results.json`.
+//!
+//! Usage: `wipgate-bench [--out DIR] [--quick]` (`--quick`: a short smoke run). Needs
+//! `WIPGATE_ENVOY`, and the two `.wasm` files (see `setup::Wasm::locate`).
+//! `wipgate-bench --render DIR` only rewrites `DIR/report.md` from `DIR/results.json`.
+
+mod gen;
+mod report;
+mod scenarios;
+mod setup;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::scenarios::Timing;
+
+/// wipgate's configuration in the overload scenario: the limit at the bottleneck's knee.
+fn wipgate_static() -> String {
+    json!({"max_inflight": setup::KNEE}).to_string()
+}
+
+/// wipgate's configuration in the noisy-tenant scenario: the same limit, and no tenant
+/// may hold more than half of it.
+fn wipgate_tenants() -> String {
+    json!({"max_inflight": setup::KNEE, "tenants": {"*": {"max": setup::KNEE / 2}}}).to_string()
+}
+
+struct Args {
+    out: PathBuf,
+    quick: bool,
+    render_only: bool,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        out: PathBuf::from("bench"),
+        quick: false,
+        render_only: false,
+    };
+    let mut it = std::env::args().skip(1);
+    // Each round consumes at least one argument, so the loop is bounded by argv.
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--out" => args.out = PathBuf::from(it.next().context("--out needs a directory")?),
+            "--quick" => args.quick = true,
+            "--render" => {
+                args.out = PathBuf::from(it.next().context("--render needs a directory")?);
+                args.render_only = true;
+            }
+            other => {
+                bail!("unknown argument {other:?}; usage: wipgate-bench [--out DIR] [--quick] | --render DIR")
+            }
+        }
+    }
+    Ok(args)
+}
+
+fn render_only(dir: &std::path::Path) -> Result<()> {
+    let json_path = dir.join("results.json");
+    let text = std::fs::read_to_string(&json_path)
+        .with_context(|| format!("reading {}", json_path.display()))?;
+    let results: serde_json::Value = serde_json::from_str(&text)?;
+    let md_path = dir.join("report.md");
+    std::fs::write(&md_path, report::render(&results))
+        .with_context(|| format!("writing {}", md_path.display()))?;
+    println!("wrote {}", md_path.display());
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    if args.render_only {
+        return render_only(&args.out);
+    }
+    if wipgate_e2e::envoy::envoy_binary()?.is_none() {
+        bail!("WIPGATE_ENVOY is not set: run `make bench`");
+    }
+    let wasm = setup::Wasm::locate()?;
+    let timing = Timing::new(args.quick);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let overhead = runtime.block_on(scenarios::overhead(&wasm, timing))?;
+    let overload = runtime.block_on(scenarios::overload(&wasm, timing, &wipgate_static()))?;
+    let noisy = runtime.block_on(scenarios::noisy(&wasm, timing, &wipgate_tenants()))?;
+    let results = json!({
+        "quick": args.quick,
+        "runner_wall_s": started.elapsed().as_secs_f64(),
+        "machine": report::machine(),
+        "wipgate_static": wipgate_static(),
+        "wipgate_tenants": wipgate_tenants(),
+        "overhead": overhead,
+        "overload": overload,
+        "noisy": noisy,
+    });
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let json_path = args.out.join("results.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    let md_path = args.out.join("report.md");
+    std::fs::write(&md_path, report::render(&results))
+        .with_context(|| format!("writing {}", md_path.display()))?;
+    println!(
+        "wrote {} and {} in {:.0} s",
+        md_path.display(),
+        json_path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,502 @@
+//! Turns one run's `results.json` into `report.md`: the headline ratios against the
+//! baselines of the same run, then every table, the plots, and how well the load generator
+//! kept its rates.
+
+use std::fmt::Write as _;
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+/// What the figures were measured on.
+#[must_use]
+pub fn machine() -> Value {
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let envoy = wipgate_e2e::envoy::envoy_binary()
+        .ok()
+        .flatten()
+        .and_then(|b| Command::new(b).arg("--version").output().ok())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .and_then(|t| t.split("version:").nth(1).map(|s| s.trim().to_owned()))
+        .unwrap_or_default();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    json!({"cpus": cpus, "cpu_model": model, "envoy": envoy, "date": date})
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+fn arr(v: &Value) -> &[Value] {
+    v.as_array().map_or(&[], Vec::as_slice)
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+fn point(setup: &Value, mult: f64) -> Option<&Value> {
+    arr(&setup["points"])
+        .iter()
+        .find(|p| (num(&p["mult"]) - mult).abs() < 1e-9)
+}
+
+fn setup_named<'a>(section: &'a Value, name: &str) -> Option<&'a Value> {
+    arr(&section["setups"])
+        .iter()
+        .find(|x| s(&x["name"]) == name)
+}
+
+/// `report.md` for `r` (the contents of `results.json`).
+#[must_use]
+pub fn render(r: &Value) -> String {
+    let mut out = String::new();
+    header(&mut out, r);
+    headline(&mut out, r);
+    overhead(&mut out, r);
+    overload(&mut out, r);
+    noisy(&mut out, r);
+    generator(&mut out, r);
+    method(&mut out, r);
+    out
+}
+
+fn header(out: &mut String, r: &Value) {
+    let m = &r["machine"];
+    let _ = writeln!(out, "# wipgate benchmarks\n");
+    let _ = writeln!(
+        out,
+        "The figures of one `make bench` run ({}), written by `bench/runner` (`wipgate-bench`); \
+         plots by `bench/plot.py` from `bench/results.json`. Timings are ratios against \
+         baselines measured in the same run; the targets are the issue's, and a missed target \
+         is reported here, not failed in the build.\n",
+        s(&m["date"])
+    );
+    let _ = writeln!(
+        out,
+        "**Machine:** {} CPUs ({}), Envoy {}. The load generator, Envoy (`--concurrency 2`) and \
+         the upstream all run on the same 2 cores, and the machine is shared (another \
+         engineer's test runs may overlap with this one), so absolute numbers are modest and \
+         somewhat noisy; the ratios between setups measured side by side are the point.{}\n",
+        num(&m["cpus"]),
+        s(&m["cpu_model"]),
+        s(&m["envoy"]),
+        if r["quick"].as_bool().unwrap_or(false) {
+            " **This is a `--quick` smoke run, not the real figures.**"
+        } else {
+            ""
+        }
+    );
+}
+
+fn headline(out: &mut String, r: &Value) {
+    let _ = writeln!(out, "## Headline\n");
+    let _ = writeln!(out, "| target | this run | |\n|---|---|---|");
+    let oh = &r["overhead"];
+    let by = |name: &str| setup_named(oh, name).cloned().unwrap_or(Value::Null);
+    let (bare, pass, wip) = (
+        by("bare Envoy"),
+        by("Envoy + pass-through wasm"),
+        by("Envoy + wipgate"),
+    );
+    let tput = num(&wip["rps"]) / num(&pass["rps"]);
+    let _ = writeln!(
+        out,
+        "| wipgate ≥ 0.9x the pass-through filter's throughput | {:.2}x ({:.0} vs {:.0} req/s; bare Envoy {:.0}, wipgate {:.2}x of it) | {} |",
+        tput,
+        num(&wip["rps"]),
+        num(&pass["rps"]),
+        num(&bare["rps"]),
+        num(&wip["rps"]) / num(&bare["rps"]),
+        met(tput >= 0.9)
+    );
+    let added = num(&wip["p50_us"]) - num(&bare["p50_us"]);
+    let added_pass = num(&wip["p50_us"]) - num(&pass["p50_us"]);
+    let added_rtt = num(&wip["rtt_p50_us"]) - num(&bare["rtt_p50_us"]);
+    let _ = writeln!(
+        out,
+        "| wipgate adds < 50 µs p50 | {added:+.0} µs over bare Envoy ({added_pass:+.0} µs over the pass-through filter) at {:.0} req/s, from the intended send time; {added_rtt:+.0} µs in round trip | {} |",
+        num(&oh["fixed_rate"]),
+        met(added < 50.0)
+    );
+    let ol = &r["overload"];
+    let unloaded = setup_named(ol, "no protection")
+        .and_then(|x| point(x, 0.5))
+        .map_or(f64::NAN, |p| num(&p["ok_p99_ms"]));
+    for x in arr(&ol["setups"]) {
+        let name = s(&x["name"]);
+        if x["missing"].as_bool().unwrap_or(false) {
+            let _ = writeln!(
+                out,
+                "| {name}: goodput ≥ 0.95 at 3x | missing (adaptive limits not implemented yet) | — |"
+            );
+            continue;
+        }
+        let Some(p) = point(x, 3.0) else { continue };
+        let g = num(&p["goodput"]);
+        let _ = writeln!(
+            out,
+            "| {name}: goodput ≥ 0.95 of capacity at 3x | {g:.3} | {} |",
+            met(g >= 0.95)
+        );
+    }
+    if let Some(p) = setup_named(ol, "wipgate static").and_then(|x| point(x, 3.0)) {
+        let ratio = num(&p["ok_p99_ms"]) / unloaded;
+        let _ = writeln!(
+            out,
+            "| wipgate static: admitted p99 at 3x ≤ 1.5x the unloaded p99 | {ratio:.2}x ({:.1} ms vs {unloaded:.1} ms unloaded) | {} |",
+            num(&p["ok_p99_ms"]),
+            met(ratio <= 1.5)
+        );
+        let rej = num(&p["rej_rtt_p99_ms"]);
+        let _ = writeln!(
+            out,
+            "| wipgate static: rejections answered in < 1 ms p99 at 3x | {rej:.2} ms from the request's write to the answer ({:.2} ms from its intended send time, which adds the generator's own lag and any connect) | {} |",
+            num(&p["rej_p99_ms"]),
+            met(rej < 1.0)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nThe unloaded p99 is that of no protection at 0.5x capacity ({unloaded:.1} ms; the \
+         bottleneck's service time is {:.0} ms). **wipgate adaptive: missing (adaptive limits \
+         not implemented yet).**\n",
+        num(&ol["base_ms"])
+    );
+}
+
+fn overhead(out: &mut String, r: &Value) {
+    let oh = &r["overhead"];
+    let _ = writeln!(out, "## Overhead\n");
+    let _ = writeln!(
+        out,
+        "An unconstrained upstream (answers at once). Throughput: a closed loop of {} keep-alive \
+         connections for {} s, {} runs per setup interleaved, median shown. Latency: an open \
+         loop at {:.0} req/s (a fifth of the slowest setup's maximum) over keep-alive \
+         connections for {} s, {} runs pooled, from the intended send time (round trip: from \
+         the request's write on a ready connection). wipgate runs with \
+         `{}` (a limit it never reaches), every wasm filter in V8. For scale, the generator \
+         alone straight to the upstream (no Envoy) reaches {:.0} req/s.\n",
+        num(&oh["closed_conns"]),
+        num(&oh["closed_s"]),
+        num(&oh["closed_reps"]),
+        num(&oh["fixed_rate"]),
+        num(&oh["fixed_s"]),
+        num(&oh["fixed_reps"]),
+        crate::scenarios::WIPGATE_UNLIMITED,
+        num(&oh["generator_ceiling_rps"]),
+    );
+    let _ = writeln!(
+        out,
+        "| setup | max req/s (runs) | vs bare | p50 | p99 | p99.9 | round trip p50 / p99 | errors |\n|---|---|---|---|---|---|---|---|"
+    );
+    let bare = setup_named(oh, "bare Envoy").map_or(f64::NAN, |b| num(&b["rps"]));
+    for x in arr(&oh["setups"]) {
+        let runs: Vec<String> = arr(&x["rps_runs"])
+            .iter()
+            .map(|v| format!("{:.0}", num(v)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} ({}) | {:.2}x | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} / {:.0} µs | {} |",
+            s(&x["name"]),
+            num(&x["rps"]),
+            runs.join(", "),
+            num(&x["rps"]) / bare,
+            num(&x["p50_us"]),
+            num(&x["p99_us"]),
+            num(&x["p999_us"]),
+            num(&x["rtt_p50_us"]),
+            num(&x["rtt_p99_us"]),
+            num(&x["closed_errors"]) + num(&x["fixed_failed"]),
+        );
+    }
+    let _ = writeln!(out, "\n![overhead](overhead.png)\n");
+}
+
+fn overload(out: &mut String, r: &Value) {
+    let ol = &r["overload"];
+    let _ = writeln!(out, "## Overload\n");
+    let _ = writeln!(
+        out,
+        "A bottleneck upstream of capacity C = {} in flight: up to C each request takes {:.0} ms \
+         ({:.0} req/s); beyond, a request that finds n in flight takes {:.0} ms × (1 + {} × (n − \
+         C) / C), at most {:.0} ms — congestion collapse, like a database under lock \
+         contention: pushed past C it serves less, not more. Open-loop arrival at a constant \
+         rate for {} s per point, latency from the intended send time; a fresh upstream and \
+         Envoy per point, warmed up with half a second at capacity's rate (then drained) so \
+         that start-up costs (V8 compiling the rejection path, upstream connections, \
+         adaptive_concurrency's first minimum-RTT window) are not in the figures; the client gives up after {} s (counted as failed). Goodput: 2xx \
+         answers per second over the {} s, as a fraction of capacity. Latencies count from the \
+         intended send time; the round trip of a rejection counts from its write on a ready \
+         connection.\n",
+        num(&ol["knee"]),
+        num(&ol["base_ms"]),
+        num(&ol["capacity_rps"]),
+        num(&ol["base_ms"]),
+        num(&ol["slope"]),
+        num(&ol["max_service_ms"]),
+        num(&ol["point_s"]),
+        num(&ol["client_timeout_s"]),
+        num(&ol["point_s"]),
+    );
+    let _ = writeln!(
+        out,
+        "Setups: **no protection** (Envoy's circuit breakers lifted); **Envoy circuit breaker** \
+         at C (`max_connections`, `max_requests` and `max_pending_requests` = {c}); **Envoy \
+         adaptive_concurrency** (gradient controller, p90 samples, limit updated every 100 ms, \
+         min RTT from 50 requests at start); **wipgate static** (`{}`); **wipgate adaptive**: \
+         missing (adaptive limits not implemented yet).\n",
+        s(&r["wipgate_static"]),
+        c = num(&ol["knee"]),
+    );
+    for x in arr(&ol["setups"]) {
+        let name = s(&x["name"]);
+        if x["missing"].as_bool().unwrap_or(false) {
+            let _ = writeln!(
+                out,
+                "### {name}\n\nmissing (adaptive limits not implemented yet)\n"
+            );
+            continue;
+        }
+        let _ = writeln!(out, "### {name}\n");
+        let _ = writeln!(
+            out,
+            "| load | sent | goodput | ok p50 | ok p99 | ok p99.9 | rejected | rej p99 (round trip) | failed | upstream max in flight |\n|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for p in arr(&x["points"]) {
+            let rejected = num(&p["rejected"]);
+            let _ = writeln!(
+                out,
+                "| {}x | {} | {:.2} | {:.1} ms | {:.1} ms | {:.1} ms | {:.0}% | {} | {} | {} |",
+                num(&p["mult"]),
+                num(&p["sent"]),
+                num(&p["goodput"]),
+                num(&p["ok_p50_ms"]),
+                num(&p["ok_p99_ms"]),
+                num(&p["ok_p999_ms"]),
+                num(&p["reject_rate"]) * 100.0,
+                if rejected > 0.0 {
+                    format!(
+                        "{:.2} ms ({:.2} ms)",
+                        num(&p["rej_p99_ms"]),
+                        num(&p["rej_rtt_p99_ms"])
+                    )
+                } else {
+                    "—".to_owned()
+                },
+                num(&p["failed"]),
+                num(&p["upstream_max_inflight"]),
+            );
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(
+        out,
+        "![goodput and latency by offered load](overload_summary.png)\n\n\
+         ![goodput and latency over time at 3x](overload_timeseries_3x.png)\n\n\
+         ![goodput and latency over time at 5x](overload_timeseries_5x.png)\n"
+    );
+    reading(out);
+}
+
+fn reading(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "### Reading the figures\n\n\
+         - **No protection**: past C the bottleneck slows down, so it serves less the more \
+           it is offered; requests pile up inside it and most time out on the client.\n\
+         - **Envoy circuit breaker** at C keeps the bottleneck at C, and its pending queue \
+           (also C) keeps it busy, so goodput stays at capacity; the price is queueing: \
+           admitted requests wait up to one service time for a connection, so their p50 and \
+           p99 are well above the unloaded ones.\n\
+         - **Envoy adaptive_concurrency** learns a limit from latency; the gradient \
+           controller's limit settles above C (see the upstream's maximum in flight), the \
+           bottleneck runs past its knee, slower, and goodput sits well under capacity.\n\
+         - **wipgate static** at C keeps the bottleneck at or under C and admitted latency at \
+           the unloaded one, and answers the excess at once. It has no queue and its slot \
+           covers the whole round trip through Envoy, so the bottleneck idles between a \
+           release and the next admitted arrival: goodput sits a few percent under capacity \
+           at a limit of exactly C. (Adaptive limits, once implemented, are the place to \
+           close that gap.)\n"
+    );
+}
+
+fn noisy(out: &mut String, r: &Value) {
+    let n = &r["noisy"];
+    let _ = writeln!(out, "## Noisy tenant\n");
+    let _ = writeln!(
+        out,
+        "The same bottleneck. Tenant `noisy` sends {:.0} req/s, `t1`…`t4` {:.0} req/s each \
+         (`x-tenant-id`), {:.0} req/s in all ({:.1}x capacity), open loop for {} s. wipgate \
+         runs with `{}`: no tenant holds more than half the limit. Per tenant: success rate \
+         (2xx of sent) and p99 of its successes.\n",
+        num(&n["noisy_rate"]),
+        num(&n["normal_rate"]),
+        num(&n["rate"]),
+        num(&n["rate"]) / num(&r["overload"]["capacity_rps"]),
+        num(&r["overload"]["point_s"]),
+        s(&r["wipgate_tenants"]),
+    );
+    let tenants = crate::scenarios::TENANTS;
+    let mut head = String::from("| setup |");
+    let mut rule = String::from("|---|");
+    for t in tenants {
+        let _ = write!(head, " {t} |");
+        rule.push_str("---|");
+    }
+    let _ = writeln!(out, "{head}\n{rule}");
+    for x in arr(&n["setups"]) {
+        let name = s(&x["name"]);
+        if x["missing"].as_bool().unwrap_or(false) {
+            let _ = writeln!(
+                out,
+                "| {name} | missing (adaptive limits not implemented yet) |{}",
+                " |".repeat(tenants.len() - 1)
+            );
+            continue;
+        }
+        let mut row = format!("| {name} |");
+        for t in arr(&x["tenants"]) {
+            let _ = write!(
+                row,
+                " {:.0}% ok, p99 {:.0} ms |",
+                num(&t["success"]) * 100.0,
+                num(&t["ok_p99_ms"])
+            );
+        }
+        let _ = writeln!(out, "{row}");
+    }
+    let _ = writeln!(out, "\n![per-tenant success](noisy_tenant.png)\n");
+}
+
+fn gen_row(out: &mut String, what: &str, g: &Value) {
+    let intended = num(&g["intended_rate"]);
+    let actual = num(&g["actual_rate"]);
+    let _ = writeln!(
+        out,
+        "| {what} | {intended:.0} | {actual:.0} ({:+.1}%) | {:.2} ms | {:.2} ms | {} | {} |",
+        (actual / intended - 1.0) * 100.0,
+        num(&g["lag_p99_ms"]),
+        num(&g["lag_max_ms"]),
+        num(&g["max_conns"]),
+        num(&g["overflow"]),
+    );
+}
+
+fn generator(out: &mut String, r: &Value) {
+    let _ = writeln!(out, "## The load generator\n");
+    let _ = writeln!(
+        out,
+        "Our own small Rust generator (`bench/runner/src/gen.rs`, hyper HTTP/1.1 client, \
+         keep-alive): a closed loop for maximum throughput, and an open loop that sends request \
+         i at i / rate whether or not earlier ones are done, on an idle keep-alive connection \
+         or a new one (at most 6,000 open); a dedicated thread keeps the schedule with the \
+         kernel's timers and spawns each request onto the runtime; latency counts from that intended time (no \
+         coordinated omission). It runs in the same process as the upstream, on a 2-thread \
+         tokio runtime. Below, for every open-loop run: the intended rate, the rate actually \
+         sent (between the first and last send), how late it dispatched requests behind \
+         schedule (its own lag, p99 and worst), the most connections it held, and requests it \
+         could not send for lack of a connection.\n"
+    );
+    let mut worst_dev: f64 = 0.0;
+    let mut worst_lag: f64 = 0.0;
+    let mut overflow = 0.0;
+    let mut rows = String::new();
+    let mut track = |what: &str, g: &Value, rows: &mut String| {
+        worst_dev = worst_dev.max((num(&g["actual_rate"]) / num(&g["intended_rate"]) - 1.0).abs());
+        worst_lag = worst_lag.max(num(&g["lag_p99_ms"]));
+        overflow += num(&g["overflow"]);
+        gen_row(rows, what, g);
+    };
+    for x in arr(&r["overhead"]["setups"]) {
+        for (i, g) in arr(&x["generator"]).iter().enumerate() {
+            track(
+                &format!("overhead: {} (run {})", s(&x["name"]), i + 1),
+                g,
+                &mut rows,
+            );
+        }
+    }
+    for x in arr(&r["overload"]["setups"]) {
+        for p in arr(&x["points"]) {
+            track(
+                &format!("overload: {} {}x", s(&x["name"]), num(&p["mult"])),
+                &p["generator"],
+                &mut rows,
+            );
+        }
+    }
+    for x in arr(&r["noisy"]["setups"]) {
+        if !x["generator"].is_null() {
+            track(
+                &format!("noisy tenant: {}", s(&x["name"])),
+                &x["generator"],
+                &mut rows,
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "Over every run: the sent rate was within {:.1}% of the intended rate, the worst p99 \
+         send lag was {worst_lag:.2} ms, and {overflow:.0} requests went unsent for lack of a \
+         connection.\n",
+        worst_dev * 100.0
+    );
+    let _ = writeln!(
+        out,
+        "| run | intended req/s | sent req/s | lag p99 | lag max | max conns | unsent |\n|---|---|---|---|---|---|---|"
+    );
+    out.push_str(&rows);
+    let _ = writeln!(out);
+}
+
+fn method(out: &mut String, r: &Value) {
+    let _ = writeln!(
+        out,
+        "## Reproduce\n\n`make bench` (this report, `results.json` and the PNGs; plus the control \
+         service's `bench/control-sync.md`). The runner alone: `cargo run --release -p \
+         wipgate-bench -- --out bench` with `WIPGATE_ENVOY` set (`--quick` for a short smoke \
+         run). The runner took {:.0} s in this run.\n",
+        num(&r["runner_wall_s"])
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_result_renders_every_section_and_names_the_missing_setup() {
+        let text = render(&json!({}));
+        for heading in [
+            "## Headline",
+            "## Overhead",
+            "## Overload",
+            "## Noisy tenant",
+        ] {
+            assert!(text.contains(heading), "{heading}");
+        }
+        assert!(text.contains("wipgate adaptive: missing (adaptive limits not implemented yet)"));
+    }
+}

@@ -1,0 +1,492 @@
+//! The three scenarios: overhead on an unconstrained upstream, overload of a bottleneck
+//! that collapses past its knee, and a noisy tenant. Each starts its own upstream and Envoy
+//! per measurement and returns plain numbers; `report.rs` turns them into Markdown.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+use wipgate_e2e::{Envoy, RequestSpec, Upstream};
+
+use crate::gen::{self, Kind, OpenLoopRun};
+use crate::setup::{self, Setup, Wasm};
+
+/// How long each part runs; `quick` shortens everything for a smoke run.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// One closed-loop throughput measurement.
+    pub closed: Duration,
+    /// Closed-loop repetitions per setup (interleaved; the median counts).
+    pub closed_reps: usize,
+    /// One fixed-rate latency measurement.
+    pub fixed: Duration,
+    /// Fixed-rate repetitions per setup (interleaved; latencies pooled).
+    pub fixed_reps: usize,
+    /// One overload point.
+    pub point: Duration,
+    /// The client gives up on a request this long after its intended send time.
+    pub client_timeout: Duration,
+}
+
+impl Timing {
+    /// The full run, or a short smoke run.
+    #[must_use]
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                closed: Duration::from_secs(1),
+                closed_reps: 1,
+                fixed: Duration::from_secs(1),
+                fixed_reps: 1,
+                point: Duration::from_secs(2),
+                client_timeout: Duration::from_secs(1),
+            }
+        } else {
+            Self {
+                closed: Duration::from_secs(3),
+                closed_reps: 3,
+                fixed: Duration::from_secs(4),
+                fixed_reps: 2,
+                point: Duration::from_secs(5),
+                client_timeout: Duration::from_secs(2),
+            }
+        }
+    }
+}
+
+/// Keep-alive connections of the closed loop.
+pub const CLOSED_CONNS: usize = 32;
+/// The open loop's cap on connections open at once.
+const MAX_GEN_CONNS: usize = 6_000;
+/// Width of a time-series bucket.
+const BUCKET: Duration = Duration::from_millis(100);
+/// Offered load as multiples of the bottleneck's capacity.
+pub const MULTIPLIERS: [f64; 5] = [0.5, 1.0, 2.0, 3.0, 5.0];
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn start_envoy(setup: &Setup, upstream: &Upstream, wasm: &Wasm, name: &str) -> Result<Envoy> {
+    Envoy::start(&setup.envoy_config(upstream.addr(), wasm))
+        .with_context(|| format!("starting Envoy for {name}"))
+}
+
+/// wipgate's configuration in the overhead scenario: a limit it never reaches.
+pub const WIPGATE_UNLIMITED: &str = r#"{"max_inflight": 100000}"#;
+
+/// Overhead: bare Envoy, Envoy + pass-through wasm, Envoy + wipgate, in front of an
+/// unconstrained upstream; closed-loop throughput, then latency at a fixed rate.
+pub async fn overhead(wasm: &Wasm, timing: Timing) -> Result<Value> {
+    let upstream = Upstream::start_default()?;
+    let spec = RequestSpec::get("/");
+    eprintln!("overhead: generator ceiling (straight to the upstream, no Envoy)");
+    let ceiling = gen::closed_loop(upstream.addr(), CLOSED_CONNS, timing.closed, &spec).await;
+    let setups = [
+        ("bare Envoy", Setup::Bare),
+        ("Envoy + pass-through wasm", Setup::Passthrough),
+        (
+            "Envoy + wipgate",
+            Setup::Wipgate(WIPGATE_UNLIMITED.to_owned()),
+        ),
+    ];
+    let mut envoys = Vec::new();
+    for (name, setup) in &setups {
+        envoys.push(start_envoy(setup, &upstream, wasm, name)?);
+    }
+    // Warm up every path (V8 tiers, connection pools) before measuring.
+    for envoy in &envoys {
+        let _ = gen::closed_loop(
+            envoy.listener_addr(),
+            CLOSED_CONNS,
+            Duration::from_millis(500),
+            &spec,
+        )
+        .await;
+    }
+    let mut rps: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    let mut closed_errors = vec![0usize; setups.len()];
+    for rep in 0..timing.closed_reps {
+        for (i, envoy) in envoys.iter().enumerate() {
+            eprintln!("overhead: closed loop {} (rep {})", setups[i].0, rep + 1);
+            let run =
+                gen::closed_loop(envoy.listener_addr(), CLOSED_CONNS, timing.closed, &spec).await;
+            rps[i].push(run.rps);
+            closed_errors[i] += run.errors;
+        }
+    }
+    let medians: Vec<f64> = rps.iter().map(|v| median(v)).collect();
+    // The fixed rate: a fifth of the slowest path's maximum, in whole hundreds.
+    let slowest = medians.iter().copied().fold(f64::INFINITY, f64::min);
+    let fixed_rate = ((slowest / 5.0 / 100.0).floor() * 100.0).max(100.0);
+    let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); setups.len()];
+    let mut rtts: Vec<Vec<Duration>> = vec![Vec::new(); setups.len()];
+    let mut gens: Vec<Vec<Value>> = vec![Vec::new(); setups.len()];
+    let mut fixed_failed = vec![0usize; setups.len()];
+    for rep in 0..timing.fixed_reps {
+        for (i, envoy) in envoys.iter().enumerate() {
+            eprintln!(
+                "overhead: {fixed_rate} req/s open loop {} (rep {})",
+                setups[i].0,
+                rep + 1
+            );
+            let one = spec.clone();
+            let run = gen::open_loop(
+                envoy.listener_addr(),
+                fixed_rate,
+                timing.fixed,
+                timing.client_timeout,
+                MAX_GEN_CONNS,
+                move |_| (one.clone(), 0),
+            )
+            .await;
+            for r in &run.recs {
+                if r.kind == Kind::Ok {
+                    latencies[i].push(r.latency);
+                    rtts[i].push(r.rtt);
+                } else {
+                    fixed_failed[i] += 1;
+                }
+            }
+            gens[i].push(generator_json(&run));
+        }
+    }
+    drop(envoys);
+    let rows: Vec<Value> = setups
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let l = &latencies[i];
+            json!({
+                "name": name,
+                "rps_runs": rps[i],
+                "rps": medians[i],
+                "closed_errors": closed_errors[i],
+                "p50_us": us(gen::percentile(l, 50.0)),
+                "p99_us": us(gen::percentile(l, 99.0)),
+                "p999_us": us(gen::percentile(l, 99.9)),
+                "rtt_p50_us": us(gen::percentile(&rtts[i], 50.0)),
+                "rtt_p99_us": us(gen::percentile(&rtts[i], 99.0)),
+                "fixed_count": l.len(),
+                "fixed_failed": fixed_failed[i],
+                "generator": gens[i],
+            })
+        })
+        .collect();
+    Ok(json!({
+        "closed_conns": CLOSED_CONNS,
+        "closed_s": timing.closed.as_secs_f64(),
+        "closed_reps": timing.closed_reps,
+        "fixed_rate": fixed_rate,
+        "fixed_s": timing.fixed.as_secs_f64(),
+        "fixed_reps": timing.fixed_reps,
+        "generator_ceiling_rps": ceiling.rps,
+        "setups": rows,
+    }))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn generator_json(run: &OpenLoopRun) -> Value {
+    json!({
+        "intended_rate": run.intended_rate,
+        "actual_rate": run.actual_rate,
+        "sent": run.recs.len(),
+        "lag_p99_ms": ms(run.lag_p99),
+        "lag_max_ms": ms(run.lag_max),
+        "max_conns": run.max_conns,
+        "overflow": run.gen_overflow,
+    })
+}
+
+/// The overload setups, by name; `None` is a setup that is not implemented yet.
+#[must_use]
+pub fn overload_setups(wipgate_config: &str) -> Vec<(&'static str, Option<Setup>)> {
+    vec![
+        ("no protection", Some(Setup::Bare)),
+        (
+            "Envoy circuit breaker",
+            Some(Setup::CircuitBreaker(setup::KNEE)),
+        ),
+        ("Envoy adaptive_concurrency", Some(Setup::Adaptive)),
+        (
+            "wipgate static",
+            Some(Setup::Wipgate(wipgate_config.to_owned())),
+        ),
+        ("wipgate adaptive", None),
+    ]
+}
+
+/// Summary of one open-loop run against the bottleneck.
+fn summarize(run: &OpenLoopRun, capacity: f64, window: Duration) -> Value {
+    let ok: Vec<Duration> = lat(run, Kind::Ok, None);
+    let rejected: Vec<Duration> = lat(run, Kind::Rejected, None);
+    let total = run.recs.len();
+    #[allow(clippy::cast_precision_loss)]
+    let frac = |n: usize| {
+        if total == 0 {
+            0.0
+        } else {
+            n as f64 / total as f64
+        }
+    };
+    #[allow(clippy::cast_precision_loss)]
+    let goodput = ok.len() as f64 / window.as_secs_f64() / capacity;
+    json!({
+        "sent": total,
+        "ok": ok.len(),
+        "rejected": rejected.len(),
+        "failed": total - ok.len() - rejected.len(),
+        "goodput": goodput,
+        "ok_p50_ms": ms(gen::percentile(&ok, 50.0)),
+        "ok_p99_ms": ms(gen::percentile(&ok, 99.0)),
+        "ok_p999_ms": ms(gen::percentile(&ok, 99.9)),
+        "reject_rate": frac(rejected.len()),
+        "rej_p99_ms": ms(gen::percentile(&rejected, 99.0)),
+        "rej_rtt_p99_ms": ms(gen::percentile(&rtt(run, Kind::Rejected), 99.0)),
+        "generator": generator_json(run),
+    })
+}
+
+fn rtt(run: &OpenLoopRun, kind: Kind) -> Vec<Duration> {
+    run.recs
+        .iter()
+        .filter(|r| r.kind == kind)
+        .map(|r| r.rtt)
+        .collect()
+}
+
+fn lat(run: &OpenLoopRun, kind: Kind, group: Option<usize>) -> Vec<Duration> {
+    run.recs
+        .iter()
+        .filter(|r| r.kind == kind && group.map_or(true, |g| r.group == g))
+        .map(|r| r.latency)
+        .collect()
+}
+
+/// Goodput (by completion time, as a fraction of capacity), p99 of successes and
+/// rejections per second (by intended send time), per 100 ms bucket.
+fn series(run: &OpenLoopRun, capacity: f64, span: Duration) -> Value {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let n = (span.as_secs_f64() / BUCKET.as_secs_f64()).ceil() as usize;
+    let bucket_of = |d: Duration| {
+        #[allow(clippy::cast_possible_truncation)]
+        let b = (d.as_nanos() / BUCKET.as_nanos()) as usize;
+        b
+    };
+    let mut done_ok = vec![0usize; n];
+    let mut rejected = vec![0usize; n];
+    let mut ok_lat: Vec<Vec<Duration>> = vec![Vec::new(); n];
+    for r in &run.recs {
+        let sent = bucket_of(r.due);
+        match r.kind {
+            Kind::Ok => {
+                if let Some(b) = done_ok.get_mut(bucket_of(r.due + r.latency)) {
+                    *b += 1;
+                }
+                if let Some(b) = ok_lat.get_mut(sent) {
+                    b.push(r.latency);
+                }
+            }
+            Kind::Rejected => {
+                if let Some(b) = rejected.get_mut(sent) {
+                    *b += 1;
+                }
+            }
+            Kind::Failed => {}
+        }
+    }
+    let per_s = 1.0 / BUCKET.as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let goodput: Vec<f64> = done_ok
+        .iter()
+        .map(|&c| c as f64 * per_s / capacity)
+        .collect();
+    let p99: Vec<Option<f64>> = ok_lat
+        .iter()
+        .map(|l| (!l.is_empty()).then(|| ms(gen::percentile(l, 99.0))))
+        .collect();
+    #[allow(clippy::cast_precision_loss)]
+    let rej: Vec<f64> = rejected.iter().map(|&c| c as f64 * per_s).collect();
+    #[allow(clippy::cast_precision_loss)]
+    let t: Vec<f64> = (0..n).map(|i| i as f64 * BUCKET.as_secs_f64()).collect();
+    json!({"t": t, "goodput": goodput, "ok_p99_ms": p99, "rejected_per_s": rej})
+}
+
+/// Before a measured point: capacity's rate for half a second (V8 compiles the paths it
+/// takes, Envoy opens its upstream connections, adaptive_concurrency measures its minimum
+/// RTT), then up to 10 s for the upstream to drain, and its gauges reset.
+async fn warm_up(envoy: &Envoy, upstream: &Upstream) {
+    let _ = gen::open_loop(
+        envoy.listener_addr(),
+        setup::capacity_rps(),
+        Duration::from_millis(500),
+        Duration::from_secs(2),
+        MAX_GEN_CONNS,
+        |_| (RequestSpec::get("/"), 0),
+    )
+    .await;
+    for _ in 0..200 {
+        if upstream.inflight() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    upstream.reset_stats();
+}
+
+/// Overload: each setup at each multiple of capacity, open loop, a fresh bottleneck and
+/// Envoy per point.
+pub async fn overload(wasm: &Wasm, timing: Timing, wipgate_config: &str) -> Result<Value> {
+    let capacity = setup::capacity_rps();
+    let mut out = Vec::new();
+    for (name, setup) in overload_setups(wipgate_config) {
+        let Some(setup) = setup else {
+            out.push(json!({"name": name, "missing": true, "points": []}));
+            continue;
+        };
+        let mut points = Vec::new();
+        for mult in MULTIPLIERS {
+            eprintln!("overload: {name} at {mult}x capacity");
+            let upstream = setup::bottleneck()?;
+            let envoy = start_envoy(&setup, &upstream, wasm, name)?;
+            warm_up(&envoy, &upstream).await;
+            let run = gen::open_loop(
+                envoy.listener_addr(),
+                capacity * mult,
+                timing.point,
+                timing.client_timeout,
+                MAX_GEN_CONNS,
+                |_| (RequestSpec::get("/"), 0),
+            )
+            .await;
+            drop(envoy);
+            let mut point = summarize(&run, capacity, timing.point);
+            point["mult"] = json!(mult);
+            point["upstream_max_inflight"] = json!(upstream.max_inflight());
+            point["series"] = series(&run, capacity, timing.point + timing.client_timeout);
+            points.push(point);
+        }
+        out.push(json!({"name": name, "missing": false, "points": points}));
+    }
+    Ok(json!({
+        "capacity_rps": capacity,
+        "knee": setup::KNEE,
+        "base_ms": ms(setup::BASE),
+        "slope": setup::SLOPE,
+        "max_service_ms": ms(setup::MAX_SERVICE),
+        "point_s": timing.point.as_secs_f64(),
+        "client_timeout_s": timing.client_timeout.as_secs_f64(),
+        "multipliers": MULTIPLIERS,
+        "setups": out,
+    }))
+}
+
+/// The noisy tenant and four normal ones.
+pub const TENANTS: [&str; 5] = ["noisy", "t1", "t2", "t3", "t4"];
+/// Each normal tenant's share of capacity; the noisy one sends ten times as much.
+pub const NORMAL_SHARE: f64 = 0.1;
+/// Which tenant sends request `i`: of every 14, the noisy one sends 10, each other one.
+#[must_use]
+pub fn tenant_of(i: usize) -> usize {
+    match i % 14 {
+        0 => 1,
+        3 => 2,
+        7 => 3,
+        10 => 4,
+        _ => 0,
+    }
+}
+
+/// Noisy tenant: one tenant at 10x the others' rate, total 1.4x capacity.
+pub async fn noisy(wasm: &Wasm, timing: Timing, wipgate_config: &str) -> Result<Value> {
+    let capacity = setup::capacity_rps();
+    let rate = capacity * NORMAL_SHARE * 14.0;
+    let mut out = Vec::new();
+    for (name, setup) in overload_setups(wipgate_config) {
+        let Some(setup) = setup else {
+            out.push(json!({"name": name, "missing": true, "tenants": []}));
+            continue;
+        };
+        eprintln!("noisy tenant: {name}");
+        let upstream = setup::bottleneck()?;
+        let envoy = start_envoy(&setup, &upstream, wasm, name)?;
+        warm_up(&envoy, &upstream).await;
+        let run = gen::open_loop(
+            envoy.listener_addr(),
+            rate,
+            timing.point,
+            timing.client_timeout,
+            MAX_GEN_CONNS,
+            |i| {
+                let t = tenant_of(i);
+                (RequestSpec::get("/").tenant(TENANTS[t]), t)
+            },
+        )
+        .await;
+        drop(envoy);
+        let tenants: Vec<Value> = TENANTS
+            .iter()
+            .enumerate()
+            .map(|(g, t)| {
+                let sent = run.recs.iter().filter(|r| r.group == g).count();
+                let ok = lat(&run, Kind::Ok, Some(g));
+                let rejected = lat(&run, Kind::Rejected, Some(g)).len();
+                #[allow(clippy::cast_precision_loss)]
+                let success = if sent == 0 {
+                    0.0
+                } else {
+                    ok.len() as f64 / sent as f64
+                };
+                json!({
+                    "tenant": t,
+                    "sent": sent,
+                    "ok": ok.len(),
+                    "rejected": rejected,
+                    "failed": sent - ok.len() - rejected,
+                    "success": success,
+                    "ok_p99_ms": ms(gen::percentile(&ok, 99.0)),
+                })
+            })
+            .collect();
+        out.push(json!({
+            "name": name,
+            "missing": false,
+            "tenants": tenants,
+            "generator": generator_json(&run),
+            "upstream_max_inflight": upstream.max_inflight(),
+        }));
+    }
+    Ok(json!({
+        "rate": rate,
+        "normal_rate": capacity * NORMAL_SHARE,
+        "noisy_rate": capacity * NORMAL_SHARE * 10.0,
+        "setups": out,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_noisy_tenant_sends_ten_times_each_other_ones_share() {
+        let mut counts = [0usize; TENANTS.len()];
+        for i in 0..14 * 100 {
+            counts[tenant_of(i)] += 1;
+        }
+        assert_eq!(counts, [1000, 100, 100, 100, 100]);
+    }
+}
