@@ -25,10 +25,30 @@ fn wipgate_static() -> String {
     json!({"max_inflight": setup::KNEE}).to_string()
 }
 
+/// wipgate with adaptive limits (AIMD): free to range up to 4x the knee, it has to find
+/// the knee itself from latency (the target is 1.4x the bottleneck's service time).
+fn wipgate_adaptive() -> String {
+    json!({
+        "max_inflight": setup::KNEE * 4,
+        "min_inflight": 2,
+        "adaptive": {"algorithm": "aimd", "window_ms": 200, "latency_target_ms": 35,
+                     "stable_windows": 2, "increase": 1}
+    })
+    .to_string()
+}
+
 /// wipgate's configuration in the noisy-tenant scenario: the same limit, and no tenant
 /// may hold more than half of it.
 fn wipgate_tenants() -> String {
     json!({"max_inflight": setup::KNEE, "tenants": {"*": {"max": setup::KNEE / 2}}}).to_string()
+}
+
+/// The noisy-tenant configuration with adaptive limits.
+fn wipgate_tenants_adaptive() -> String {
+    let mut config: serde_json::Value =
+        serde_json::from_str(&wipgate_adaptive()).unwrap_or_default();
+    config["tenants"] = json!({"*": {"max": setup::KNEE / 2}});
+    config.to_string()
 }
 
 struct Args {
@@ -89,13 +109,24 @@ fn main() -> Result<()> {
         .build()?;
     let started = Instant::now();
     let overhead = runtime.block_on(scenarios::overhead(&wasm, timing))?;
-    let overload = runtime.block_on(scenarios::overload(&wasm, timing, &wipgate_static()))?;
-    let noisy = runtime.block_on(scenarios::noisy(&wasm, timing, &wipgate_tenants()))?;
+    let overload = runtime.block_on(scenarios::overload(
+        &wasm,
+        timing,
+        &wipgate_static(),
+        &wipgate_adaptive(),
+    ))?;
+    let noisy = runtime.block_on(scenarios::noisy(
+        &wasm,
+        timing,
+        &wipgate_tenants(),
+        &wipgate_tenants_adaptive(),
+    ))?;
     let results = json!({
         "quick": args.quick,
         "runner_wall_s": started.elapsed().as_secs_f64(),
         "machine": report::machine(),
         "wipgate_static": wipgate_static(),
+        "wipgate_adaptive": wipgate_adaptive(),
         "wipgate_tenants": wipgate_tenants(),
         "overhead": overhead,
         "overload": overload,

@@ -209,7 +209,10 @@ fn generator_json(run: &OpenLoopRun) -> Value {
 
 /// The overload setups, by name; `None` is a setup that is not implemented yet.
 #[must_use]
-pub fn overload_setups(wipgate_config: &str) -> Vec<(&'static str, Option<Setup>)> {
+pub fn overload_setups(
+    wipgate_config: &str,
+    wipgate_adaptive: &str,
+) -> Vec<(&'static str, Option<Setup>)> {
     vec![
         ("no protection", Some(Setup::Bare)),
         (
@@ -221,7 +224,10 @@ pub fn overload_setups(wipgate_config: &str) -> Vec<(&'static str, Option<Setup>
             "wipgate static",
             Some(Setup::Wipgate(wipgate_config.to_owned())),
         ),
-        ("wipgate adaptive", None),
+        (
+            "wipgate adaptive",
+            Some(Setup::Wipgate(wipgate_adaptive.to_owned())),
+        ),
     ]
 }
 
@@ -349,10 +355,15 @@ async fn warm_up(envoy: &Envoy, upstream: &Upstream) {
 
 /// Overload: each setup at each multiple of capacity, open loop, a fresh bottleneck and
 /// Envoy per point.
-pub async fn overload(wasm: &Wasm, timing: Timing, wipgate_config: &str) -> Result<Value> {
+pub async fn overload(
+    wasm: &Wasm,
+    timing: Timing,
+    wipgate_config: &str,
+    wipgate_adaptive: &str,
+) -> Result<Value> {
     let capacity = setup::capacity_rps();
     let mut out = Vec::new();
-    for (name, setup) in overload_setups(wipgate_config) {
+    for (name, setup) in overload_setups(wipgate_config, wipgate_adaptive) {
         let Some(setup) = setup else {
             out.push(json!({"name": name, "missing": true, "points": []}));
             continue;
@@ -411,11 +422,16 @@ pub fn tenant_of(i: usize) -> usize {
 }
 
 /// Noisy tenant: one tenant at 10x the others' rate, total 1.4x capacity.
-pub async fn noisy(wasm: &Wasm, timing: Timing, wipgate_config: &str) -> Result<Value> {
+pub async fn noisy(
+    wasm: &Wasm,
+    timing: Timing,
+    wipgate_config: &str,
+    wipgate_adaptive: &str,
+) -> Result<Value> {
     let capacity = setup::capacity_rps();
     let rate = capacity * NORMAL_SHARE * 14.0;
     let mut out = Vec::new();
-    for (name, setup) in overload_setups(wipgate_config) {
+    for (name, setup) in overload_setups(wipgate_config, wipgate_adaptive) {
         let Some(setup) = setup else {
             out.push(json!({"name": name, "missing": true, "tenants": []}));
             continue;
