@@ -146,6 +146,14 @@ impl Partitions {
         placement.class.map(|j| self.classes[j].name.as_str())
     }
 
+    /// No tenant or class has a reservation or a cap, and the resource is not saturated.
+    fn is_plain(&self) -> bool {
+        self.tenants.is_empty()
+            && self.classes.is_empty()
+            && self.wildcard == Bulkhead::default()
+            && !self.saturated
+    }
+
     /// `reserved` sized for the base limit, shrunk in proportion to `limit`.
     fn scaled(&self, reserved: u32, limit: u32) -> u32 {
         if limit >= self.base_limit || self.base_limit == 0 {
@@ -168,6 +176,10 @@ impl Partitions {
         let total = ledger.total();
         if total >= u64::from(limit) {
             return Err(RejectReason::WipLimit);
+        }
+        if self.is_plain() {
+            // No bulkheads: nothing to count per tenant or class, the total is the rule.
+            return Ok(Vec::new());
         }
         let totals = ledger.partition_totals();
         let count = |key: PartitionKey| totals.get(&key).copied().unwrap_or(0);

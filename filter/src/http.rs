@@ -49,6 +49,7 @@ impl AdmissionContext {
         if let Some((permit, slot)) = self.held.take() {
             // A 5xx (Envoy's own for upstream resets and timeouts included) counts against
             // the resource; a stream with no response (the client left) says nothing.
+            // Without `adaptive`, `status` stays None and no sample is taken.
             let finish = self.status.map(|status| Finish {
                 latency_us: now_us().saturating_sub(self.admitted_us),
                 outcome: if status >= 500 {
@@ -100,6 +101,10 @@ impl HttpContext for AdmissionContext {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // Only the adaptive limit needs the outcome: spare the host call otherwise.
+        if self.held.is_none() || self.plugin.static_config.adaptive.is_none() {
+            return Action::Continue;
+        }
         self.status = self
             .get_http_response_header(":status")
             .and_then(|s| s.parse().ok());
