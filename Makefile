@@ -66,9 +66,12 @@ test-unit:
 	cargo test -p wipgate-admission
 
 # The Redis tests start their own redis-server on free ports (REDIS_URL points the
-# non-fault ones at an existing Redis instead); the fault test kills only its own.
+# non-fault ones at an existing Redis instead); the fault test kills only its own. The
+# probe tests start a throwaway PostgreSQL cluster per test (initdb + pg_ctl from PATH or
+# /usr/lib/postgresql/VER/bin, run as `postgres` when root).
 test-control:
 	$(call need,redis-server,redis-server)
+	$(call need_postgres)
 	cargo test -p wipgate-control
 
 # One Envoy (--concurrency 2) per test; serial keeps the 2-core machine's timings sane.

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod probes;
 pub mod routes;
 pub mod settings;
 pub mod status;
@@ -27,6 +28,7 @@ use wipgate_admission::fleet::{SplitParams, SyncReply};
 pub use crate::auth::AdminToken;
 pub use crate::error::ApiError;
 pub use crate::metrics::Metrics;
+pub use crate::probes::ProbeHub;
 pub use crate::settings::Settings;
 pub use crate::store::{FleetStore, MemoryStore, RedisStore};
 
@@ -54,7 +56,13 @@ pub struct Inner {
     /// the store is unreachable. Entries older than the allowance's validity are useless
     /// and are swept.
     pub last_replies: Mutex<LastReplies>,
+    /// The bottleneck probes of the policy in force and their composite health.
+    pub probes: ProbeHub,
 }
+
+/// How often each replica checks the store for a policy whose probes differ from the ones
+/// it runs (a change through another replica, or the Redis seed).
+pub const PROBE_RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// See [`Inner::last_replies`].
 #[derive(Default)]
@@ -98,6 +106,7 @@ impl AppState {
         token: AdminToken,
         settings: &Settings,
     ) -> anyhow::Result<Self> {
+        let metrics = Metrics::new()?;
         Ok(Self(Arc::new(Inner {
             store,
             token,
@@ -105,12 +114,36 @@ impl AppState {
                 floor_percent: settings.floor_percent,
                 stale_after_ms: settings.stale_after_ms,
             },
-            metrics: Metrics::new()?,
+            probes: ProbeHub::new(metrics.clone()),
+            metrics,
             max_body_bytes: settings.max_body_bytes,
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
             draining: AtomicBool::new(false),
             last_replies: Mutex::new(LastReplies::default()),
         })))
+    }
+
+    /// Starts the task that runs the probes of the stored policy: at once, then whenever a
+    /// check every [`PROBE_RECONCILE_INTERVAL`] finds a new policy version. The task holds
+    /// no strong reference: it ends, and the probes with it, when the state is dropped.
+    pub fn start_probes(&self) -> tokio::task::JoinHandle<()> {
+        let state = Arc::downgrade(&self.0);
+        tokio::spawn(async move {
+            let mut applied = None;
+            loop {
+                let Some(inner) = state.upgrade() else { break };
+                match inner.store.policy().await {
+                    Ok(current) if applied != Some(current.version) => {
+                        inner.probes.apply(current.version, &current.policy.probes);
+                        applied = Some(current.version);
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "probes: reading the policy"),
+                }
+                drop(inner);
+                tokio::time::sleep(PROBE_RECONCILE_INTERVAL).await;
+            }
+        })
     }
 
     /// Marks the service as draining: `/readyz` fails from now on.

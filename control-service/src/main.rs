@@ -24,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let store = open_store(&settings)?;
     let state = AppState::new(store, AdminToken::new(token), &settings)?;
+    let _probes = state.start_probes();
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, store = state.store.kind(), "wipgate-control listening");
     let drain = state.clone();

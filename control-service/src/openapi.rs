@@ -12,7 +12,11 @@ use crate::routes;
     paths(routes::healthz, routes::readyz, routes::metrics, routes::openapi, routes::get_policy, routes::put_policy,
           routes::put_tenant, routes::delete_tenant, routes::status, routes::sync),
     components(schemas(wipgate_admission::Bulkhead, wipgate_admission::fleet::UsageReport,
-                       wipgate_admission::fleet::InstanceView, crate::status::Totals, crate::status::TenantStatus)),
+                       wipgate_admission::fleet::InstanceView, crate::status::Totals, crate::status::TenantStatus,
+                       wipgate_admission::fleet::ProbeSpec, wipgate_admission::fleet::Thresholds,
+                       wipgate_admission::fleet::ProbeKind, wipgate_admission::fleet::ProbeLevel,
+                       wipgate_admission::fleet::ProbeSample, wipgate_admission::fleet::ProbeState,
+                       wipgate_admission::fleet::ResourceHealth, crate::probes::ProbeStatus)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;

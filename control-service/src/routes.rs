@@ -180,6 +180,9 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         }
         Err(_) => state.metrics.set_store_up(false),
     }
+    state
+        .metrics
+        .set_probes(state.probes.health(), &state.probes.snapshot());
     let body = state.metrics.render().map_err(|e| {
         tracing::error!(error = %e, "rendering metrics");
         ApiError::Internal
@@ -231,6 +234,7 @@ async fn edit_policy(
         {
             Ok(version) => {
                 tracing::info!(version, "policy changed");
+                state.probes.apply(version, &next.probes);
                 return Ok((version, next));
             }
             Err(StoreError::Conflict) => continue,
@@ -292,12 +296,10 @@ pub async fn delete_tenant(
 async fn fleet_status(state: &AppState) -> Result<FleetStatus, StoreError> {
     let current = state.store.policy().await?;
     let (instances, now) = state.store.instances(state.params).await?;
-    Ok(FleetStatus::new(
-        now,
-        &current.policy,
-        current.version,
-        instances,
-    ))
+    let mut status = FleetStatus::new(now, &current.policy, current.version, instances);
+    status.health = state.probes.health();
+    status.probes = state.probes.snapshot();
+    Ok(status)
 }
 
 /// The live fleet: instances with their last report and allowance, totals, per-tenant sums.
@@ -306,7 +308,8 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<FleetStatus>, 
     Ok(Json(fleet_status(&state).await?))
 }
 
-/// An Envoy reports its counts and receives its allowance. While the store is unreachable
+/// An Envoy reports its counts and receives its allowance, with the protected resource's
+/// health by this replica's probes. While the store is unreachable
 /// the last allowance this replica gave the instance is repeated with `degraded: true`
 /// (and only for what is left of its validity); without one the answer is 503, and the
 /// Envoy keeps its last good allowance.
@@ -322,7 +325,8 @@ pub async fn sync(
     let result = state.store.sync(report, state.params).await;
     let syncs = &state.metrics.syncs;
     match result {
-        Ok(reply) => {
+        Ok(mut reply) => {
+            reply.health = state.probes.health();
             if let Ok(mut last) = state.last_replies.lock() {
                 last.insert(&reply);
             }
@@ -341,7 +345,8 @@ pub async fn sync(
                 .ok()
                 .and_then(|last| last.degraded(&instance));
             match cached {
-                Some(reply) => {
+                Some(mut reply) => {
+                    reply.health = state.probes.health();
                     tracing::debug!(error = %e, %instance, "store unavailable: repeating the last allowance");
                     syncs.with_label_values(&["degraded"]).inc();
                     Ok(Json(reply))

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use wipgate_admission::config::WILDCARD_TENANT;
-use wipgate_admission::fleet::{FleetPolicy, InstanceView};
+use wipgate_admission::fleet::{FleetPolicy, InstanceView, ResourceHealth};
+
+use crate::probes::ProbeStatus;
 
 /// The whole fleet as the store sees it now.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -21,8 +23,10 @@ pub struct FleetStatus {
     pub tenants: BTreeMap<String, TenantStatus>,
     /// The live instances, each with its last report and allowance.
     pub instances: Vec<InstanceView>,
-    /// Bottleneck probe health (probes come in a later release: always empty).
-    pub probes: Vec<serde_json::Value>,
+    /// The composite health this replica sends in its sync replies.
+    pub health: ResourceHealth,
+    /// Each bottleneck probe of this replica, by name.
+    pub probes: Vec<ProbeStatus>,
 }
 
 /// Fleet totals.
@@ -54,7 +58,8 @@ pub struct TenantStatus {
 }
 
 impl FleetStatus {
-    /// Totals and per-tenant sums of `instances` under `policy`.
+    /// Totals and per-tenant sums of `instances` under `policy`; no probes (the caller adds
+    /// this replica's).
     pub fn new(
         now_ms: u64,
         policy: &FleetPolicy,
@@ -111,6 +116,7 @@ impl FleetStatus {
             },
             tenants,
             instances,
+            health: ResourceHealth::Ok,
             probes: Vec::new(),
         }
     }

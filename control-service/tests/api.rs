@@ -176,7 +176,7 @@ async fn bad_input_names_the_field() {
             "/v1/policy",
             r#"{"global_max_inflight": 5, "probes": [{}]}"#,
             422,
-            "probes",
+            "probes[0].name",
         ),
         (
             "PUT",

@@ -167,3 +167,44 @@ async fn fifty_instances_through_two_replicas_never_exceed_the_fleet_numbers() {
         "floors hold"
     );
 }
+
+/// Each replica runs the probes of the shared policy on its own: a policy put through one
+/// is picked up by the other within its reconcile interval, and both send the health.
+#[tokio::test]
+async fn every_replica_probes_the_shared_policy() {
+    let (url, _server) = test_redis().await;
+    let prefix = unique_prefix();
+    let (a, b) = (
+        Service::redis(&url, &prefix, &[]).await,
+        Service::redis(&url, &prefix, &[]).await,
+    );
+    // An upstream that always answers 500.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let router = axum::Router::new().route(
+        "/health",
+        axum::routing::get(|| async { axum::http::StatusCode::INTERNAL_SERVER_ERROR }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let policy = json!({"global_max_inflight": 10, "probes": [{"name": "api", "kind": "http",
+        "url": format!("http://{upstream}/health"), "interval_ms": 100, "timeout_ms": 100,
+        "degraded_limit_percent": 30}]});
+    let put = a.admin("PUT", "/v1/policy", &policy.to_string()).await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let degraded = json!({"state": "degraded", "limit_percent": 30});
+    for replica in [&a, &b] {
+        common::wait_for(
+            "the replica's probe to degrade",
+            std::time::Duration::from_secs(10),
+            || async {
+                let reply = replica.sync(&json!({"instance": "e1"})).await.json();
+                (reply["health"] == degraded).then_some(())
+            },
+        )
+        .await;
+        assert_eq!(
+            replica.get("/v1/status").await.json()["probes"][0]["state"],
+            "degraded"
+        );
+    }
+}

@@ -5,7 +5,9 @@
 //! [`SyncReply`]. How a fleet number is split among the live instances is pure arithmetic
 //! in [`allowance`], and [`FleetLedger`] is the whole bookkeeping for one process (the
 //! control service's memory store); the Redis store keeps the same records in Redis and
-//! calls the same functions. Time is always an argument.
+//! calls the same functions. Bottleneck probes are declared in the policy
+//! ([`probe_policy`]); their samples become levels ([`probe_sample`]) and, with hysteresis,
+//! the [`ResourceHealth`] every reply carries ([`probe_state`]). Time is always an argument.
 
 pub mod allowance;
 pub mod health;
@@ -13,10 +15,16 @@ pub mod ledger;
 #[cfg(feature = "openapi")]
 mod openapi;
 pub mod policy;
+pub mod probe_policy;
+pub mod probe_sample;
+pub mod probe_state;
 pub mod sync;
 
 pub use allowance::{Dim, SplitParams};
 pub use health::ResourceHealth;
 pub use ledger::{FleetLedger, InstanceView};
 pub use policy::FleetPolicy;
+pub use probe_policy::{ProbeKind, ProbeLevel, ProbeSpec, Thresholds};
+pub use probe_sample::ProbeSample;
+pub use probe_state::{composite, Hysteresis, ProbeState};
 pub use sync::{SyncReply, SyncRequest, UsageReport};

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{validate_bulkheads, ConfigError, WILDCARD_TENANT};
+use crate::fleet::probe_policy::{validate_probes, ProbeSpec};
 use crate::{Bulkhead, TenantName};
 
 /// Most tenant or class entries one policy may hold: every entry is a dimension that each
@@ -17,7 +18,8 @@ pub const DEFAULT_GLOBAL_MAX_INFLIGHT: u32 = 1000;
 
 /// Fleet-wide limits. Invariants once validated: `global_max_inflight >= 1`; tenant and class
 /// names are well-formed (`*` allowed among tenants); each entry's `max >= reserved`; the
-/// reservations of each set add up to at most `global_max_inflight`; `probes` is empty.
+/// reservations of each set add up to at most `global_max_inflight`; `probes` are valid
+/// (see [`validate_probes`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -30,9 +32,10 @@ pub struct FleetPolicy {
     /// Fleet-wide bulkheads per priority class.
     #[serde(default)]
     pub classes: BTreeMap<String, Bulkhead>,
-    /// Bottleneck probes. Coming in a later release; only the empty list is accepted now.
+    /// Bottleneck probes: the control service samples the protected resource with them and
+    /// sends the composite health to every Envoy.
     #[serde(default)]
-    pub probes: Vec<serde_json::Value>,
+    pub probes: Vec<ProbeSpec>,
 }
 
 impl Default for FleetPolicy {
@@ -69,10 +72,7 @@ impl FleetPolicy {
         }
         validate_bulkheads("tenants", &self.tenants, self.global_max_inflight, true)?;
         validate_bulkheads("classes", &self.classes, self.global_max_inflight, false)?;
-        if !self.probes.is_empty() {
-            return Err(error("probes", "probes are not supported yet; use []"));
-        }
-        Ok(())
+        validate_probes(&self.probes)
     }
 
     /// This policy with `name`'s entry set to `bulkhead`, validated as a whole.
@@ -167,8 +167,9 @@ mod tests {
             ),
             (
                 r#"{"global_max_inflight": 5, "probes": [{"url": "x"}]}"#,
-                "probes",
+                "probes[0].name",
             ),
+            (r#"{"global_max_inflight": 5, "probes": {}}"#, "probes"),
             (r#"{"global_max_inflight": 5} x"#, "(top level)"),
         ];
         for (json, field) in cases {

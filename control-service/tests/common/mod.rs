@@ -1,5 +1,6 @@
-//! Test helpers: a redis-server per test on a free port, the service in-process on a real
-//! socket, and a tiny HTTP client. Polls with deadlines, never fixed sleeps.
+//! Test helpers: a redis-server per test on a free port, a throwaway PostgreSQL cluster
+//! ([`postgres`]), the service in-process on a real socket, and a tiny HTTP client. Polls
+//! with deadlines, never fixed sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use std::net::SocketAddr;
@@ -11,6 +12,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use tokio::net::TcpStream;
 use wipgate_control::{app, open_store, AdminToken, AppState, Settings};
+
+pub mod postgres;
 
 pub const TOKEN: &str = "test-admin-token";
 
@@ -156,6 +159,7 @@ pub struct Service {
     pub addr: SocketAddr,
     pub state: AppState,
     task: tokio::task::JoinHandle<()>,
+    probes: tokio::task::JoinHandle<()>,
 }
 
 impl Service {
@@ -171,11 +175,17 @@ impl Service {
             .await
             .unwrap();
         let addr = listener.local_addr().unwrap();
+        let probes = state.start_probes();
         let router = app(state.clone());
         let task = tokio::spawn(async move {
             axum::serve(listener, router).await.unwrap();
         });
-        Self { addr, state, task }
+        Self {
+            addr,
+            state,
+            task,
+            probes,
+        }
     }
 
     pub async fn redis(url: &str, prefix: &str, extra: &[&str]) -> Self {
@@ -218,6 +228,7 @@ impl Service {
 impl Drop for Service {
     fn drop(&mut self) {
         self.task.abort();
+        self.probes.abort();
     }
 }
 
