@@ -41,6 +41,12 @@ fn pg_binary(name: &str) -> Result<PathBuf> {
         .with_context(|| format!("{name} not found: apt-get install -y postgresql"))
 }
 
+/// Whether `initdb` and `pg_ctl` are installed (PATH or Debian's location).
+#[must_use]
+pub fn available() -> bool {
+    pg_binary("initdb").is_ok() && pg_binary("pg_ctl").is_ok()
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
