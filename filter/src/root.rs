@@ -64,10 +64,7 @@ impl RootContext for WipgateRoot {
         let now = now_ms();
         self.sync = config.control.clone().map(|control| {
             let node_id = self.get_property(vec!["node", "id"]);
-            SyncDriver::new(
-                control,
-                instance_id(node_id, now.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-            )
+            SyncDriver::new(control, instance_id(node_id, random_seed(now)))
         });
         self.plugin = Some(Rc::new(Plugin::new(config)));
         let tick = self
@@ -96,4 +93,12 @@ impl RootContext for WipgateRoot {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// A seed for the generated instance id: the host's randomness (WASI `random_get`), mixed
+/// with the clock in case the host has none, so two Envoys never pick the same id.
+fn random_seed(now_ms: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    let random = getrandom::getrandom(&mut bytes).map_or(0, |()| u64::from_le_bytes(bytes));
+    random ^ now_ms.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
