@@ -15,6 +15,15 @@ pub fn percentile(latencies: &[Duration], p: f64) -> Duration {
     }
     let mut sorted = latencies.to_vec();
     sorted.sort_unstable();
+    sorted_percentile(&sorted, p)
+}
+
+/// [`percentile`] of values already sorted ascending (no copy, for large samples).
+#[must_use]
+pub fn sorted_percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
     let p = p.clamp(0.0, 100.0);
     // Nearest rank: the smallest value with at least p% of the values at or below it.
     #[allow(

@@ -16,6 +16,7 @@ use http_body_util::Empty;
 use hyper::client::conn::http1::SendRequest;
 use tokio::task::{JoinHandle, JoinSet};
 use wipgate_e2e::client::{connect, request_on};
+use wipgate_e2e::summary::sorted_percentile;
 use wipgate_e2e::RequestSpec;
 
 /// The most requests one open loop sends, whatever its rate and duration.
@@ -199,26 +200,8 @@ async fn one(pool: &Pool, spec: &RequestSpec) -> Result<(u16, Duration), Miss> {
     }
 }
 
-fn sorted_percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// The `p`-th percentile (nearest rank) of `values`; zero for none.
-#[must_use]
-pub fn percentile(values: &[Duration], p: f64) -> Duration {
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable();
-    sorted_percentile(&sorted, p)
-}
+/// The `p`-th percentile (nearest rank) of a sample; the harness's, so both agree.
+pub use wipgate_e2e::summary::percentile;
 
 /// How the dispatcher thread did: its lag behind schedule and when it sent.
 struct Dispatch {
