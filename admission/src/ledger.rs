@@ -253,6 +253,14 @@ impl Ledger {
         };
         entry.inflight = entry.inflight.saturating_add(1);
         keys.iter().for_each(|k| entry.add(*k));
+        // The window's peak tells the adaptive limit whether the limit held work back; the
+        // total is only summed when adaptive limits are on.
+        if self.adaptive.is_some() {
+            let total = u32::try_from(self.total()).unwrap_or(u32::MAX);
+            if let Some((_, w)) = &mut self.adaptive {
+                w.peak_inflight = w.peak_inflight.max(total);
+            }
+        }
         true
     }
 
@@ -551,6 +559,13 @@ mod tests {
         assert_eq!(adaptive.adaptive_limit(), Some(4));
         let closed = adaptive.roll_adaptive(Some(&config), 4, 40, 50).unwrap();
         assert_eq!((closed.sample.count, closed.sample.limited), (1, true));
+        // A window without rejections still counts as limited when in flight reached the limit.
+        let id = adaptive.entries()[0].id;
+        for _ in 0..4 {
+            assert!(adaptive.acquire(id, &[], 60));
+        }
+        let closed = adaptive.roll_adaptive(Some(&config), 4, 40, 100).unwrap();
+        assert!(closed.sample.limited, "peak in flight at the limit of 4");
         let mut trailing = dup.encode();
         trailing.push(0);
         assert_eq!(
