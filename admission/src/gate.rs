@@ -10,13 +10,9 @@ use std::cell::{Cell, RefCell};
 use thiserror::Error;
 
 use crate::adaptive::{AdaptiveConfig, Outcome};
-use crate::ledger::{ClosedWindow, Ledger, PartitionKey, WorkerId};
+use crate::ledger::{ClosedWindow, Ledger, LedgerError, PartitionKey, WorkerId, LEDGER_KEY};
 use crate::shared_data::{CasError, SharedData};
 use crate::RejectReason;
-
-/// Shared-data key of the ledger. The format version is part of the name, so a filter
-/// upgrade with a new format never reads an old record (old VMs drain on the old key).
-pub const LEDGER_KEY: &str = "wipgate.ledger.v3";
 
 /// Read-modify-write attempts before giving up on one change.
 pub const MAX_CAS_ATTEMPTS: u32 = 1_000;
@@ -51,6 +47,9 @@ pub struct WorkerHandle {
     current: Cell<Option<WorkerId>>,
     /// Releases whose write failed; paid with the next successful write, so none is lost.
     owed: RefCell<Vec<(Permit, Option<Finish>)>>,
+    /// The gate's key holds a record of another format version (another build wrote it
+    /// under the same key): this VM never overwrites it and uses the gate's own key instead.
+    diverted: Cell<bool>,
 }
 
 impl WorkerHandle {
@@ -99,12 +98,17 @@ pub struct Report<T> {
     pub limits_seq: u64,
     /// The adaptive window this change closed, if any.
     pub window: Option<ClosedWindow>,
+    /// This change found a record of another format version and moved this VM to the
+    /// gate's own key (once per VM).
+    pub diverted: bool,
 }
 
 /// The gate itself: where the ledger lives and how long a VM's lease is.
 #[derive(Debug, Clone)]
 pub struct Gate {
     key: String,
+    /// Where a VM goes when `key` holds a record it cannot read: this build's own key.
+    own_key: String,
     lease_ms: u64,
     /// Adaptive limits: the algorithm and the bounds (`min_inflight`, `max_inflight`).
     adaptive: Option<(AdaptiveConfig, u32, u32)>,
@@ -121,6 +125,7 @@ impl Gate {
     pub fn new(key: &str, lease_ms: u64) -> Self {
         Self {
             key: key.to_owned(),
+            own_key: format!("{key}.build-{}", env!("CARGO_PKG_VERSION")),
             lease_ms,
             adaptive: None,
         }
@@ -181,6 +186,7 @@ impl Gate {
             reset_corrupt: report.reset_corrupt,
             limits_seq: report.limits_seq,
             window: report.window,
+            diverted: report.diverted,
         })
     }
 
@@ -246,11 +252,23 @@ impl Gate {
     }
 
     /// Reads the in-flight total without writing.
-    pub fn inflight(&self, store: &impl SharedData) -> Result<u64, GateError> {
-        let (bytes, _) = store.get(&self.key)?;
+    pub fn inflight(
+        &self,
+        store: &impl SharedData,
+        worker: &WorkerHandle,
+    ) -> Result<u64, GateError> {
+        let (bytes, _) = store.get(self.key_of(worker))?;
         Ok(bytes
             .and_then(|b| Ledger::decode(&b).ok())
             .map_or(0, |l| l.total()))
+    }
+
+    fn key_of(&self, worker: &WorkerHandle) -> &str {
+        if worker.diverted.get() {
+            &self.own_key
+        } else {
+            &self.key
+        }
     }
 
     /// The compare-and-swap loop. `change` must be pure: it may run several times.
@@ -261,11 +279,18 @@ impl Gate {
         now_ms: u64,
         mut change: impl FnMut(&mut Ledger, Option<WorkerId>) -> Result<T, GateError>,
     ) -> Result<Report<T>, GateError> {
+        let mut diverted = false;
         for attempt in 0..MAX_CAS_ATTEMPTS {
-            let (bytes, cas) = store.get(&self.key)?;
+            let (bytes, cas) = store.get(self.key_of(worker))?;
             let (mut ledger, reset_corrupt) = match bytes.as_deref().map(Ledger::decode) {
                 None => (Ledger::default(), false),
                 Some(Ok(ledger)) => (ledger, false),
+                Some(Err(LedgerError::Version(_))) if !worker.diverted.get() => {
+                    // Another build's record: never overwritten; this VM moves to its own key.
+                    worker.diverted.set(true);
+                    diverted = true;
+                    continue;
+                }
                 Some(Err(_)) => (Ledger::default(), true),
             };
             let reclaimed = ledger.expire(now_ms, self.lease_ms);
@@ -284,7 +309,7 @@ impl Gate {
                 }
             }
             let value = change(&mut ledger, worker.current.get())?;
-            match store.set(&self.key, &ledger.encode(), cas) {
+            match store.set(self.key_of(worker), &ledger.encode(), cas) {
                 Ok(()) => {
                     worker.owed.borrow_mut().clear();
                     return Ok(Report {
@@ -294,6 +319,7 @@ impl Gate {
                         reset_corrupt,
                         limits_seq: ledger.limits_seq(),
                         window,
+                        diverted,
                     });
                 }
                 Err(CasError::Mismatch) => continue,

@@ -2,26 +2,39 @@
 //!
 //! The filter (`wipgate-filter`) only translates host events into calls on this crate, so the
 //! logic here runs natively under unit and property tests. Time is always an argument
-//! (`now_ms`), never read from a clock, and shared memory is reached through the narrow
-//! [`SharedData`] trait, which the filter implements over proxy-wasm shared data.
+//! (`now_ms`, `now_us`), never read from a clock, and the host is reached through the narrow
+//! [`Host`] trait (shared data, callouts, stats), which the filter implements in one adapter
+//! file and [`fake_host::FakeHost`] implements in memory for tests.
+//!
+//! The two entry points: [`Admitter`] (one VM's admissions and releases against the
+//! Envoy-wide [`ledger`]) and [`SyncDriver`] (the periodic sync with the control service).
 #![warn(missing_docs)]
 
 pub mod adaptive;
+pub mod admitter;
 pub mod bulkhead;
 pub mod config;
-pub mod control_sync;
+pub mod fake_host;
 pub mod fleet;
 pub mod gate;
+pub mod host;
+pub mod labels;
 pub mod ledger;
+pub mod limits;
+pub mod log_limit;
 pub mod partitions;
 pub mod rejection;
 pub mod shared_data;
+pub mod sync;
 pub mod tenant;
 
+pub use admitter::{Admitter, Decision, Ticket};
 pub use bulkhead::Bulkhead;
 pub use config::{ConfigError, GateConfig};
 pub use gate::{Admission, Gate, GateError, Permit, WorkerHandle};
+pub use host::{Callout, Event, Host};
 pub use partitions::{Partitions, Placement};
 pub use rejection::{RejectReason, Rejection};
 pub use shared_data::{CasError, SharedData};
+pub use sync::SyncDriver;
 pub use tenant::TenantName;

@@ -19,15 +19,17 @@
 //! nothing in flight.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::config::WILDCARD_TENANT;
+use crate::labels::{Labels, TenantLabel};
 use crate::ledger::{Ledger, PartitionKey};
 use crate::{Bulkhead, GateConfig, RejectReason, TenantName};
 
 /// A configured tenant or class.
 #[derive(Debug, Clone)]
 struct Named {
-    name: String,
+    name: Arc<str>,
     key: PartitionKey,
     bulkhead: Bulkhead,
 }
@@ -56,9 +58,6 @@ pub struct Placement {
     class: Option<usize>,
 }
 
-/// The stat label of every tenant not listed in the configuration.
-pub const UNLISTED_LABEL: &str = "_unlisted";
-
 /// The count shared by unlisted tenants beyond `max_tenants`. `*` is not a valid tenant name,
 /// so no real tenant has this key.
 fn overflow_key() -> PartitionKey {
@@ -72,7 +71,7 @@ impl Partitions {
             map.iter()
                 .filter(|(name, _)| name.as_str() != WILDCARD_TENANT)
                 .map(|(name, b)| Named {
-                    name: name.clone(),
+                    name: Arc::from(name.as_str()),
                     key: key(name),
                     bulkhead: *b,
                 })
@@ -82,7 +81,7 @@ impl Partitions {
         let default_class = config
             .default_class
             .as_ref()
-            .and_then(|d| classes.iter().position(|c| &c.name == d));
+            .and_then(|d| classes.iter().position(|c| *c.name == **d));
         Self {
             tenants: named(&config.tenants, PartitionKey::tenant),
             wildcard: config
@@ -108,7 +107,10 @@ impl Partitions {
     /// Places a request by its tenant and its priority header value (a configured class
     /// name; anything else means the default class).
     pub fn place(&self, tenant: TenantName, priority: Option<&[u8]>) -> Placement {
-        let listed = self.tenants.iter().position(|t| t.name == tenant.as_str());
+        let listed = self
+            .tenants
+            .iter()
+            .position(|t| *t.name == *tenant.as_str());
         let class = priority
             .and_then(|p| self.classes.iter().position(|c| c.name.as_bytes() == p))
             .or(self.default_class);
@@ -120,30 +122,28 @@ impl Partitions {
         }
     }
 
-    /// Stat labels of tenants: every listed name, then `_unlisted` for all others, so stat
-    /// cardinality follows the configuration, never what clients send.
-    pub fn tenant_labels(&self) -> impl Iterator<Item = &str> {
+    /// Stat labels of tenants: every listed name, then the unlisted, so stat cardinality
+    /// follows the configuration, never what clients send.
+    pub fn tenant_labels(&self) -> impl Iterator<Item = TenantLabel> + '_ {
         self.tenants
             .iter()
-            .map(|t| t.name.as_str())
-            .chain([UNLISTED_LABEL])
+            .map(|t| TenantLabel::Listed(Arc::clone(&t.name)))
+            .chain([TenantLabel::Unlisted])
     }
 
     /// Stat labels of classes, in configuration order.
-    pub fn class_labels(&self) -> impl Iterator<Item = &str> {
-        self.classes.iter().map(|c| c.name.as_str())
+    pub fn class_labels(&self) -> impl Iterator<Item = Arc<str>> + '_ {
+        self.classes.iter().map(|c| Arc::clone(&c.name))
     }
 
-    /// The stat label of a placement's tenant: its name when listed, else `_unlisted`.
-    pub fn tenant_label(&self, placement: &Placement) -> &str {
-        placement
-            .listed
-            .map_or(UNLISTED_LABEL, |i| self.tenants[i].name.as_str())
-    }
-
-    /// The stat label of a placement's class, if it has one.
-    pub fn class_label(&self, placement: &Placement) -> Option<&str> {
-        placement.class.map(|j| self.classes[j].name.as_str())
+    /// Where a placed request is counted in the stats.
+    pub fn labels(&self, placement: &Placement) -> Labels {
+        Labels {
+            tenant: placement.listed.map_or(TenantLabel::Unlisted, |i| {
+                TenantLabel::Listed(Arc::clone(&self.tenants[i].name))
+            }),
+            class: placement.class.map(|j| Arc::clone(&self.classes[j].name)),
+        }
     }
 
     /// No tenant or class has a reservation or a cap, and the resource is not saturated.

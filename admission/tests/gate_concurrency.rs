@@ -2,50 +2,12 @@
 //! Envoy's shared data: the limit holds, and every permit is released exactly once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use proptest::prelude::*;
-use wipgate_admission::{Admission, CasError, Gate, SharedData, WorkerHandle};
-
-type Versioned = HashMap<String, (Vec<u8>, u32)>;
-
-/// Envoy's shared-data semantics: every write gets a new version; a write with a stale
-/// version is refused; an absent key is written unconditionally. Optionally fails writes.
-#[derive(Default)]
-struct Store {
-    data: Mutex<(Versioned, u32)>,
-    fail_every: Option<u64>,
-    writes: AtomicU64,
-}
-
-impl SharedData for Store {
-    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), CasError> {
-        let data = self.data.lock().unwrap();
-        Ok(match data.0.get(key) {
-            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-            None => (None, None),
-        })
-    }
-
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasError> {
-        let n = self.writes.fetch_add(1, Ordering::Relaxed);
-        if self.fail_every.is_some_and(|every| n % every == 0) {
-            return Err(CasError::Host("injected".into()));
-        }
-        let mut data = self.data.lock().unwrap();
-        let (map, next) = &mut *data;
-        if let (Some((_, current)), Some(expected)) = (map.get(key), cas) {
-            if *current != expected {
-                return Err(CasError::Mismatch);
-            }
-        }
-        *next += 1;
-        map.insert(key.to_owned(), (value.to_vec(), *next));
-        Ok(())
-    }
-}
+use wipgate_admission::shared_data::MemoryStore;
+use wipgate_admission::{Admission, Gate, WorkerHandle};
 
 fn admitted(a: &Admission) -> bool {
     matches!(a, Admission::Admitted(_))
@@ -54,7 +16,7 @@ fn admitted(a: &Admission) -> bool {
 #[test]
 fn limit_holds_across_threads_and_counts_return_to_zero() {
     const LIMIT: u32 = 7;
-    let store = Arc::new(Store::default());
+    let store = Arc::new(MemoryStore::default());
     let gate = Gate::default();
     gate.initialize(&*store).unwrap();
     let held = Arc::new(AtomicU64::new(0));
@@ -96,12 +58,12 @@ fn limit_holds_across_threads_and_counts_return_to_zero() {
     assert!(total > 0);
     let peak = peak.load(Ordering::SeqCst);
     assert!(peak <= u64::from(LIMIT), "peak {peak} over {LIMIT}");
-    assert_eq!(gate.inflight(&*store).unwrap(), 0);
+    assert_eq!(gate.inflight(&*store, &WorkerHandle::default()).unwrap(), 0);
 }
 
 #[test]
 fn dead_workers_slots_come_back_after_the_lease() {
-    let store = Store::default();
+    let store = MemoryStore::default();
     let gate = Gate::new("k", 1_000);
     let (dead, live) = (WorkerHandle::default(), WorkerHandle::default());
     for _ in 0..3 {
@@ -121,10 +83,7 @@ fn dead_workers_slots_come_back_after_the_lease() {
 
 #[test]
 fn a_failed_release_is_paid_by_the_next_write() {
-    let store = Store {
-        fail_every: Some(2),
-        ..Store::default()
-    };
+    let store = MemoryStore::failing_every(2);
     let gate = Gate::default();
     let worker = WorkerHandle::default();
     // Write 0 fails (injected), write 1 admits.
@@ -136,11 +95,11 @@ fn a_failed_release_is_paid_by_the_next_write() {
     // Write 2 fails: the release is owed, the slot still counted.
     assert!(gate.release(&store, &worker, permit, None, 1).is_err());
     assert_eq!(worker.owed_releases(), 1);
-    assert_eq!(gate.inflight(&store).unwrap(), 1);
+    assert_eq!(gate.inflight(&store, &WorkerHandle::default()).unwrap(), 1);
     // Write 3 succeeds and pays it.
     gate.heartbeat(&store, &worker, 2).unwrap();
     assert_eq!(worker.owed_releases(), 0);
-    assert_eq!(gate.inflight(&store).unwrap(), 0);
+    assert_eq!(gate.inflight(&store, &WorkerHandle::default()).unwrap(), 0);
 }
 
 proptest! {
@@ -153,7 +112,7 @@ proptest! {
         fail_every in proptest::option::of(2u64..7),
         ops in proptest::collection::vec((0usize..4, 0u8..3), 1..300),
     ) {
-        let store = Store { fail_every, ..Store::default() };
+        let store = fail_every.map_or_else(MemoryStore::default, MemoryStore::failing_every);
         let gate = Gate::default();
         let workers: Vec<WorkerHandle> = (0..4).map(|_| WorkerHandle::default()).collect();
         let mut permits: Vec<Vec<_>> = (0..4).map(|_| Vec::new()).collect();
@@ -178,19 +137,18 @@ proptest! {
             }
             let held: usize = permits.iter().map(Vec::len).sum();
             prop_assert!(held <= limit as usize);
-            prop_assert!(gate.inflight(&store).unwrap() <= u64::from(limit));
+            prop_assert!(gate.inflight(&store, &WorkerHandle::default()).unwrap() <= u64::from(limit));
         }
         for (w, ps) in permits.iter_mut().enumerate() {
             for p in ps.drain(..) {
                 let _ = gate.release(&store, &workers[w], p, None, 1_000);
             }
         }
-        let clean = Store::default();
-        *clean.data.lock().unwrap() = store.data.lock().unwrap().clone();
+        let clean = store.snapshot();
         for w in &workers {
             gate.heartbeat(&clean, w, 1_001).unwrap();
         }
-        prop_assert_eq!(gate.inflight(&clean).unwrap(), 0);
+        prop_assert_eq!(gate.inflight(&clean, &WorkerHandle::default()).unwrap(), 0);
         prop_assert!(workers.iter().all(|w| w.owed_releases() == 0));
     }
 }

@@ -1,16 +1,31 @@
 //! The one adapter between the admission core and the proxy-wasm host: shared data with
-//! compare-and-swap, and the wall clock.
+//! compare-and-swap, callouts, stats, and the clock the entry points read.
 
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
-use wipgate_admission::{CasError, SharedData};
+use wipgate_admission::labels::{Label, Usage};
+use wipgate_admission::{Callout, CasError, Event, Host, SharedData};
 
-/// Envoy's shared data: one store per `vm_id`, shared by every worker thread's VM.
-pub struct HostSharedData;
+use crate::metrics::Metrics;
 
-impl SharedData for HostSharedData {
+/// The host as the core sees it. Envoy's shared data is one store per `vm_id`, shared by every
+/// worker thread's VM; stats with one name are one stat for all of them.
+pub struct ProxyHost {
+    metrics: Metrics,
+}
+
+impl ProxyHost {
+    /// Defines the Envoy-wide stats.
+    pub fn new() -> Self {
+        Self {
+            metrics: Metrics::define(),
+        }
+    }
+}
+
+impl SharedData for ProxyHost {
     fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), CasError> {
         hostcalls::get_shared_data(key).map_err(|s| CasError::Host(format!("{s:?}")))
     }
@@ -24,18 +39,42 @@ impl SharedData for HostSharedData {
     }
 }
 
-/// Milliseconds since the epoch by the host's clock; 0 if the host clock is unreadable.
-pub fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+impl Host for ProxyHost {
+    fn dispatch(&self, call: &Callout<'_>) -> Result<u32, String> {
+        let headers = vec![
+            (":method", "POST"),
+            (":path", call.path),
+            (":authority", call.authority),
+            ("content-type", "application/json"),
+        ];
+        hostcalls::dispatch_http_call(
+            call.cluster,
+            headers,
+            Some(call.body),
+            vec![],
+            Duration::from_millis(call.timeout_ms),
+        )
+        .map_err(|s| format!("{s:?}"))
+    }
+
+    fn record(&self, event: Event<'_>) {
+        self.metrics.record(event);
+    }
+
+    fn usage(&self) -> Vec<(Label, Usage)> {
+        self.metrics.usage()
+    }
 }
 
-/// Microseconds since the epoch by the host's clock; 0 if unreadable. For latencies.
+/// Microseconds since the epoch by the host's clock; 0 if it is unreadable.
 pub fn now_us() -> u64 {
     hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Milliseconds since the epoch by the host's clock; 0 if it is unreadable.
+pub fn now_ms() -> u64 {
+    now_us() / 1_000
 }

@@ -5,21 +5,16 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use wipgate_admission::adaptive::Outcome;
-use wipgate_admission::gate::Finish;
-use wipgate_admission::{Admission, Permit, Rejection, TenantName};
+use wipgate_admission::{Decision, Rejection, Ticket};
 
-use crate::host::{now_ms, now_us};
-use crate::metrics::StatsSlot;
-use crate::plugin::Plugin;
+use crate::host::now_us;
+use crate::root::Plugin;
 
-/// Per-stream state. Invariant: `held` is `Some` exactly while this stream holds a slot.
+/// Per-stream state. Invariant: `ticket` is `Some` exactly while this stream holds a slot.
 pub struct AdmissionContext {
     plugin: Rc<Plugin>,
-    held: Option<(Permit, StatsSlot)>,
-    /// When the request was admitted (µs), for its latency.
-    admitted_us: u64,
-    /// The response status, once response headers passed.
+    ticket: Option<Ticket>,
+    /// The response status, once response headers passed (read only for adaptive limits).
     status: Option<u16>,
 }
 
@@ -27,8 +22,7 @@ impl AdmissionContext {
     pub fn new(plugin: Rc<Plugin>) -> Self {
         Self {
             plugin,
-            held: None,
-            admitted_us: 0,
+            ticket: None,
             status: None,
         }
     }
@@ -46,19 +40,11 @@ impl AdmissionContext {
     /// The one release path. Every end of a stream (on_done, on_log, the context being
     /// dropped) calls it; `take()` makes the second and later calls no-ops.
     fn finish(&mut self) {
-        if let Some((permit, slot)) = self.held.take() {
-            // A 5xx (Envoy's own for upstream resets and timeouts included) counts against
-            // the resource; a stream with no response (the client left) says nothing.
-            // Without `adaptive`, `status` stays None and no sample is taken.
-            let finish = self.status.map(|status| Finish {
-                latency_us: now_us().saturating_sub(self.admitted_us),
-                outcome: if status >= 500 {
-                    Outcome::Error
-                } else {
-                    Outcome::Success
-                },
-            });
-            self.plugin.release(permit, &slot, finish, now_ms());
+        if let Some(ticket) = self.ticket.take() {
+            let plugin = &self.plugin;
+            plugin
+                .admitter
+                .release(&plugin.host, ticket, self.status, now_us());
         }
     }
 }
@@ -72,42 +58,37 @@ impl Context for AdmissionContext {
 
 impl HttpContext for AdmissionContext {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.held.is_some() {
+        if self.ticket.is_some() {
             // Headers seen twice on one stream (e.g. an internal redirect): keep the slot.
             return Action::Continue;
         }
-        let now = now_ms();
-        let config = &self.plugin.static_config;
+        let config = self.plugin.admitter.config();
         let tenant = self.get_http_request_header_bytes(&config.tenant_header);
-        let tenant = TenantName::from_header(tenant.as_deref(), &config.default_tenant);
         let priority = self.get_http_request_header_bytes(&config.priority_header);
-        let limits = self.plugin.limits(now);
-        let (placement, slot) = self.plugin.place(&limits, tenant, priority.as_deref());
-        match self.plugin.admit(&limits, &placement, &slot, now) {
-            Admission::Admitted(permit) => {
-                self.held = Some((permit, slot));
-                self.admitted_us = now_us();
+        let decision = self.plugin.admitter.admit(
+            &self.plugin.host,
+            tenant.as_deref(),
+            priority.as_deref(),
+            now_us(),
+        );
+        match decision {
+            Decision::Admitted(ticket) => {
+                self.ticket = Some(ticket);
                 Action::Continue
             }
-            Admission::Rejected(reason) => {
-                self.reject(&Rejection {
-                    reason,
-                    tenant: placement.tenant,
-                    retry_after_s: config.retry_after_s,
-                });
+            Decision::Rejected(rejection) => {
+                self.reject(&rejection);
                 Action::Pause
             }
         }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // Only the adaptive limit needs the outcome: spare the host call otherwise.
-        if self.held.is_none() || self.plugin.static_config.adaptive.is_none() {
-            return Action::Continue;
+        if self.ticket.is_some() && self.plugin.admitter.wants_status() {
+            self.status = self
+                .get_http_response_header(":status")
+                .and_then(|s| s.parse().ok());
         }
-        self.status = self
-            .get_http_response_header(":status")
-            .and_then(|s| s.parse().ok());
         Action::Continue
     }
 

@@ -2,18 +2,14 @@
 //! the admission core (`wipgate-admission`) and its decisions into local replies.
 //!
 //! Files: `root.rs` (configuration, ticks, callout replies), `http.rs` (one request: admit,
-//! reject, release), `plugin.rs` (what root and requests share), `limits.rs` (the limits in
-//! force), `sync.rs` (the control-service callout), `host.rs` (the shared-data adapter),
-//! `metrics.rs` (Envoy stats).
+//! reject, release), `host.rs` (the core's `Host` over proxy-wasm host calls), `metrics.rs`
+//! (the core's events as Envoy stats).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod host;
 mod http;
-mod limits;
 mod metrics;
-mod plugin;
 mod root;
-mod sync;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);

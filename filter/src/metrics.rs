@@ -1,5 +1,6 @@
-//! The filter's Envoy stats. Counters and gauges are defined in every VM; Envoy backs the
-//! same name with one stat for all worker threads, so increments add up Envoy-wide.
+//! The filter's Envoy stats (names in docs/metrics.md): the core's events turned into
+//! counters and gauges. Counters and gauges are defined in every VM; Envoy backs the same name
+//! with one stat for all worker threads, so increments add up Envoy-wide.
 //!
 //! In-flight gauges are only ever moved by +1/-1 (and by minus what a reclaim gave back),
 //! never set, so concurrent workers cannot overwrite each other's view. Per-tenant stats
@@ -9,14 +10,15 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use wipgate_admission::adaptive::ChangeReason;
-use wipgate_admission::control_sync::SyncFailure;
+use wipgate_admission::labels::{Label, Labels, TenantLabel, Usage};
 use wipgate_admission::ledger::ClosedWindow;
-use wipgate_admission::partitions::UNLISTED_LABEL;
-use wipgate_admission::{Partitions, RejectReason};
+use wipgate_admission::sync::SyncFailure;
+use wipgate_admission::{Event, RejectReason};
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
     hostcalls::define_metric(kind, name).ok()
@@ -28,9 +30,23 @@ fn add(id: Option<u32>, by: i64) {
     }
 }
 
+fn set(id: Option<u32>, value: u64) {
+    if let Some(id) = id {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}
+
 fn read(id: Option<u32>) -> u64 {
     id.and_then(|id| hostcalls::get_metric(id).ok())
         .unwrap_or(0)
+}
+
+/// One counter per item of `all`, named by `name`.
+fn define_each<T: Copy, const N: usize>(
+    all: [T; N],
+    name: impl Fn(T) -> String,
+) -> [Option<u32>; N] {
+    all.map(|item| define(MetricType::Counter, &name(item)))
 }
 
 /// Stat names carry a label between dots: keep it one name segment.
@@ -40,7 +56,7 @@ fn segment(label: &str) -> String {
 
 /// Admitted, rejected per reason and in-flight, under one prefix (Envoy-wide, a tenant or
 /// a class). An id of `None` means the host refused to define it: updates skip it.
-pub struct RequestStats {
+struct RequestStats {
     admitted: Option<u32>,
     rejected: [Option<u32>; 6],
     inflight: Option<u32>,
@@ -50,9 +66,8 @@ impl RequestStats {
     fn define(prefix: &str) -> Self {
         Self {
             admitted: define(MetricType::Counter, &format!("{prefix}.rq_admitted")),
-            rejected: RejectReason::ALL.map(|reason| {
-                let name = format!("{prefix}.rq_rejected.reason.{}", reason.as_str());
-                define(MetricType::Counter, &name)
+            rejected: define_each(RejectReason::ALL, |reason| {
+                format!("{prefix}.rq_rejected.reason.{}", reason.as_str())
             }),
             inflight: define(MetricType::Gauge, &format!("{prefix}.rq_inflight")),
         }
@@ -72,54 +87,53 @@ impl RequestStats {
         add(index.and_then(|i| self.rejected[i]), 1);
     }
 
-    /// (in flight, admitted, rejected) as Envoy holds them, all workers together.
-    fn usage(&self) -> (u64, u64, u64) {
-        let rejected = self.rejected.iter().map(|id| read(*id)).sum();
-        (read(self.inflight), read(self.admitted), rejected)
+    /// As Envoy holds them, all workers together.
+    fn usage(&self) -> Usage {
+        Usage {
+            inflight: read(self.inflight),
+            admitted: read(self.admitted),
+            rejected: self.rejected.iter().map(|id| read(*id)).sum(),
+        }
     }
 }
 
-/// Where one request is counted: its tenant's and its class's stats. Held by the stream,
-/// so its release is counted where its admission was, whatever limits came since.
-#[derive(Clone)]
-pub struct StatsSlot {
-    tenant: Rc<RequestStats>,
-    class: Option<Rc<RequestStats>>,
-}
-
 /// Per-label stats, defined on first use.
-#[derive(Default)]
-struct Labelled {
-    kind: &'static str,
-    by_label: RefCell<BTreeMap<String, Rc<RequestStats>>>,
+struct Labelled<K> {
+    prefix: &'static str,
+    by_label: RefCell<BTreeMap<K, Rc<RequestStats>>>,
 }
 
-impl Labelled {
-    fn new(kind: &'static str) -> Self {
+impl<K: Ord + Clone> Labelled<K> {
+    fn new(prefix: &'static str) -> Self {
         Self {
-            kind,
+            prefix,
             by_label: RefCell::default(),
         }
     }
 
-    fn get(&self, label: &str) -> Rc<RequestStats> {
+    fn get(&self, label: &K, name: &str) -> Rc<RequestStats> {
         let mut map = self.by_label.borrow_mut();
-        let stats = map.entry(label.to_owned()).or_insert_with(|| {
+        let stats = map.entry(label.clone()).or_insert_with(|| {
             Rc::new(RequestStats::define(&format!(
                 "wipgate.{}.{}",
-                self.kind,
-                segment(label)
+                self.prefix,
+                segment(name)
             )))
         });
         Rc::clone(stats)
     }
+
+    fn usage(&self) -> Vec<(K, Usage)> {
+        let map = self.by_label.borrow();
+        map.iter().map(|(k, s)| (k.clone(), s.usage())).collect()
+    }
 }
 
-/// Metric ids of this VM (names in docs/metrics.md).
+/// Metric ids of this VM.
 pub struct Metrics {
     all: RequestStats,
-    tenants: Labelled,
-    classes: Labelled,
+    tenants: Labelled<TenantLabel>,
+    classes: Labelled<Arc<str>>,
     limit: Option<u32>,
     reclaimed: Option<u32>,
     gate_errors: Option<u32>,
@@ -133,136 +147,86 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Defines the Envoy-wide stats and those of every label of `partitions`.
-    pub fn define(partitions: &Partitions) -> Self {
-        let metrics = Self {
+    /// Defines the Envoy-wide stats; per-label stats follow the limits in force.
+    pub fn define() -> Self {
+        let gauge = |name: &str| define(MetricType::Gauge, name);
+        let counter = |name: &str| define(MetricType::Counter, name);
+        Self {
             all: RequestStats::define("wipgate"),
             tenants: Labelled::new("tenant"),
             classes: Labelled::new("class"),
-            limit: define(MetricType::Gauge, "wipgate.inflight_limit"),
-            reclaimed: define(MetricType::Counter, "wipgate.slots_reclaimed"),
-            gate_errors: define(MetricType::Counter, "wipgate.gate_errors"),
-            cas_retries: define(MetricType::Counter, "wipgate.cas_retries"),
-            sync_success: define(MetricType::Counter, "wipgate.sync.success"),
-            sync_failures: SyncFailure::ALL.map(|kind| {
-                define(
-                    MetricType::Counter,
-                    &format!("wipgate.sync.failure.reason.{}", kind.as_str()),
-                )
+            limit: gauge("wipgate.inflight_limit"),
+            reclaimed: counter("wipgate.slots_reclaimed"),
+            gate_errors: counter("wipgate.gate_errors"),
+            cas_retries: counter("wipgate.cas_retries"),
+            sync_success: counter("wipgate.sync.success"),
+            sync_failures: define_each(SyncFailure::ALL, |kind| {
+                format!("wipgate.sync.failure.reason.{}", kind.as_str())
             }),
-            on_static: define(MetricType::Gauge, "wipgate.sync.on_static_config"),
-            adaptive_limit: define(MetricType::Gauge, "wipgate.adaptive.limit"),
-            latency_us: ["p50", "p90", "p99"].map(|p| {
-                define(
-                    MetricType::Gauge,
-                    &format!("wipgate.adaptive.latency_{p}_us"),
-                )
-            }),
-            reasons: ChangeReason::ALL.map(|r| {
-                define(
-                    MetricType::Gauge,
-                    &format!("wipgate.adaptive.reason.{}", r.as_str()),
-                )
-            }),
-        };
-        metrics.define_labels(partitions);
-        metrics
-    }
-
-    /// Makes sure every label of `partitions` has its stats (new limits may name more).
-    pub fn define_labels(&self, partitions: &Partitions) {
-        partitions
-            .tenant_labels()
-            .for_each(|l| drop(self.tenants.get(l)));
-        partitions
-            .class_labels()
-            .for_each(|l| drop(self.classes.get(l)));
-    }
-
-    /// The stats of a request of this tenant and class label.
-    pub fn slot(&self, tenant: &str, class: Option<&str>) -> StatsSlot {
-        StatsSlot {
-            tenant: self.tenants.get(tenant),
-            class: class.map(|c| self.classes.get(c)),
+            on_static: gauge("wipgate.sync.on_static_config"),
+            adaptive_limit: gauge("wipgate.adaptive.limit"),
+            latency_us: ["p50", "p90", "p99"]
+                .map(|p| gauge(&format!("wipgate.adaptive.latency_{p}_us"))),
+            reasons: ChangeReason::ALL
+                .map(|r| gauge(&format!("wipgate.adaptive.reason.{}", r.as_str()))),
         }
     }
 
-    fn each(&self, slot: &StatsSlot, f: impl Fn(&RequestStats)) {
-        f(&self.all);
-        f(&slot.tenant);
-        if let Some(class) = &slot.class {
-            f(class);
-        }
-    }
-
-    /// A request was admitted.
-    pub fn admitted(&self, slot: &StatsSlot) {
-        self.each(slot, RequestStats::admitted);
-    }
-
-    /// An admitted request released its slot.
-    pub fn released(&self, slot: &StatsSlot) {
-        self.each(slot, RequestStats::released);
-    }
-
-    /// A request was rejected.
-    pub fn rejected(&self, slot: &StatsSlot, reason: RejectReason) {
-        self.each(slot, |s| s.rejected(reason));
-    }
-
-    /// Per label (`tenant:NAME`, `tenant:*` for the unlisted, `class:NAME`): in flight,
-    /// admitted and rejected, Envoy-wide, for the sync report.
-    pub fn usage(&self) -> BTreeMap<String, (u64, u64, u64)> {
-        let mut out = BTreeMap::new();
-        for (labelled, kind) in [(&self.tenants, "tenant"), (&self.classes, "class")] {
-            for (label, stats) in labelled.by_label.borrow().iter() {
-                let name = if label == UNLISTED_LABEL {
-                    "*"
-                } else {
-                    label.as_str()
-                };
-                out.insert(format!("{kind}:{name}"), stats.usage());
+    /// Counts one event of the core.
+    pub fn record(&self, event: Event<'_>) {
+        match event {
+            Event::LimitsInForce(limits) => {
+                for tenant in limits.partitions.tenant_labels() {
+                    self.tenants.get(&tenant, tenant.stat_name());
+                }
+                for class in limits.partitions.class_labels() {
+                    self.classes.get(&class, &class);
+                }
+                set(self.limit, u64::from(limits.config.max_inflight));
+                set(self.on_static, u64::from(limits.on_static()));
+            }
+            Event::Admitted(labels) => self.each(labels, RequestStats::admitted),
+            Event::Rejected(labels, reason) => self.each(labels, |s| s.rejected(reason)),
+            Event::Released(labels) => self.each(labels, RequestStats::released),
+            Event::Reclaimed(slots) => {
+                // Only the Envoy-wide gauge can follow: which tenants those slots belonged to
+                // died with the VM's memory.
+                let slots = i64::try_from(slots).unwrap_or(i64::MAX);
+                add(self.reclaimed, slots);
+                add(self.all.inflight, -slots);
+            }
+            Event::CasRetries(n) => add(self.cas_retries, i64::from(n)),
+            Event::GateError => add(self.gate_errors, 1),
+            Event::WindowClosed(window) => self.adaptive(window),
+            Event::Synced(Ok(())) => add(self.sync_success, 1),
+            Event::Synced(Err(kind)) => {
+                let index = SyncFailure::ALL.iter().position(|k| *k == kind);
+                add(index.and_then(|i| self.sync_failures[i]), 1);
             }
         }
-        out
     }
 
-    /// Slots of dead VMs were given back. Only the Envoy-wide gauge can follow: which
-    /// tenants those slots belonged to died with the VM's memory.
-    pub fn reclaimed(&self, slots: u64) {
-        let slots = i64::try_from(slots).unwrap_or(i64::MAX);
-        add(self.reclaimed, slots);
-        add(self.all.inflight, -slots);
+    /// Envoy-wide counts per tenant and class, for the sync report.
+    pub fn usage(&self) -> Vec<(Label, Usage)> {
+        let tenants = self.tenants.usage().into_iter();
+        let classes = self.classes.usage().into_iter();
+        tenants
+            .map(|(t, u)| (Label::Tenant(t), u))
+            .chain(classes.map(|(c, u)| (Label::Class(c), u)))
+            .collect()
     }
 
-    /// Attempts lost to concurrent writers of the ledger.
-    pub fn cas_retries(&self, retries: u32) {
-        add(self.cas_retries, i64::from(retries));
-    }
-
-    /// The shared ledger could not be read or written.
-    pub fn gate_error(&self) {
-        add(self.gate_errors, 1);
-    }
-
-    /// The limit in force, and whether it is the static configuration's.
-    pub fn set_limit(&self, limit: u32, on_static: bool) {
-        if let Some(id) = self.limit {
-            let _ = hostcalls::record_metric(id, u64::from(limit));
-        }
-        if let Some(id) = self.on_static {
-            let _ = hostcalls::record_metric(id, u64::from(on_static));
+    fn each(&self, labels: &Labels, f: impl Fn(&RequestStats)) {
+        f(&self.all);
+        f(&self.tenants.get(&labels.tenant, labels.tenant.stat_name()));
+        if let Some(class) = &labels.class {
+            f(&self.classes.get(class, class));
         }
     }
 
     /// An adaptive window closed: the limit, the window's latencies, why it last changed
     /// (1 on that reason's gauge, 0 on the others).
-    pub fn adaptive(&self, window: &ClosedWindow) {
-        let set = |id: Option<u32>, v: u64| {
-            if let Some(id) = id {
-                let _ = hostcalls::record_metric(id, v);
-            }
-        };
+    fn adaptive(&self, window: &ClosedWindow) {
         set(self.adaptive_limit, u64::from(window.limit));
         let s = &window.sample;
         if s.count > 0 {
@@ -272,17 +236,6 @@ impl Metrics {
         }
         for (id, reason) in self.reasons.iter().zip(ChangeReason::ALL) {
             set(*id, u64::from(reason == window.reason));
-        }
-    }
-
-    /// A sync with the control service ended.
-    pub fn sync(&self, result: Result<(), SyncFailure>) {
-        match result {
-            Ok(()) => add(self.sync_success, 1),
-            Err(kind) => {
-                let index = SyncFailure::ALL.iter().position(|k| *k == kind);
-                add(index.and_then(|i| self.sync_failures[i]), 1);
-            }
         }
     }
 }

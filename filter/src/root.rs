@@ -1,20 +1,25 @@
 //! The root context: validates the plugin configuration once, ticks the heartbeat, and
-//! drives the sync with the control service when one is configured.
+//! hands the sync's ticks and callout responses to the core.
 
 use std::rc::Rc;
 use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
-use wipgate_admission::GateConfig;
+use wipgate_admission::sync::instance_id;
+use wipgate_admission::{Admitter, GateConfig, SyncDriver};
 
-use crate::host::now_ms;
+use crate::host::{now_ms, ProxyHost};
 use crate::http::AdmissionContext;
-use crate::plugin::Plugin;
-use crate::sync::{instance_id, SyncDriver};
 
-/// How often each VM sends a heartbeat to the shared ledger (at least).
-const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often each VM sends a heartbeat to the shared ledger (at least), in ms.
+const HEARTBEAT_MS: u64 = 1_000;
+
+/// What the root context and every stream of one VM share.
+pub struct Plugin {
+    pub host: ProxyHost,
+    pub admitter: Admitter,
+}
 
 /// One per VM (the main thread's and each worker's).
 #[derive(Default)]
@@ -40,7 +45,14 @@ impl Context for WipgateRoot {
         let (Some(plugin), Some(sync)) = (&self.plugin, &mut self.sync) else {
             return;
         };
-        sync.on_response(plugin, token, status, &body, now_ms());
+        sync.on_response(
+            &plugin.host,
+            &plugin.admitter,
+            token,
+            status,
+            &body,
+            now_ms(),
+        );
     }
 }
 
@@ -61,26 +73,28 @@ impl RootContext for WipgateRoot {
                 pending.join(", ")
             );
         }
-        let now = now_ms();
+        let host = ProxyHost::new();
+        let node_id = self.get_property(vec!["node", "id"]);
         self.sync = config.control.clone().map(|control| {
-            let node_id = self.get_property(vec!["node", "id"]);
-            SyncDriver::new(control, instance_id(node_id, random_seed(now)))
+            let instance = instance_id(&host, node_id.as_deref(), random_seed(now_ms()));
+            SyncDriver::new(control, instance)
         });
-        self.plugin = Some(Rc::new(Plugin::new(config)));
-        let tick = self
+        let admitter = Admitter::new(config, &host);
+        self.plugin = Some(Rc::new(Plugin { host, admitter }));
+        let tick_ms = self
             .sync
             .as_ref()
-            .map_or(HEARTBEAT, |s| s.tick_period().min(HEARTBEAT));
-        self.set_tick_period(tick);
+            .map_or(HEARTBEAT_MS, |s| s.tick_period_ms().min(HEARTBEAT_MS));
+        self.set_tick_period(Duration::from_millis(tick_ms));
         true
     }
 
     fn on_tick(&mut self) {
         let Some(plugin) = &self.plugin else { return };
         let now = now_ms();
-        plugin.heartbeat(now);
+        plugin.admitter.heartbeat(&plugin.host, now);
         if let Some(sync) = &mut self.sync {
-            sync.on_tick(plugin, now);
+            sync.on_tick(&plugin.host, &plugin.admitter, now);
         }
     }
 

@@ -1,6 +1,10 @@
-//! The limit algorithms and their shared state. Pure: a closed window's [`Sample`] in, the
-//! next limit out; the state lives in the ledger so every worker VM sees one limit.
+//! The limit loop every algorithm shares. Pure: a closed window's [`Sample`] in, the next
+//! limit out; the state lives in the ledger so every worker VM sees one limit. Errors pull
+//! the limit down first; then the configured [`LimitAlgorithm`](super::LimitAlgorithm)
+//! judges; increases wait for `stable_windows` healthy windows and double during the cold
+//! start.
 
+use super::algorithm::{AlgorithmState, Assessment, Bounds};
 use super::config::{AdaptiveConfig, Algorithm};
 use super::window::Sample;
 
@@ -57,8 +61,8 @@ impl ChangeReason {
     }
 }
 
-/// The algorithms' state. Invariant: `min <= limit <= max` of the bounds it was last
-/// updated with.
+/// The loop's state, stored in the ledger. Invariant: `min <= limit <= max` of the bounds it
+/// was last updated with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitState {
     /// The adaptive limit in force.
@@ -67,99 +71,67 @@ pub struct LimitState {
     pub stable: u16,
     /// Why it last changed.
     pub reason: ChangeReason,
-    /// Gradient: the no-load latency estimate, µs (0: none yet).
-    pub long_rtt_us: u32,
     /// Still ramping up from the cold start (no decrease seen yet): increases double.
     pub slow_start: bool,
+    /// What the configured algorithm remembers between windows.
+    pub algorithm: AlgorithmState,
+}
+
+/// The limit after a multiplicative decrease, within the bounds.
+pub fn backed_off(limit: u32, config: &AdaptiveConfig, bounds: Bounds) -> u32 {
+    ((f64::from(limit) * config.backoff).floor() as u32).clamp(bounds.min, bounds.max)
 }
 
 impl LimitState {
     /// The cold start: at the floor, ramping up.
-    pub fn cold(min: u32) -> Self {
+    pub fn cold(min: u32, algorithm: Algorithm) -> Self {
         Self {
             limit: min.max(1),
             stable: 0,
             reason: ChangeReason::ColdStart,
-            long_rtt_us: 0,
             slow_start: true,
+            algorithm: AlgorithmState::fresh(algorithm),
         }
     }
 
-    /// Feeds one closed window; returns the reason when the limit changed.
+    /// Feeds one closed window; returns the reason when the limit changed. Errors pull the
+    /// limit down whatever the algorithm; otherwise the configured algorithm judges.
     pub fn update(
         &mut self,
         sample: &Sample,
-        cfg: &AdaptiveConfig,
+        config: &AdaptiveConfig,
         min: u32,
         max: u32,
     ) -> Option<ChangeReason> {
-        let (min, max) = (min.max(1), max.max(min.max(1)));
-        let before = self.limit.clamp(min, max);
+        let bounds = Bounds::new(min, max);
+        if self.algorithm.algorithm() != config.algorithm {
+            // Reconfigured: the new algorithm starts fresh from the limit in force.
+            self.algorithm = AlgorithmState::fresh(config.algorithm);
+        }
+        let before = self.limit.clamp(bounds.min, bounds.max);
         self.limit = before;
         if sample.count == 0 {
             return None;
         }
-        let decrease =
-            |limit: u32| ((f64::from(limit) * cfg.backoff).floor() as u32).clamp(min, max);
-        let verdict = if sample.error_rate > cfg.max_error_rate {
-            Some((decrease(before), ChangeReason::Errors))
+        let assessment = if sample.error_rate > config.max_error_rate {
+            Assessment::Lower(backed_off(before, config, bounds), ChangeReason::Errors)
         } else {
-            match cfg.algorithm {
-                Algorithm::Aimd if sample.p90_us > cfg.latency_target_ms.saturating_mul(1_000) => {
-                    Some((decrease(before), ChangeReason::Latency))
-                }
-                Algorithm::Aimd => None,
-                Algorithm::Gradient => self.gradient(sample, cfg, min, max),
-            }
+            self.algorithm
+                .as_algorithm()
+                .assess(sample, before, config, bounds)
         };
-        match verdict {
-            Some((next, reason)) if next < before => {
+        match assessment {
+            Assessment::Lower(next, reason) if next < before => {
                 self.limit = next;
                 self.reason = reason;
                 self.stable = 0;
                 self.slow_start = false;
                 Some(reason)
             }
-            Some(_) => None,
-            None => self.maybe_increase(sample, cfg, max),
+            // Asked to fall but already at what it asks: neither a change nor a healthy window.
+            Assessment::Lower(..) => None,
+            Assessment::Healthy => self.maybe_increase(sample, config, bounds.max),
         }
-    }
-
-    /// Gradient: tracks the no-load latency and proposes a lower limit when the window's
-    /// latency exceeds it by more than the tolerance.
-    fn gradient(
-        &mut self,
-        sample: &Sample,
-        cfg: &AdaptiveConfig,
-        min: u32,
-        max: u32,
-    ) -> Option<(u32, ChangeReason)> {
-        let short = sample.p50_us.max(1) as f64;
-        let long = if self.long_rtt_us == 0 {
-            short
-        } else {
-            f64::from(self.long_rtt_us)
-        };
-        // The no-load estimate follows drops at once. It rises slowly (a slower resource after
-        // a hardware change), but only from windows that were not queueing — latency within
-        // the tolerance — or taken at the floor, where there is no queue left to blame.
-        let uncongested = short <= cfg.tolerance * long || self.limit <= min;
-        let next_long = if short < long {
-            short
-        } else if uncongested {
-            long + (short - long) / f64::from(cfg.long_windows)
-        } else {
-            long
-        };
-        self.long_rtt_us = next_long.clamp(1.0, f64::from(u32::MAX)) as u32;
-        let limit = f64::from(self.limit);
-        let gradient = (cfg.tolerance * long / short).clamp(0.5, 1.0);
-        let target = limit * gradient + limit.sqrt();
-        if target >= limit {
-            return None;
-        }
-        let next = (limit * (1.0 - cfg.smoothing) + target * cfg.smoothing).floor() as u32;
-        Some((next.clamp(min, max), ChangeReason::Gradient))
     }
 
     /// A healthy window: counts towards stability and raises the limit when work was held
@@ -167,17 +139,17 @@ impl LimitState {
     fn maybe_increase(
         &mut self,
         sample: &Sample,
-        cfg: &AdaptiveConfig,
+        config: &AdaptiveConfig,
         max: u32,
     ) -> Option<ChangeReason> {
         self.stable = self.stable.saturating_add(1);
-        if self.stable < cfg.stable_windows || !sample.limited || self.limit >= max {
+        if self.stable < config.stable_windows || !sample.limited || self.limit >= max {
             return None;
         }
         let step = if self.slow_start {
             self.limit
         } else {
-            cfg.increase
+            config.increase
         };
         self.limit = self.limit.saturating_add(step.max(1)).min(max);
         self.stable = 0;
@@ -215,7 +187,7 @@ mod tests {
 
     fn run(algorithm: Algorithm, capacity: u32, windows: usize) -> Vec<u32> {
         let c = cfg(algorithm);
-        let mut s = LimitState::cold(2);
+        let mut s = LimitState::cold(2, algorithm);
         (0..windows)
             .map(|_| {
                 s.update(&simulated(s.limit, capacity, 50, 0.0), &c, 2, 500);
@@ -241,7 +213,7 @@ mod tests {
     #[test]
     fn cold_start_ramps_up_from_the_floor() {
         let trace = run(Algorithm::Aimd, 40, 30);
-        assert_eq!(LimitState::cold(2).limit, 2);
+        assert_eq!(LimitState::cold(2, Algorithm::Aimd).limit, 2);
         assert!(trace.iter().any(|l| *l >= 32), "{trace:?}");
     }
 
@@ -250,7 +222,7 @@ mod tests {
         let c = cfg(Algorithm::Aimd);
         let mut s = LimitState {
             limit: 100,
-            ..LimitState::cold(2)
+            ..LimitState::cold(2, Algorithm::Aimd)
         };
         s.slow_start = false;
         assert_eq!(
@@ -283,7 +255,7 @@ mod tests {
         ) {
             let max = min + span;
             let c = cfg(algorithm);
-            let mut s = LimitState::cold(min);
+            let mut s = LimitState::cold(min, algorithm);
             for (count, p50, errors, limited) in samples {
                 let sample = Sample { count, error_rate: errors, p50_us: p50, p90_us: p50, p99_us: p50, limited };
                 s.update(&sample, &c, min, max);

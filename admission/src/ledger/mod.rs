@@ -7,49 +7,20 @@
 //! shares included. Only partitions with something in flight are stored, so the record's
 //! size follows the work in flight, never the number of tenants ever seen.
 
+mod codec;
+mod partition_key;
+
 use std::collections::BTreeMap;
 
-use thiserror::Error;
+pub use codec::{LedgerError, FORMAT_VERSION, LEDGER_KEY};
+pub use partition_key::PartitionKey;
 
-use crate::adaptive::histogram::Histogram;
 use crate::adaptive::{AdaptiveConfig, ChangeReason, LimitState, Outcome, Sample, Window};
 
 /// Identifies one worker VM's entry. Ids are never reused within a ledger, so a permit taken
 /// under an entry that was later reclaimed can never release a slot of a newer entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WorkerId(pub u32);
-
-/// A tenant or a priority class, as a 64-bit hash of its name (the top bit says which), so
-/// that a ledger entry has a fixed size whatever the names are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PartitionKey(pub u64);
-
-const CLASS_BIT: u64 = 1 << 63;
-
-impl PartitionKey {
-    /// The key of a tenant name.
-    pub fn tenant(name: &str) -> Self {
-        Self(fnv1a(name.as_bytes()) & !CLASS_BIT)
-    }
-
-    /// The key of a priority class name.
-    pub fn class(name: &str) -> Self {
-        Self(fnv1a(name.as_bytes()) | CLASS_BIT)
-    }
-
-    /// Whether this is a class's key (else a tenant's).
-    pub fn is_class(self) -> bool {
-        self.0 & CLASS_BIT != 0
-    }
-}
-
-/// FNV-1a: small, stable across builds and platforms (the ledger is shared by VMs that may
-/// run different builds during an upgrade).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
 
 /// One worker VM's share of the in-flight count.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,11 +56,6 @@ impl WorkerEntry {
 /// At most this many worker entries; bounds the record whatever happens to the VMs.
 pub const MAX_WORKERS: usize = 1024;
 
-const FORMAT_VERSION: u8 = 4;
-const HEADER_LEN: usize = 1 + 4 + 8 + 2;
-const ENTRY_HEAD_LEN: usize = 4 + 4 + 8 + 2;
-const PART_LEN: usize = 8 + 4;
-
 /// The whole ledger. Invariant: entry ids are unique and all below `next_id`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ledger {
@@ -113,20 +79,6 @@ pub struct ClosedWindow {
     pub change: Option<ChangeReason>,
     /// Why the limit last changed (for the reason gauge).
     pub reason: ChangeReason,
-}
-
-/// Why bytes read from shared data are not a ledger.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum LedgerError {
-    /// The record was written by a different format version.
-    #[error("ledger format version {0} is not {FORMAT_VERSION}")]
-    Version(u8),
-    /// The record's length does not match its contents.
-    #[error("ledger record is truncated or has trailing bytes ({0} bytes)")]
-    Length(usize),
-    /// Too many entries, or duplicate ids.
-    #[error("ledger record is inconsistent")]
-    Inconsistent,
 }
 
 impl Ledger {
@@ -174,7 +126,7 @@ impl Ledger {
         };
         let (state, window) = self.adaptive.get_or_insert_with(|| {
             (
-                LimitState::cold(min),
+                LimitState::cold(min, config.algorithm),
                 Window {
                     start_ms: now_ms,
                     ..Window::default()
@@ -287,179 +239,6 @@ impl Ledger {
         });
         reclaimed
     }
-
-    /// Serialises the ledger: version, next id, limits seq, entry count, then each entry (id, in-flight,
-    /// last seen, partition count, partitions), all little-endian.
-    pub fn encode(&self) -> Vec<u8> {
-        let parts: usize = self.entries.iter().map(|e| e.parts.len()).sum();
-        let mut out =
-            Vec::with_capacity(HEADER_LEN + ENTRY_HEAD_LEN * self.entries.len() + PART_LEN * parts);
-        out.push(FORMAT_VERSION);
-        out.extend_from_slice(&self.next_id.to_le_bytes());
-        out.extend_from_slice(&self.limits_seq.to_le_bytes());
-        // entries.len() <= MAX_WORKERS < u16::MAX, kept so by register().
-        out.extend_from_slice(&len_u16(self.entries.len()).to_le_bytes());
-        for e in &self.entries {
-            out.extend_from_slice(&e.id.0.to_le_bytes());
-            out.extend_from_slice(&e.inflight.to_le_bytes());
-            out.extend_from_slice(&e.last_seen_ms.to_le_bytes());
-            out.extend_from_slice(&len_u16(e.parts.len()).to_le_bytes());
-            for (key, n) in &e.parts {
-                out.extend_from_slice(&key.0.to_le_bytes());
-                out.extend_from_slice(&n.to_le_bytes());
-            }
-        }
-        match &self.adaptive {
-            None => out.push(0),
-            Some((state, w)) => {
-                out.push(1);
-                out.extend_from_slice(&state.limit.to_le_bytes());
-                out.extend_from_slice(&state.stable.to_le_bytes());
-                out.push(state.reason.code());
-                out.push(u8::from(state.slow_start));
-                out.extend_from_slice(&state.long_rtt_us.to_le_bytes());
-                out.extend_from_slice(&w.start_ms.to_le_bytes());
-                out.extend_from_slice(&w.errors.to_le_bytes());
-                out.extend_from_slice(&w.rejected.to_le_bytes());
-                out.extend_from_slice(&w.peak_inflight.to_le_bytes());
-                let buckets = w.latency.buckets();
-                // At most 4 x 33 distinct buckets exist, so the count fits a byte.
-                out.push(u8::try_from(buckets.len()).unwrap_or(u8::MAX));
-                for (b, n) in buckets {
-                    out.push(*b);
-                    out.extend_from_slice(&n.to_le_bytes());
-                }
-            }
-        }
-        out
-    }
-
-    /// Parses what [`Ledger::encode`] wrote; refuses anything else.
-    pub fn decode(bytes: &[u8]) -> Result<Self, LedgerError> {
-        let mut r = Reader { bytes, pos: 0 };
-        let version = r.u8()?;
-        if version != FORMAT_VERSION {
-            return Err(LedgerError::Version(version));
-        }
-        let next_id = r.u32()?;
-        let limits_seq = r.u64()?;
-        let count = usize::from(r.u16()?);
-        if count > MAX_WORKERS {
-            return Err(LedgerError::Inconsistent);
-        }
-        let mut entries = Vec::with_capacity(count);
-        for _ in 0..count {
-            let id = WorkerId(r.u32()?);
-            let inflight = r.u32()?;
-            let last_seen_ms = r.u64()?;
-            let nparts = usize::from(r.u16()?);
-            if nparts * PART_LEN > r.remaining() {
-                return Err(LedgerError::Length(bytes.len()));
-            }
-            let mut parts = Vec::with_capacity(nparts);
-            for _ in 0..nparts {
-                parts.push((PartitionKey(r.u64()?), r.u32()?));
-            }
-            entries.push(WorkerEntry {
-                id,
-                inflight,
-                last_seen_ms,
-                parts,
-            });
-        }
-        let adaptive = match r.u8()? {
-            0 => None,
-            1 => Some(read_adaptive(&mut r)?),
-            _ => return Err(LedgerError::Inconsistent),
-        };
-        if r.remaining() != 0 {
-            return Err(LedgerError::Length(bytes.len()));
-        }
-        let mut ids: Vec<u32> = entries.iter().map(|e| e.id.0).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        if ids.len() != entries.len() {
-            return Err(LedgerError::Inconsistent);
-        }
-        Ok(Self {
-            next_id,
-            limits_seq,
-            entries,
-            adaptive,
-        })
-    }
-}
-
-fn read_adaptive(r: &mut Reader<'_>) -> Result<(LimitState, Window), LedgerError> {
-    let limit = r.u32()?;
-    let stable = u16::from_le_bytes(r.take()?);
-    let reason = ChangeReason::from_code(r.u8()?).ok_or(LedgerError::Inconsistent)?;
-    let slow_start = r.u8()? != 0;
-    let long_rtt_us = r.u32()?;
-    let state = LimitState {
-        limit,
-        stable,
-        reason,
-        long_rtt_us,
-        slow_start,
-    };
-    let start_ms = r.u64()?;
-    let (errors, rejected, peak_inflight) = (r.u32()?, r.u32()?, r.u32()?);
-    let n = r.u8()?;
-    let mut buckets = Vec::with_capacity(usize::from(n));
-    for _ in 0..n {
-        buckets.push((r.u8()?, r.u32()?));
-    }
-    let latency = Histogram::from_buckets(buckets).ok_or(LedgerError::Inconsistent)?;
-    Ok((
-        state,
-        Window {
-            start_ms,
-            errors,
-            rejected,
-            peak_inflight,
-            latency,
-        },
-    ))
-}
-
-fn len_u16(n: usize) -> u16 {
-    u16::try_from(n).unwrap_or(u16::MAX)
-}
-
-/// A bounds-checked little-endian cursor.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Result<[u8; N], LedgerError> {
-        let end = self
-            .pos
-            .checked_add(N)
-            .filter(|end| *end <= self.bytes.len());
-        let end = end.ok_or(LedgerError::Length(self.bytes.len()))?;
-        let mut out = [0; N];
-        out.copy_from_slice(&self.bytes[self.pos..end]);
-        self.pos = end;
-        Ok(out)
-    }
-    fn remaining(&self) -> usize {
-        self.bytes.len() - self.pos
-    }
-    fn u8(&mut self) -> Result<u8, LedgerError> {
-        Ok(self.take::<1>()?[0])
-    }
-    fn u16(&mut self) -> Result<u16, LedgerError> {
-        self.take().map(u16::from_le_bytes)
-    }
-    fn u32(&mut self) -> Result<u32, LedgerError> {
-        self.take().map(u32::from_le_bytes)
-    }
-    fn u64(&mut self) -> Result<u64, LedgerError> {
-        self.take().map(u64::from_le_bytes)
-    }
 }
 
 #[cfg(test)]
@@ -486,13 +265,6 @@ mod tests {
         assert!(l.release(a, &keys(), 2));
         assert!(l.release(b, &keys(), 2));
         assert_eq!(l.partition_totals().len(), 1, "zero counts are dropped");
-    }
-
-    #[test]
-    fn tenant_and_class_keys_never_collide() {
-        assert!(PartitionKey::class("x").is_class());
-        assert!(!PartitionKey::tenant("x").is_class());
-        assert_ne!(PartitionKey::class("x"), PartitionKey::tenant("x"));
     }
 
     #[test]
@@ -525,53 +297,23 @@ mod tests {
     }
 
     #[test]
-    fn decode_refuses_garbage() {
-        assert_eq!(Ledger::decode(&[]), Err(LedgerError::Length(0)));
-        assert_eq!(
-            Ledger::decode(&[9, 0, 0, 0, 0, 0, 0]),
-            Err(LedgerError::Version(9))
-        );
-        let mut one_missing = Ledger::default().encode();
-        one_missing[HEADER_LEN - 2] = 1;
-        assert_eq!(
-            Ledger::decode(&one_missing),
-            Err(LedgerError::Length(HEADER_LEN + 1))
-        );
-        let mut dup = Ledger::default();
-        dup.register(0);
-        dup.publish_limits(5);
-        assert_eq!(Ledger::decode(&dup.encode()).unwrap().limits_seq(), 5);
-        let encoded = dup.encode();
-        let entry = &encoded[HEADER_LEN..encoded.len() - 1];
-        let mut bytes = encoded[..HEADER_LEN].to_vec();
-        bytes[HEADER_LEN - 2] = 2;
-        bytes.extend_from_slice(entry);
-        bytes.extend_from_slice(entry);
-        bytes.push(0);
-        assert_eq!(Ledger::decode(&bytes), Err(LedgerError::Inconsistent));
-        let mut adaptive = dup.clone();
+    fn a_window_at_the_limit_counts_as_limited() {
+        let mut l = Ledger::default();
+        let id = l.register(0).unwrap();
         let config: AdaptiveConfig =
             serde_json::from_str(r#"{"algorithm": "aimd", "window_ms": 50}"#).unwrap();
-        adaptive.roll_adaptive(Some(&config), 4, 40, 0);
-        adaptive.record_finish(12_000, Outcome::Success);
-        adaptive.note_rejected();
-        assert_eq!(Ledger::decode(&adaptive.encode()), Ok(adaptive.clone()));
-        assert_eq!(adaptive.adaptive_limit(), Some(4));
-        let closed = adaptive.roll_adaptive(Some(&config), 4, 40, 50).unwrap();
+        l.roll_adaptive(Some(&config), 4, 40, 0);
+        l.record_finish(12_000, Outcome::Success);
+        l.note_rejected();
+        assert_eq!(l.adaptive_limit(), Some(4));
+        let closed = l.roll_adaptive(Some(&config), 4, 40, 50).unwrap();
         assert_eq!((closed.sample.count, closed.sample.limited), (1, true));
         // A window without rejections still counts as limited when in flight reached the limit.
-        let id = adaptive.entries()[0].id;
         for _ in 0..4 {
-            assert!(adaptive.acquire(id, &[], 60));
+            assert!(l.acquire(id, &[], 60));
         }
-        let closed = adaptive.roll_adaptive(Some(&config), 4, 40, 100).unwrap();
+        let closed = l.roll_adaptive(Some(&config), 4, 40, 100).unwrap();
         assert!(closed.sample.limited, "peak in flight at the limit of 4");
-        let mut trailing = dup.encode();
-        trailing.push(0);
-        assert_eq!(
-            Ledger::decode(&trailing),
-            Err(LedgerError::Length(trailing.len()))
-        );
     }
 
     proptest! {
@@ -602,9 +344,5 @@ mod tests {
             }
         }
 
-        #[test]
-        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = Ledger::decode(&bytes);
-        }
     }
 }

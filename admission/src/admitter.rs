@@ -1,0 +1,239 @@
+//! One VM's admission: the limits in force, where a request belongs, the gate's decision,
+//! the slot's release with its latency sample — and what each of these tells the host's
+//! stats and log. The filter calls it with header bytes, statuses and the time.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use crate::adaptive::Outcome;
+use crate::gate::{Finish, Report, DEFAULT_LEASE_MS};
+use crate::host::{Event, Host};
+use crate::labels::Labels;
+use crate::limits::Limits;
+use crate::log_limit::LogLimit;
+use crate::sync::load_allowance;
+use crate::{
+    Admission, Gate, GateConfig, GateError, Permit, RejectReason, Rejection, TenantName,
+    WorkerHandle,
+};
+
+/// An admitted request's slot and where it is counted. Not `Clone`: [`Admitter::release`]
+/// consumes it, so a slot is given back at most once.
+#[derive(Debug)]
+#[must_use = "an admitted request must be released"]
+pub struct Ticket {
+    permit: Permit,
+    labels: Labels,
+    admitted_us: u64,
+}
+
+/// What to do with a request.
+#[derive(Debug)]
+pub enum Decision {
+    /// Let it through; release the ticket exactly once when the stream ends.
+    Admitted(Ticket),
+    /// Answer it with this rejection; nothing to release.
+    Rejected(Rejection),
+}
+
+/// One configured plugin in one VM.
+#[derive(Debug)]
+pub struct Admitter {
+    config: GateConfig,
+    limits: RefCell<Rc<Limits>>,
+    /// The allowance `seq` the cached limits were built for.
+    loaded_seq: Cell<u64>,
+    /// The latest allowance `seq` seen in the ledger.
+    seen_seq: Cell<u64>,
+    gate: Gate,
+    worker: WorkerHandle,
+    error_log: LogLimit,
+}
+
+impl Admitter {
+    /// Sets up the gate for a validated configuration and writes the ledger if it is absent.
+    pub fn new(config: GateConfig, host: &impl Host) -> Self {
+        let gate = Gate::default().with_adaptive(
+            config.adaptive.clone(),
+            config.min_inflight.unwrap_or(1),
+            config.max_inflight,
+        );
+        if let Err(e) = gate.initialize(host) {
+            log::error!("cannot initialise the shared in-flight ledger: {e}");
+        }
+        let limits = Limits::build(&config, None, 0);
+        host.record(Event::LimitsInForce(&limits));
+        Self {
+            config,
+            limits: RefCell::new(Rc::new(limits)),
+            loaded_seq: Cell::new(0),
+            seen_seq: Cell::new(0),
+            gate,
+            worker: WorkerHandle::default(),
+            error_log: LogLimit::default(),
+        }
+    }
+
+    /// The validated plugin configuration.
+    pub fn config(&self) -> &GateConfig {
+        &self.config
+    }
+
+    /// Whether [`Admitter::release`] uses the response status (adaptive limits): the filter
+    /// spares the host call otherwise.
+    pub fn wants_status(&self) -> bool {
+        self.config.adaptive.is_some()
+    }
+
+    /// Admits or rejects a request by its tenant and priority header values. A gate that
+    /// cannot be read or written fails closed: the request is rejected as over the limit
+    /// rather than admitted unaccounted.
+    pub fn admit(
+        &self,
+        host: &impl Host,
+        tenant: Option<&[u8]>,
+        priority: Option<&[u8]>,
+        now_us: u64,
+    ) -> Decision {
+        let now_ms = now_us / 1_000;
+        let limits = self.limits(host, now_ms);
+        let tenant = TenantName::from_header(tenant, &self.config.default_tenant);
+        let placement = limits.partitions.place(tenant, priority);
+        let labels = limits.partitions.labels(&placement);
+        let max = limits.config.max_inflight;
+        let result = self.gate.admit(host, &self.worker, now_ms, |ledger| {
+            // The adaptive limit, when on, can only lower the configured (or fleet) one.
+            let limit = max.min(ledger.adaptive_limit().unwrap_or(u32::MAX));
+            limits.partitions.decide(ledger, limit, &placement)
+        });
+        match self
+            .account(host, result, now_ms)
+            .unwrap_or(Admission::Rejected(RejectReason::WipLimit))
+        {
+            Admission::Admitted(permit) => {
+                host.record(Event::Admitted(&labels));
+                Decision::Admitted(Ticket {
+                    permit,
+                    labels,
+                    admitted_us: now_us,
+                })
+            }
+            Admission::Rejected(reason) => {
+                host.record(Event::Rejected(&labels, reason));
+                Decision::Rejected(Rejection {
+                    reason,
+                    tenant: placement.tenant,
+                    retry_after_s: self.config.retry_after_s,
+                })
+            }
+        }
+    }
+
+    /// Gives a slot back. `status` is the response status, `None` when no response came
+    /// (the client left): a 5xx (Envoy's own for upstream resets and timeouts included)
+    /// counts against the resource, no response says nothing. If the ledger cannot be
+    /// written now, the release is owed and paid by this VM's next write.
+    pub fn release(&self, host: &impl Host, ticket: Ticket, status: Option<u16>, now_us: u64) {
+        let finish = status.filter(|_| self.wants_status()).map(|status| Finish {
+            latency_us: now_us.saturating_sub(ticket.admitted_us),
+            outcome: if status >= 500 {
+                Outcome::Error
+            } else {
+                Outcome::Success
+            },
+        });
+        let now_ms = now_us / 1_000;
+        let result = self
+            .gate
+            .release(host, &self.worker, ticket.permit, finish, now_ms);
+        self.account(host, result, now_ms);
+        host.record(Event::Released(&ticket.labels));
+    }
+
+    /// Periodic sign of life: reclaims the slots of dead VMs, pays owed releases, and
+    /// notices new or stale limits while no request comes.
+    pub fn heartbeat(&self, host: &impl Host, now_ms: u64) {
+        let result = self.gate.heartbeat(host, &self.worker, now_ms);
+        self.account(host, result, now_ms);
+        self.limits(host, now_ms);
+    }
+
+    /// Requests in flight through this Envoy now.
+    pub fn inflight(&self, host: &impl Host) -> u64 {
+        self.gate.inflight(host, &self.worker).unwrap_or(0)
+    }
+
+    /// Tells every worker that allowance `seq` is in shared data.
+    pub fn publish_limits(&self, host: &impl Host, seq: u64, now_ms: u64) {
+        let result = self.gate.publish_limits(host, &self.worker, seq, now_ms);
+        self.account(host, result, now_ms);
+    }
+
+    /// The limits in force: rebuilt only when a new allowance was announced in the ledger
+    /// or the current one went stale.
+    pub fn limits(&self, host: &impl Host, now_ms: u64) -> Rc<Limits> {
+        let current = Rc::clone(&self.limits.borrow());
+        let seq = self.seen_seq.get();
+        if now_ms < current.valid_until_ms && seq == self.loaded_seq.get() {
+            return current;
+        }
+        let next = Rc::new(Limits::build(
+            &self.config,
+            load_allowance(host).as_ref(),
+            now_ms,
+        ));
+        if next.on_static() && !current.on_static() {
+            log::warn!(
+                "the control service's allowance is stale: back on the static configuration"
+            );
+        }
+        self.loaded_seq.set(seq);
+        host.record(Event::LimitsInForce(&next));
+        *self.limits.borrow_mut() = Rc::clone(&next);
+        next
+    }
+
+    /// Turns a gate report into stats and logs; `None` when the gate failed.
+    fn account<T>(
+        &self,
+        host: &impl Host,
+        result: Result<Report<T>, GateError>,
+        now_ms: u64,
+    ) -> Option<T> {
+        match result {
+            Ok(report) => {
+                self.seen_seq.set(report.limits_seq);
+                if let Some(window) = &report.window {
+                    host.record(Event::WindowClosed(window));
+                }
+                if report.cas_retries > 0 {
+                    host.record(Event::CasRetries(report.cas_retries));
+                }
+                if report.reclaimed > 0 {
+                    host.record(Event::Reclaimed(report.reclaimed));
+                    log::warn!(
+                        "reclaimed {} in-flight slots of a worker VM silent for {DEFAULT_LEASE_MS} ms",
+                        report.reclaimed
+                    );
+                }
+                if report.reset_corrupt {
+                    log::error!("the shared in-flight ledger was unreadable and was reset");
+                }
+                if report.diverted {
+                    log::error!(
+                        "the shared in-flight ledger was written by a build with another format: \
+                         left as it is, this VM uses its own key"
+                    );
+                }
+                Some(report.value)
+            }
+            Err(e) => {
+                host.record(Event::GateError);
+                if self.error_log.allow(now_ms) {
+                    log::error!("shared in-flight ledger error: {e}");
+                }
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! An in-memory [`Host`] for native tests: Envoy's shared-data semantics ([`MemoryStore`]),
+//! callouts recorded and answered by the test, and stats kept the way Envoy keeps them
+//! (counters per label that every VM of one Envoy adds to). Several admitters and sync
+//! drivers sharing one `FakeHost` behave like the worker VMs of one Envoy.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+
+use crate::host::{Callout, Event, Host};
+use crate::labels::{Label, Labels, Usage};
+use crate::shared_data::{CasError, MemoryStore, SharedData};
+use crate::sync::SyncFailure;
+use crate::RejectReason;
+
+/// A callout the core made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadeCall {
+    /// The token the host gave it.
+    pub token: u32,
+    /// Its cluster.
+    pub cluster: String,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+/// What the fake's stats hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Per label, Envoy-wide.
+    pub usage: BTreeMap<Label, Usage>,
+    /// Rejections per reason, all labels.
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// The limit in force, and whether it is the static configuration's.
+    pub limit: Option<(u32, bool)>,
+    /// The adaptive limit after the last closed window.
+    pub adaptive_limit: Option<u32>,
+    /// Slots reclaimed from dead VMs.
+    pub reclaimed: u64,
+    /// Ledger errors.
+    pub gate_errors: u64,
+    /// Successful syncs.
+    pub syncs: u64,
+    /// Failed syncs per kind.
+    pub sync_failures: BTreeMap<&'static str, u64>,
+}
+
+/// The fake host.
+#[derive(Debug, Default)]
+pub struct FakeHost {
+    store: MemoryStore,
+    calls: RefCell<Vec<MadeCall>>,
+    next_token: Cell<u32>,
+    refuse_calls: Cell<bool>,
+    stats: RefCell<Stats>,
+}
+
+impl FakeHost {
+    /// A host whose shared data is `store` (e.g. one that fails writes).
+    pub fn with_store(store: MemoryStore) -> Self {
+        Self {
+            store,
+            ..Self::default()
+        }
+    }
+
+    /// Makes the host refuse (`true`) or accept callouts from now on.
+    pub fn refuse_calls(&self, refuse: bool) {
+        self.refuse_calls.set(refuse);
+    }
+
+    /// The callouts made so far, oldest first.
+    pub fn calls(&self) -> Vec<MadeCall> {
+        self.calls.borrow().clone()
+    }
+
+    /// A copy of the stats.
+    pub fn stats(&self) -> Stats {
+        self.stats.borrow().clone()
+    }
+
+    fn count(&self, labels: &Labels, f: impl Fn(&mut Usage)) {
+        let mut stats = self.stats.borrow_mut();
+        f(stats
+            .usage
+            .entry(Label::Tenant(labels.tenant.clone()))
+            .or_default());
+        if let Some(class) = &labels.class {
+            f(stats.usage.entry(Label::Class(class.clone())).or_default());
+        }
+    }
+}
+
+impl SharedData for FakeHost {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), CasError> {
+        self.store.get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasError> {
+        self.store.set(key, value, cas)
+    }
+}
+
+impl Host for FakeHost {
+    fn dispatch(&self, call: &Callout<'_>) -> Result<u32, String> {
+        if self.refuse_calls.get() {
+            return Err("BadArgument".to_owned());
+        }
+        let token = self.next_token.get() + 1;
+        self.next_token.set(token);
+        self.calls.borrow_mut().push(MadeCall {
+            token,
+            cluster: call.cluster.to_owned(),
+            body: call.body.to_vec(),
+        });
+        Ok(token)
+    }
+
+    fn record(&self, event: Event<'_>) {
+        match event {
+            Event::LimitsInForce(limits) => {
+                let mut stats = self.stats.borrow_mut();
+                stats.limit = Some((limits.config.max_inflight, limits.on_static()));
+                for tenant in limits.partitions.tenant_labels() {
+                    stats.usage.entry(Label::Tenant(tenant)).or_default();
+                }
+                for class in limits.partitions.class_labels() {
+                    stats.usage.entry(Label::Class(class)).or_default();
+                }
+            }
+            Event::Admitted(labels) => self.count(labels, |u| {
+                u.admitted += 1;
+                u.inflight += 1;
+            }),
+            Event::Rejected(labels, reason) => {
+                self.count(labels, |u| u.rejected += 1);
+                *self
+                    .stats
+                    .borrow_mut()
+                    .rejected
+                    .entry(RejectReason::as_str(reason))
+                    .or_default() += 1;
+            }
+            Event::Released(labels) => self.count(labels, |u| u.inflight -= 1),
+            Event::Reclaimed(n) => self.stats.borrow_mut().reclaimed += n,
+            Event::CasRetries(_) => {}
+            Event::GateError => self.stats.borrow_mut().gate_errors += 1,
+            Event::WindowClosed(w) => self.stats.borrow_mut().adaptive_limit = Some(w.limit),
+            Event::Synced(Ok(())) => self.stats.borrow_mut().syncs += 1,
+            Event::Synced(Err(kind)) => {
+                *self
+                    .stats
+                    .borrow_mut()
+                    .sync_failures
+                    .entry(SyncFailure::as_str(kind))
+                    .or_default() += 1;
+            }
+        }
+    }
+
+    fn usage(&self) -> Vec<(Label, Usage)> {
+        self.stats
+            .borrow()
+            .usage
+            .iter()
+            .map(|(l, u)| (l.clone(), *u))
+            .collect()
+    }
+}

@@ -1,0 +1,62 @@
+//! The one seam between the core and the proxy-wasm host. The filter implements [`Host`] in
+//! one adapter file; [`crate::fake_host::FakeHost`] implements it in memory for native tests.
+//!
+//! The clock is not part of it: the host's entry points read the time once and pass it down
+//! as an argument, so every decision is a function of `now` that tests choose freely.
+
+use crate::labels::{Label, Labels, Usage};
+use crate::ledger::ClosedWindow;
+use crate::limits::Limits;
+use crate::shared_data::SharedData;
+use crate::sync::SyncFailure;
+use crate::RejectReason;
+
+/// An HTTP callout to the control service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Callout<'a> {
+    /// Envoy cluster to call.
+    pub cluster: &'a str,
+    /// `:authority` of the request.
+    pub authority: &'a str,
+    /// `:path` of the request (a POST with a JSON body).
+    pub path: &'a str,
+    /// The JSON body.
+    pub body: &'a [u8],
+    /// How long the host waits for the response.
+    pub timeout_ms: u64,
+}
+
+/// What the core tells the host's stats about. Borrowed: nothing is allocated to say it.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// New limits are in force (the host defines stats for their labels).
+    LimitsInForce(&'a Limits),
+    /// A request was admitted.
+    Admitted(&'a Labels),
+    /// A request was rejected.
+    Rejected(&'a Labels, RejectReason),
+    /// An admitted request gave its slot back.
+    Released(&'a Labels),
+    /// Slots of dead VMs were given back (their labels died with the VM's memory).
+    Reclaimed(u64),
+    /// Write attempts lost to concurrent writers of the ledger.
+    CasRetries(u32),
+    /// The shared ledger could not be read or written.
+    GateError,
+    /// An adaptive window closed.
+    WindowClosed(&'a ClosedWindow),
+    /// A sync with the control service ended.
+    Synced(Result<(), SyncFailure>),
+}
+
+/// The host: shared data (via [`SharedData`]), callouts and stats.
+pub trait Host: SharedData {
+    /// Starts a callout; returns its token, or why the host refused it.
+    fn dispatch(&self, call: &Callout<'_>) -> Result<u32, String>;
+
+    /// Counts an event in the host's stats.
+    fn record(&self, event: Event<'_>);
+
+    /// Envoy-wide counts per tenant and class label, for the sync report.
+    fn usage(&self) -> Vec<(Label, Usage)>;
+}

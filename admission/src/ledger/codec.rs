@@ -1,0 +1,310 @@
+//! The ledger's binary record in shared data, and the key it lives under. The key carries the
+//! format version, both derived from one number, so VMs of two builds with different formats
+//! (a rolling upgrade) each use their own record instead of wiping each other's.
+
+use thiserror::Error;
+
+use super::{Ledger, PartitionKey, WorkerEntry, WorkerId, MAX_WORKERS};
+use crate::adaptive::aimd::Aimd;
+use crate::adaptive::gradient::Gradient;
+use crate::adaptive::histogram::Histogram;
+use crate::adaptive::{AlgorithmState, ChangeReason, LimitState, Window};
+
+/// The one number that names the record format; bump it with every change to the encoding.
+macro_rules! format_version {
+    () => {
+        5
+    };
+}
+
+/// The record format this build reads and writes.
+pub const FORMAT_VERSION: u8 = format_version!();
+
+/// Shared-data key of the ledger: the format version is part of the name.
+pub const LEDGER_KEY: &str = concat!("wipgate.ledger.v", format_version!());
+
+const HEADER_LEN: usize = 1 + 4 + 8 + 2;
+const ENTRY_HEAD_LEN: usize = 4 + 4 + 8 + 2;
+const PART_LEN: usize = 8 + 4;
+
+/// Why bytes read from shared data are not a ledger.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum LedgerError {
+    /// The record was written by a different format version: not ours to overwrite.
+    #[error("ledger format version {0} is not {FORMAT_VERSION}")]
+    Version(u8),
+    /// The record's length does not match its contents.
+    #[error("ledger record is truncated or has trailing bytes ({0} bytes)")]
+    Length(usize),
+    /// Too many entries, or duplicate ids.
+    #[error("ledger record is inconsistent")]
+    Inconsistent,
+}
+
+impl Ledger {
+    /// Serialises the ledger: version, next id, limits seq, entry count, then each entry (id,
+    /// in-flight, last seen, partition count, partitions), then the adaptive state, all
+    /// little-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let parts: usize = self.entries.iter().map(|e| e.parts.len()).sum();
+        let mut out =
+            Vec::with_capacity(HEADER_LEN + ENTRY_HEAD_LEN * self.entries.len() + PART_LEN * parts);
+        out.push(FORMAT_VERSION);
+        out.extend_from_slice(&self.next_id.to_le_bytes());
+        out.extend_from_slice(&self.limits_seq.to_le_bytes());
+        // entries.len() <= MAX_WORKERS < u16::MAX, kept so by register().
+        out.extend_from_slice(&len_u16(self.entries.len()).to_le_bytes());
+        for e in &self.entries {
+            out.extend_from_slice(&e.id.0.to_le_bytes());
+            out.extend_from_slice(&e.inflight.to_le_bytes());
+            out.extend_from_slice(&e.last_seen_ms.to_le_bytes());
+            out.extend_from_slice(&len_u16(e.parts.len()).to_le_bytes());
+            for (key, n) in &e.parts {
+                out.extend_from_slice(&key.0.to_le_bytes());
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+        }
+        match &self.adaptive {
+            None => out.push(0),
+            Some((state, w)) => {
+                out.push(1);
+                write_state(&mut out, state);
+                out.extend_from_slice(&w.start_ms.to_le_bytes());
+                out.extend_from_slice(&w.errors.to_le_bytes());
+                out.extend_from_slice(&w.rejected.to_le_bytes());
+                out.extend_from_slice(&w.peak_inflight.to_le_bytes());
+                let buckets = w.latency.buckets();
+                // At most 4 x 33 distinct buckets exist, so the count fits a byte.
+                out.push(u8::try_from(buckets.len()).unwrap_or(u8::MAX));
+                for (b, n) in buckets {
+                    out.push(*b);
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    /// Parses what [`Ledger::encode`] wrote; refuses anything else.
+    pub fn decode(bytes: &[u8]) -> Result<Self, LedgerError> {
+        let mut r = Reader { bytes, pos: 0 };
+        let version = r.u8()?;
+        if version != FORMAT_VERSION {
+            return Err(LedgerError::Version(version));
+        }
+        let next_id = r.u32()?;
+        let limits_seq = r.u64()?;
+        let count = usize::from(r.u16()?);
+        if count > MAX_WORKERS {
+            return Err(LedgerError::Inconsistent);
+        }
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            let id = WorkerId(r.u32()?);
+            let inflight = r.u32()?;
+            let last_seen_ms = r.u64()?;
+            let nparts = usize::from(r.u16()?);
+            if nparts * PART_LEN > r.remaining() {
+                return Err(LedgerError::Length(bytes.len()));
+            }
+            let mut parts = Vec::with_capacity(nparts);
+            for _ in 0..nparts {
+                parts.push((PartitionKey(r.u64()?), r.u32()?));
+            }
+            entries.push(WorkerEntry {
+                id,
+                inflight,
+                last_seen_ms,
+                parts,
+            });
+        }
+        let adaptive = match r.u8()? {
+            0 => None,
+            1 => Some(read_adaptive(&mut r)?),
+            _ => return Err(LedgerError::Inconsistent),
+        };
+        if r.remaining() != 0 {
+            return Err(LedgerError::Length(bytes.len()));
+        }
+        let mut ids: Vec<u32> = entries.iter().map(|e| e.id.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != entries.len() {
+            return Err(LedgerError::Inconsistent);
+        }
+        Ok(Self {
+            next_id,
+            limits_seq,
+            entries,
+            adaptive,
+        })
+    }
+}
+
+/// The limit loop's state, then the algorithm's: a tag byte and its own fields.
+fn write_state(out: &mut Vec<u8>, state: &LimitState) {
+    out.extend_from_slice(&state.limit.to_le_bytes());
+    out.extend_from_slice(&state.stable.to_le_bytes());
+    out.push(state.reason.code());
+    out.push(u8::from(state.slow_start));
+    match state.algorithm {
+        AlgorithmState::Aimd(Aimd) => out.push(0),
+        AlgorithmState::Gradient(g) => {
+            out.push(1);
+            out.extend_from_slice(&g.long_rtt_us.to_le_bytes());
+        }
+    }
+}
+
+fn read_state(r: &mut Reader<'_>) -> Result<LimitState, LedgerError> {
+    let limit = r.u32()?;
+    let stable = u16::from_le_bytes(r.take()?);
+    let reason = ChangeReason::from_code(r.u8()?).ok_or(LedgerError::Inconsistent)?;
+    let slow_start = r.u8()? != 0;
+    let algorithm = match r.u8()? {
+        0 => AlgorithmState::Aimd(Aimd),
+        1 => AlgorithmState::Gradient(Gradient {
+            long_rtt_us: r.u32()?,
+        }),
+        _ => return Err(LedgerError::Inconsistent),
+    };
+    Ok(LimitState {
+        limit,
+        stable,
+        reason,
+        slow_start,
+        algorithm,
+    })
+}
+
+fn read_adaptive(r: &mut Reader<'_>) -> Result<(LimitState, Window), LedgerError> {
+    let state = read_state(r)?;
+    let start_ms = r.u64()?;
+    let (errors, rejected, peak_inflight) = (r.u32()?, r.u32()?, r.u32()?);
+    let n = r.u8()?;
+    let mut buckets = Vec::with_capacity(usize::from(n));
+    for _ in 0..n {
+        buckets.push((r.u8()?, r.u32()?));
+    }
+    let latency = Histogram::from_buckets(buckets).ok_or(LedgerError::Inconsistent)?;
+    Ok((
+        state,
+        Window {
+            start_ms,
+            errors,
+            rejected,
+            peak_inflight,
+            latency,
+        },
+    ))
+}
+
+fn len_u16(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
+}
+
+/// A bounds-checked little-endian cursor.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], LedgerError> {
+        let end = self
+            .pos
+            .checked_add(N)
+            .filter(|end| *end <= self.bytes.len());
+        let end = end.ok_or(LedgerError::Length(self.bytes.len()))?;
+        let mut out = [0; N];
+        out.copy_from_slice(&self.bytes[self.pos..end]);
+        self.pos = end;
+        Ok(out)
+    }
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+    fn u8(&mut self) -> Result<u8, LedgerError> {
+        Ok(self.take::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, LedgerError> {
+        self.take().map(u16::from_le_bytes)
+    }
+    fn u32(&mut self) -> Result<u32, LedgerError> {
+        self.take().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Result<u64, LedgerError> {
+        self.take().map(u64::from_le_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adaptive::{AdaptiveConfig, Outcome};
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_key_names_the_format_version() {
+        assert_eq!(LEDGER_KEY, format!("wipgate.ledger.v{FORMAT_VERSION}"));
+        assert_eq!(Ledger::default().encode()[0], FORMAT_VERSION);
+    }
+
+    #[test]
+    fn decode_refuses_garbage() {
+        assert_eq!(Ledger::decode(&[]), Err(LedgerError::Length(0)));
+        assert_eq!(
+            Ledger::decode(&[9, 0, 0, 0, 0, 0, 0]),
+            Err(LedgerError::Version(9))
+        );
+        let mut one_missing = Ledger::default().encode();
+        one_missing[HEADER_LEN - 2] = 1;
+        assert_eq!(
+            Ledger::decode(&one_missing),
+            Err(LedgerError::Length(HEADER_LEN + 1))
+        );
+        let mut dup = Ledger::default();
+        dup.register(0);
+        dup.publish_limits(5);
+        assert_eq!(Ledger::decode(&dup.encode()).unwrap().limits_seq(), 5);
+        let encoded = dup.encode();
+        let entry = &encoded[HEADER_LEN..encoded.len() - 1];
+        let mut bytes = encoded[..HEADER_LEN].to_vec();
+        bytes[HEADER_LEN - 2] = 2;
+        bytes.extend_from_slice(entry);
+        bytes.extend_from_slice(entry);
+        bytes.push(0);
+        assert_eq!(Ledger::decode(&bytes), Err(LedgerError::Inconsistent));
+        let mut trailing = dup.encode();
+        trailing.push(0);
+        assert_eq!(
+            Ledger::decode(&trailing),
+            Err(LedgerError::Length(trailing.len()))
+        );
+    }
+
+    #[test]
+    fn adaptive_state_of_either_algorithm_round_trips() {
+        for algorithm in ["aimd", "gradient"] {
+            let mut l = Ledger::default();
+            l.register(0);
+            let config: AdaptiveConfig = serde_json::from_str(&format!(
+                r#"{{"algorithm": "{algorithm}", "window_ms": 50}}"#
+            ))
+            .unwrap();
+            l.roll_adaptive(Some(&config), 4, 40, 0);
+            l.record_finish(12_000, Outcome::Success);
+            l.note_rejected();
+            assert_eq!(Ledger::decode(&l.encode()), Ok(l.clone()));
+            l.roll_adaptive(Some(&config), 4, 40, 50);
+            assert_eq!(Ledger::decode(&l.encode()), Ok(l.clone()));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Ledger::decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The limits a request is admitted against: the control service's allowance while it is
+//! fresh, else the static configuration. Built once per allowance and shared by every request
+//! of a VM, so no request parses JSON.
+
+use std::collections::BTreeMap;
+
+use crate::fleet::ResourceHealth;
+use crate::sync::Allowance;
+use crate::{Bulkhead, GateConfig, Partitions};
+
+/// One set of limits, immutable.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The configuration with the allowance applied.
+    pub config: GateConfig,
+    /// Its partitions, ready for admission decisions.
+    pub partitions: Partitions,
+    /// The allowance's `seq`, or `None` on the static configuration.
+    pub seq: Option<u64>,
+    /// The fleet policy version of the allowance in force.
+    pub policy_version: Option<u64>,
+    /// Past this (ms since the epoch) these limits must be rebuilt.
+    pub valid_until_ms: u64,
+    /// The protected resource is saturated (only reserved classes go).
+    pub saturated: bool,
+}
+
+impl Limits {
+    /// The limits in force at `now`: the allowance while it is fresh and fits, else the
+    /// static configuration. Reservations that no longer fit the fleet share are scaled
+    /// down (never up), so the bulkhead invariants hold under any share.
+    pub fn build(static_config: &GateConfig, allowance: Option<&Allowance>, now_ms: u64) -> Self {
+        let Some(a) = allowance.filter(|a| now_ms < a.valid_until_ms) else {
+            return Self::of(static_config.clone(), None);
+        };
+        let mut config = static_config.clone();
+        // A degraded resource scales this Envoy's limit down; reservations follow below.
+        config.max_inflight = a
+            .health
+            .scale(a.max_inflight.min(static_config.max_inflight));
+        for (map, shares) in [
+            (&mut config.tenants, &a.tenants),
+            (&mut config.classes, &a.classes),
+        ] {
+            for (name, share) in shares {
+                // A tenant or class the fleet policy names but this Envoy's configuration
+                // does not is enforced as the fleet says.
+                let merged = map.get(name).map_or(*share, |own| tighter(*own, *share));
+                map.insert(name.clone(), merged);
+            }
+            fit_reservations(map, config.max_inflight);
+        }
+        Self::of(config, Some(a))
+    }
+
+    fn of(config: GateConfig, allowance: Option<&Allowance>) -> Self {
+        let saturated = allowance.is_some_and(|a| a.health == ResourceHealth::Saturated);
+        Self {
+            partitions: Partitions::new(&config).saturated(saturated),
+            config,
+            seq: allowance.map(|a| a.seq),
+            policy_version: allowance.map(|a| a.policy_version),
+            valid_until_ms: allowance.map_or(u64::MAX, |a| a.valid_until_ms),
+            saturated,
+        }
+    }
+
+    /// True on the static configuration (no fresh allowance).
+    pub fn on_static(&self) -> bool {
+        self.seq.is_none()
+    }
+}
+
+/// The stricter of two bulkheads, entry by entry.
+fn tighter(a: Bulkhead, b: Bulkhead) -> Bulkhead {
+    let max = match (a.max, b.max) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    };
+    let reserved = a.reserved.min(b.reserved);
+    Bulkhead {
+        reserved: reserved.min(max.unwrap_or(u32::MAX)),
+        max,
+    }
+}
+
+/// Scales reservations down until they add up to at most `limit`.
+fn fit_reservations(map: &mut BTreeMap<String, Bulkhead>, limit: u32) {
+    let sum: u64 = map.values().map(|b| u64::from(b.reserved)).sum();
+    if sum <= u64::from(limit) {
+        return;
+    }
+    for b in map.values_mut() {
+        let scaled = u64::from(b.reserved) * u64::from(limit) / sum;
+        b.reserved = u32::try_from(scaled).unwrap_or(0);
+    }
+}
