@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::host::{Callout, Event, Host};
 use crate::labels::{Label, Labels, Usage};
+use crate::ledger::ClosedWindow;
 use crate::shared_data::{CasError, MemoryStore, SharedData};
 use crate::sync::SyncFailure;
 use crate::RejectReason;
@@ -52,6 +53,7 @@ pub struct FakeHost {
     next_token: Cell<u32>,
     refuse_calls: Cell<bool>,
     stats: RefCell<Stats>,
+    windows: RefCell<Vec<ClosedWindow>>,
 }
 
 impl FakeHost {
@@ -71,6 +73,11 @@ impl FakeHost {
     /// The callouts made so far, oldest first.
     pub fn calls(&self) -> Vec<MadeCall> {
         self.calls.borrow().clone()
+    }
+
+    /// The adaptive windows closed so far, oldest first.
+    pub fn windows(&self) -> std::cell::Ref<'_, Vec<ClosedWindow>> {
+        self.windows.borrow()
     }
 
     /// A copy of the stats.
@@ -144,7 +151,10 @@ impl Host for FakeHost {
             Event::Reclaimed(n) => self.stats.borrow_mut().reclaimed += n,
             Event::CasRetries(_) => {}
             Event::GateError => self.stats.borrow_mut().gate_errors += 1,
-            Event::WindowClosed(w) => self.stats.borrow_mut().adaptive_limit = Some(w.limit),
+            Event::WindowClosed(w) => {
+                self.stats.borrow_mut().adaptive_limit = Some(w.limit);
+                self.windows.borrow_mut().push(*w);
+            }
             Event::Synced(Ok(())) => self.stats.borrow_mut().syncs += 1,
             Event::Synced(Err(kind)) => {
                 *self

@@ -139,11 +139,14 @@ pub struct Metrics {
     gate_errors: Option<u32>,
     cas_retries: Option<u32>,
     sync_success: Option<u32>,
-    sync_failures: [Option<u32>; 5],
+    sync_failures: [Option<u32>; SyncFailure::ALL.len()],
     on_static: Option<u32>,
     adaptive_limit: Option<u32>,
     latency_us: [Option<u32>; 3],
-    reasons: [Option<u32>; 5],
+    reasons: [Option<u32>; ChangeReason::ALL.len()],
+    changes: [Option<u32>; ChangeReason::ALL.len()],
+    /// The knee algorithm's no-load latency (µs), delivery rate (per s) and knee.
+    estimates: [Option<u32>; 3],
 }
 
 impl Metrics {
@@ -169,6 +172,11 @@ impl Metrics {
                 .map(|p| gauge(&format!("wipgate.adaptive.latency_{p}_us"))),
             reasons: ChangeReason::ALL
                 .map(|r| gauge(&format!("wipgate.adaptive.reason.{}", r.as_str()))),
+            changes: define_each(ChangeReason::ALL, |r| {
+                format!("wipgate.adaptive.changes.reason.{}", r.as_str())
+            }),
+            estimates: ["no_load_latency_us", "delivery_rate_per_s", "knee_estimate"]
+                .map(|name| gauge(&format!("wipgate.adaptive.{name}"))),
         }
     }
 
@@ -236,6 +244,20 @@ impl Metrics {
         }
         for (id, reason) in self.reasons.iter().zip(ChangeReason::ALL) {
             set(*id, u64::from(reason == window.reason));
+        }
+        if let Some(change) = window.change {
+            let index = ChangeReason::ALL.iter().position(|r| *r == change);
+            add(index.and_then(|i| self.changes[i]), 1);
+        }
+        if let Some(e) = &window.estimates {
+            let values = [
+                u64::from(e.no_load_us),
+                e.delivered_per_s.round() as u64,
+                e.knee.round() as u64,
+            ];
+            for (id, v) in self.estimates.iter().zip(values) {
+                set(*id, v);
+            }
         }
     }
 }

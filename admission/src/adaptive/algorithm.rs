@@ -5,6 +5,7 @@
 use super::aimd::Aimd;
 use super::config::{AdaptiveConfig, Algorithm};
 use super::gradient::Gradient;
+use super::knee::Knee;
 use super::window::Sample;
 
 /// The bounds the limit moves within (`min_inflight ..= max_inflight`). Invariant:
@@ -36,6 +37,10 @@ pub enum Assessment {
     Healthy,
     /// The limit should fall to this value (already within the bounds).
     Lower(u32, super::ChangeReason),
+    /// The algorithm sets the limit itself, up or down (clamped to the bounds).
+    Set(u32, super::ChangeReason),
+    /// Too little to go on: no change, and not a healthy window either.
+    Hold,
 }
 
 /// One limit algorithm. Pure: `now` is never read, the sample and the limit are arguments,
@@ -58,6 +63,8 @@ pub enum AlgorithmState {
     Aimd(Aimd),
     /// Latency gradient against the no-load latency.
     Gradient(Gradient),
+    /// The knee by Little's law.
+    Knee(Knee),
 }
 
 impl AlgorithmState {
@@ -66,6 +73,7 @@ impl AlgorithmState {
         match algorithm {
             Algorithm::Aimd => Self::Aimd(Aimd),
             Algorithm::Gradient => Self::Gradient(Gradient::default()),
+            Algorithm::Knee => Self::Knee(Knee::default()),
         }
     }
 
@@ -74,6 +82,7 @@ impl AlgorithmState {
         match self {
             Self::Aimd(_) => Algorithm::Aimd,
             Self::Gradient(_) => Algorithm::Gradient,
+            Self::Knee(_) => Algorithm::Knee,
         }
     }
 
@@ -82,6 +91,7 @@ impl AlgorithmState {
         match self {
             Self::Aimd(a) => a,
             Self::Gradient(g) => g,
+            Self::Knee(k) => k,
         }
     }
 }

@@ -5,9 +5,13 @@ use serde::{Deserialize, Serialize};
 use crate::config::ConfigError;
 
 /// Which algorithm moves the limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
+    /// The default: estimates the bottleneck's knee by Little's law, the most it delivers
+    /// times its no-load latency, and keeps the limit there (see `knee.rs`).
+    #[default]
+    Knee,
     /// Additive increase while healthy, multiplicative decrease on errors or latency over
     /// `latency_target_ms`.
     Aimd,
@@ -20,11 +24,12 @@ pub enum Algorithm {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdaptiveConfig {
-    /// `aimd` or `gradient`.
+    /// `knee` (the default), `aimd` or `gradient`.
+    #[serde(default)]
     pub algorithm: Algorithm,
-    /// Length of one measurement window.
-    #[serde(default = "defaults::window_ms")]
-    pub window_ms: u64,
+    /// Length of one measurement window; see [`AdaptiveConfig::window_ms`] for the default.
+    #[serde(default, rename = "window_ms")]
+    pub window_ms_set: Option<u64>,
     /// Healthy windows in a row before the limit may rise (it falls at once).
     #[serde(default = "defaults::stable_windows")]
     pub stable_windows: u16,
@@ -49,11 +54,28 @@ pub struct AdaptiveConfig {
     /// Gradient: windows over which the no-load latency estimate rises again.
     #[serde(default = "defaults::long_windows")]
     pub long_windows: u32,
+    /// Knee: how much slower than the no-load latency a window's mean latency may be before
+    /// the window counts as queueing (0.25: 25% slower).
+    #[serde(default = "defaults::queue_tolerance")]
+    pub queue_tolerance: f64,
+    /// Knee: windows at the knee between two probes above it.
+    #[serde(default = "defaults::probe_every_windows")]
+    pub probe_every_windows: u16,
+    /// Knee: windows after which an estimate (the most delivered, the no-load latency) that
+    /// was not confirmed may move towards what is measured now.
+    #[serde(default = "defaults::memory_windows")]
+    pub memory_windows: u16,
 }
 
 mod defaults {
-    pub fn window_ms() -> u64 {
-        1_000
+    pub fn queue_tolerance() -> f64 {
+        0.25
+    }
+    pub fn probe_every_windows() -> u16 {
+        48
+    }
+    pub fn memory_windows() -> u16 {
+        40
     }
     pub fn stable_windows() -> u16 {
         3
@@ -82,10 +104,19 @@ mod defaults {
 }
 
 impl AdaptiveConfig {
+    /// Length of one measurement window: as configured, else 250 ms for `knee` (a few of the
+    /// bottleneck's latencies, so it reacts within a second) and 1 s for the others.
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms_set.unwrap_or(match self.algorithm {
+            Algorithm::Knee => 250,
+            Algorithm::Aimd | Algorithm::Gradient => 1_000,
+        })
+    }
+
     /// Checks every knob; the error names the field under `adaptive.`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |f: &str, p: &str| Err(ConfigError::new(format!("adaptive.{f}"), p));
-        if !(50..=60_000).contains(&self.window_ms) {
+        if !(50..=60_000).contains(&self.window_ms()) {
             return err("window_ms", "must be between 50 and 60000");
         }
         if self.stable_windows < 1 {
@@ -111,6 +142,15 @@ impl AdaptiveConfig {
         }
         if self.long_windows < 1 {
             return err("long_windows", "must be at least 1");
+        }
+        if !(self.queue_tolerance > 0.0 && self.queue_tolerance <= 10.0) {
+            return err("queue_tolerance", "must be above 0 and at most 10");
+        }
+        if self.probe_every_windows < 1 {
+            return err("probe_every_windows", "must be at least 1");
+        }
+        if self.memory_windows < 2 {
+            return err("memory_windows", "must be at least 2");
         }
         Ok(())
     }

@@ -21,16 +21,29 @@ pub enum ChangeReason {
     Errors,
     /// The gradient of latencies pulled it down.
     Gradient,
+    /// Knee: set to the estimated knee (most delivered x no-load latency).
+    Knee,
+    /// Knee: raised above the knee for one window to see whether more gets delivered.
+    Probe,
+    /// Knee: requests queued at the bottleneck; lowered to what the delivered rate needs.
+    Queue,
+    /// Knee: the no-load latency itself rose (a slower resource, not a queue): back to the
+    /// knee at the new latency.
+    Slower,
 }
 
 impl ChangeReason {
     /// Every reason, for defining stats up front.
-    pub const ALL: [ChangeReason; 5] = [
+    pub const ALL: [ChangeReason; 9] = [
         Self::ColdStart,
         Self::Increase,
         Self::Latency,
         Self::Errors,
         Self::Gradient,
+        Self::Knee,
+        Self::Probe,
+        Self::Queue,
+        Self::Slower,
     ];
 
     /// The stat name.
@@ -41,6 +54,10 @@ impl ChangeReason {
             Self::Latency => "latency",
             Self::Errors => "errors",
             Self::Gradient => "gradient",
+            Self::Knee => "knee",
+            Self::Probe => "probe",
+            Self::Queue => "queue",
+            Self::Slower => "slower",
         }
     }
 
@@ -52,6 +69,10 @@ impl ChangeReason {
             Self::Latency => 2,
             Self::Errors => 3,
             Self::Gradient => 4,
+            Self::Knee => 5,
+            Self::Probe => 6,
+            Self::Queue => 7,
+            Self::Slower => 8,
         }
     }
 
@@ -83,10 +104,14 @@ pub fn backed_off(limit: u32, config: &AdaptiveConfig, bounds: Bounds) -> u32 {
 }
 
 impl LimitState {
-    /// The cold start: at the floor, ramping up.
-    pub fn cold(min: u32, algorithm: Algorithm) -> Self {
+    /// The cold start: AIMD and gradient at the floor, ramping up; the knee at the ceiling,
+    /// so light load is never turned away while nothing is known yet.
+    pub fn cold(bounds: Bounds, algorithm: Algorithm) -> Self {
         Self {
-            limit: min.max(1),
+            limit: match algorithm {
+                Algorithm::Knee => bounds.max,
+                Algorithm::Aimd | Algorithm::Gradient => bounds.min,
+            },
             stable: 0,
             reason: ChangeReason::ColdStart,
             slow_start: true,
@@ -121,6 +146,18 @@ impl LimitState {
                 .assess(sample, before, config, bounds)
         };
         match assessment {
+            Assessment::Set(next, reason) => {
+                let next = next.clamp(bounds.min, bounds.max);
+                if next == before {
+                    return None;
+                }
+                self.limit = next;
+                self.reason = reason;
+                self.stable = 0;
+                self.slow_start = false;
+                Some(reason)
+            }
+            Assessment::Hold => None,
             Assessment::Lower(next, reason) if next < before => {
                 self.limit = next;
                 self.reason = reason;
@@ -182,12 +219,15 @@ mod tests {
             p90_us: p50 * 11 / 10,
             p99_us: p50 * 12 / 10,
             limited: true,
+            mean_us: p50,
+            duration_ms: 1_000,
+            peak_inflight: limit,
         }
     }
 
     fn run(algorithm: Algorithm, capacity: u32, windows: usize) -> Vec<u32> {
         let c = cfg(algorithm);
-        let mut s = LimitState::cold(2, algorithm);
+        let mut s = LimitState::cold(Bounds::new(2, 500), algorithm);
         (0..windows)
             .map(|_| {
                 s.update(&simulated(s.limit, capacity, 50, 0.0), &c, 2, 500);
@@ -213,7 +253,10 @@ mod tests {
     #[test]
     fn cold_start_ramps_up_from_the_floor() {
         let trace = run(Algorithm::Aimd, 40, 30);
-        assert_eq!(LimitState::cold(2, Algorithm::Aimd).limit, 2);
+        assert_eq!(
+            LimitState::cold(Bounds::new(2, 500), Algorithm::Aimd).limit,
+            2
+        );
         assert!(trace.iter().any(|l| *l >= 32), "{trace:?}");
     }
 
@@ -222,7 +265,7 @@ mod tests {
         let c = cfg(Algorithm::Aimd);
         let mut s = LimitState {
             limit: 100,
-            ..LimitState::cold(2, Algorithm::Aimd)
+            ..LimitState::cold(Bounds::new(2, 500), Algorithm::Aimd)
         };
         s.slow_start = false;
         assert_eq!(
@@ -249,15 +292,15 @@ mod tests {
     proptest! {
         #[test]
         fn never_leaves_its_bounds(
-            algorithm in prop_oneof![Just(Algorithm::Aimd), Just(Algorithm::Gradient)],
+            algorithm in prop_oneof![Just(Algorithm::Aimd), Just(Algorithm::Gradient), Just(Algorithm::Knee)],
             min in 1u32..20, span in 0u32..300,
             samples in proptest::collection::vec((0u64..200, 1u64..5_000_000, 0.0f64..1.0, any::<bool>()), 1..200),
         ) {
             let max = min + span;
             let c = cfg(algorithm);
-            let mut s = LimitState::cold(min, algorithm);
+            let mut s = LimitState::cold(Bounds::new(min, max), algorithm);
             for (count, p50, errors, limited) in samples {
-                let sample = Sample { count, error_rate: errors, p50_us: p50, p90_us: p50, p99_us: p50, limited };
+                let sample = Sample { count, error_rate: errors, p50_us: p50, p90_us: p50, p99_us: p50, limited, mean_us: p50, duration_ms: 250, peak_inflight: max };
                 s.update(&sample, &c, min, max);
                 prop_assert!(s.limit >= min && s.limit <= max, "{} not in {min}..={max}", s.limit);
             }

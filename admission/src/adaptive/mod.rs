@@ -10,6 +10,7 @@ pub mod config;
 pub mod controller;
 pub mod gradient;
 pub mod histogram;
+pub mod knee;
 pub mod window;
 
 pub use algorithm::{AlgorithmState, Assessment, Bounds, LimitAlgorithm};

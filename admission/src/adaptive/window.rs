@@ -25,6 +25,8 @@ pub struct Window {
     pub peak_inflight: u32,
     /// Latencies of finished requests, admission to end of stream.
     pub latency: Histogram,
+    /// Their sum, µs: with the window's length, Little's law gives the mean in flight.
+    pub latency_sum_us: u64,
 }
 
 /// A closed window, summarised for the algorithms.
@@ -42,19 +44,33 @@ pub struct Sample {
     pub p99_us: u64,
     /// Whether the limit held work back: rejections, or in flight at the limit.
     pub limited: bool,
+    /// Mean latency, µs.
+    pub mean_us: u64,
+    /// How long the window lasted, ms (at least its configured length).
+    pub duration_ms: u64,
+    /// The most requests in flight at once.
+    pub peak_inflight: u32,
+}
+
+impl Sample {
+    /// Requests finished per second: what the bottleneck delivered.
+    pub fn delivery_rate(&self) -> f64 {
+        self.count as f64 * 1_000.0 / self.duration_ms.max(1) as f64
+    }
 }
 
 impl Window {
     /// Counts one finished request.
     pub fn record(&mut self, latency_us: u64, outcome: Outcome) {
         self.latency.record(latency_us);
+        self.latency_sum_us = self.latency_sum_us.saturating_add(latency_us);
         if outcome == Outcome::Error {
             self.errors = self.errors.saturating_add(1);
         }
     }
 
-    /// The summary of this window under `limit`.
-    pub fn sample(&self, limit: u32) -> Sample {
+    /// The summary of this window under `limit`, closed at `now_ms`.
+    pub fn sample(&self, limit: u32, now_ms: u64) -> Sample {
         let count = self.latency.count();
         Sample {
             count,
@@ -67,6 +83,9 @@ impl Window {
             p90_us: self.latency.percentile(90.0),
             p99_us: self.latency.percentile(99.0),
             limited: self.rejected > 0 || self.peak_inflight >= limit,
+            mean_us: self.latency_sum_us.checked_div(count).unwrap_or(0),
+            duration_ms: now_ms.saturating_sub(self.start_ms).max(1),
+            peak_inflight: self.peak_inflight,
         }
     }
 }

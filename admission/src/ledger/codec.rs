@@ -8,6 +8,7 @@ use super::{Ledger, PartitionKey, WorkerEntry, WorkerId, MAX_WORKERS};
 use crate::adaptive::aimd::Aimd;
 use crate::adaptive::gradient::Gradient;
 use crate::adaptive::histogram::Histogram;
+use crate::adaptive::knee::{Knee, Phase};
 use crate::adaptive::{AlgorithmState, ChangeReason, LimitState, Window};
 
 /// The one number that names the record format; bump it with every change to the encoding.
@@ -73,6 +74,7 @@ impl Ledger {
                 out.extend_from_slice(&w.errors.to_le_bytes());
                 out.extend_from_slice(&w.rejected.to_le_bytes());
                 out.extend_from_slice(&w.peak_inflight.to_le_bytes());
+                out.extend_from_slice(&w.latency_sum_us.to_le_bytes());
                 let buckets = w.latency.buckets();
                 // At most 4 x 33 distinct buckets exist, so the count fits a byte.
                 out.push(u8::try_from(buckets.len()).unwrap_or(u8::MAX));
@@ -153,6 +155,22 @@ fn write_state(out: &mut Vec<u8>, state: &LimitState) {
             out.push(1);
             out.extend_from_slice(&g.long_rtt_us.to_le_bytes());
         }
+        AlgorithmState::Knee(k) => {
+            out.push(2);
+            out.extend_from_slice(&k.no_load_us.to_le_bytes());
+            out.extend_from_slice(&k.no_load_age.to_le_bytes());
+            out.extend_from_slice(&k.delivered_mrps.to_le_bytes());
+            out.extend_from_slice(&k.delivered_age.to_le_bytes());
+            out.push(k.phase.code());
+            out.extend_from_slice(&k.until_probe.to_le_bytes());
+            out.extend_from_slice(&k.probe_base_mrps.to_le_bytes());
+            out.extend_from_slice(&k.probe_base_us.to_le_bytes());
+            out.extend_from_slice(&k.probe_base_limit.to_le_bytes());
+            out.extend_from_slice(&k.dropped_from.to_le_bytes());
+            out.extend_from_slice(&k.dropped_rate_mrps.to_le_bytes());
+            out.push(k.drain_steps);
+            out.push(u8::from(k.was_slow));
+        }
     }
 }
 
@@ -165,6 +183,21 @@ fn read_state(r: &mut Reader<'_>) -> Result<LimitState, LedgerError> {
         0 => AlgorithmState::Aimd(Aimd),
         1 => AlgorithmState::Gradient(Gradient {
             long_rtt_us: r.u32()?,
+        }),
+        2 => AlgorithmState::Knee(Knee {
+            no_load_us: r.u32()?,
+            no_load_age: r.u16()?,
+            delivered_mrps: r.u32()?,
+            delivered_age: r.u16()?,
+            phase: Phase::from_code(r.u8()?).ok_or(LedgerError::Inconsistent)?,
+            until_probe: r.u16()?,
+            probe_base_mrps: r.u32()?,
+            probe_base_us: r.u32()?,
+            probe_base_limit: r.u32()?,
+            dropped_from: r.u32()?,
+            dropped_rate_mrps: r.u32()?,
+            drain_steps: r.u8()?,
+            was_slow: r.u8()? != 0,
         }),
         _ => return Err(LedgerError::Inconsistent),
     };
@@ -181,6 +214,7 @@ fn read_adaptive(r: &mut Reader<'_>) -> Result<(LimitState, Window), LedgerError
     let state = read_state(r)?;
     let start_ms = r.u64()?;
     let (errors, rejected, peak_inflight) = (r.u32()?, r.u32()?, r.u32()?);
+    let latency_sum_us = r.u64()?;
     let n = r.u8()?;
     let mut buckets = Vec::with_capacity(usize::from(n));
     for _ in 0..n {
@@ -195,6 +229,7 @@ fn read_adaptive(r: &mut Reader<'_>) -> Result<(LimitState, Window), LedgerError
             rejected,
             peak_inflight,
             latency,
+            latency_sum_us,
         },
     ))
 }
@@ -285,7 +320,7 @@ mod tests {
 
     #[test]
     fn adaptive_state_of_either_algorithm_round_trips() {
-        for algorithm in ["aimd", "gradient"] {
+        for algorithm in ["aimd", "gradient", "knee"] {
             let mut l = Ledger::default();
             l.register(0);
             let config: AdaptiveConfig = serde_json::from_str(&format!(

@@ -15,7 +15,10 @@ use std::collections::BTreeMap;
 pub use codec::{LedgerError, FORMAT_VERSION, LEDGER_KEY};
 pub use partition_key::PartitionKey;
 
-use crate::adaptive::{AdaptiveConfig, ChangeReason, LimitState, Outcome, Sample, Window};
+use crate::adaptive::knee::KneeEstimates;
+use crate::adaptive::{
+    AdaptiveConfig, AlgorithmState, Bounds, ChangeReason, LimitState, Outcome, Sample, Window,
+};
 
 /// Identifies one worker VM's entry. Ids are never reused within a ledger, so a permit taken
 /// under an entry that was later reclaimed can never release a slot of a newer entry.
@@ -79,6 +82,8 @@ pub struct ClosedWindow {
     pub change: Option<ChangeReason>,
     /// Why the limit last changed (for the reason gauge).
     pub reason: ChangeReason,
+    /// The knee algorithm's estimates after it, when that algorithm runs.
+    pub estimates: Option<KneeEstimates>,
 }
 
 impl Ledger {
@@ -126,17 +131,17 @@ impl Ledger {
         };
         let (state, window) = self.adaptive.get_or_insert_with(|| {
             (
-                LimitState::cold(min, config.algorithm),
+                LimitState::cold(Bounds::new(min, max), config.algorithm),
                 Window {
                     start_ms: now_ms,
                     ..Window::default()
                 },
             )
         });
-        if now_ms < window.start_ms.saturating_add(config.window_ms) {
+        if now_ms < window.start_ms.saturating_add(config.window_ms()) {
             return None;
         }
-        let sample = window.sample(state.limit);
+        let sample = window.sample(state.limit, now_ms);
         let change = state.update(&sample, config, min, max);
         *window = Window {
             start_ms: now_ms,
@@ -147,6 +152,10 @@ impl Ledger {
             limit: state.limit,
             change,
             reason: state.reason,
+            estimates: match state.algorithm {
+                AlgorithmState::Knee(k) => Some(k.estimates()),
+                AlgorithmState::Aimd(_) | AlgorithmState::Gradient(_) => None,
+            },
         })
     }
 
