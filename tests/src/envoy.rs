@@ -6,13 +6,14 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::blocking_http;
+use crate::wait::{poll_until, wait_until};
 
 /// Environment variable naming the Envoy binary (the Makefile sets it).
 pub const ENVOY_ENV: &str = "WIPGATE_ENVOY";
@@ -236,24 +237,14 @@ enum Started {
 
 /// Polls until Envoy is ready or has exited, within `deadline`.
 fn wait_ready_or_exit(child: &mut Child, dir: &Path, deadline: Duration) -> Result<Started> {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Started::Exited(status));
-        }
-        if let Some(admin) = read_admin_addr(dir) {
-            if is_ready(admin) {
-                return Ok(Started::Ready(admin));
-            }
-        }
-        if Instant::now() >= end {
-            bail!(
-                "Envoy was not ready within {deadline:?}; its log:\n{}",
-                read_log(dir)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let started = poll_until(deadline, "Envoy to be ready", || match child.try_wait() {
+        Ok(Some(status)) => Some(Ok(Started::Exited(status))),
+        Err(e) => Some(Err(anyhow!(e).context("waiting on Envoy"))),
+        Ok(None) => read_admin_addr(dir)
+            .filter(|admin| is_ready(*admin))
+            .map(|admin| Ok(Started::Ready(admin))),
+    });
+    started.map_err(|e| anyhow!("{e}; its log:\n{}", read_log(dir)))?
 }
 
 /// Starts Envoy and waits until it is ready and its listener is bound. An Envoy that exits
@@ -289,7 +280,7 @@ pub fn start(cfg: &EnvoyConfig) -> Result<Envoy> {
         listener: SocketAddr::from(([127, 0, 0, 1], 0)),
     };
     let mut found = None;
-    crate::wait::wait_until(READY_DEADLINE, "Envoy's listener to be bound", || {
+    wait_until(READY_DEADLINE, "Envoy's listener to be bound", || {
         found = listener_addr_of(admin).ok().flatten();
         found.is_some()
     })
@@ -438,12 +429,16 @@ impl Envoy {
             .stderr(Stdio::null())
             .status();
         if term.is_ok_and(|s| s.success()) {
-            let end = Instant::now() + STOP_DEADLINE;
-            while Instant::now() < end {
-                if self.child.try_wait()?.is_some() {
-                    return Ok(());
+            let exited = poll_until(STOP_DEADLINE, "Envoy to exit on SIGTERM", || {
+                match self.child.try_wait() {
+                    Ok(None) => None,
+                    Ok(Some(_)) => Some(Ok(())),
+                    Err(e) => Some(Err(e)),
                 }
-                std::thread::sleep(Duration::from_millis(20));
+            });
+            // Not gone in time: SIGKILL below.
+            if let Ok(reaped) = exited {
+                return Ok(reaped?);
             }
         }
         self.child.kill().context("SIGKILL to Envoy")?;

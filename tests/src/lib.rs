@@ -21,4 +21,4 @@ pub use envoy::{envoy_present, start_expect_refused, Envoy, EnvoyConfig};
 pub use load::{abort_mid_flight, burst, burst_with, open_loop, open_loop_with_timeout};
 pub use summary::{percentile, Summary};
 pub use upstream::{Collapse, Upstream, UpstreamOptions, UpstreamStats};
-pub use wait::{wait_until, wait_until_async};
+pub use wait::{poll_until, poll_until_async, wait_until, wait_until_async};

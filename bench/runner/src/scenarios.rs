@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
-use wipgate_e2e::{Envoy, RequestSpec, Upstream};
+use wipgate_e2e::{wait_until_async, Envoy, RequestSpec, Upstream};
 
 use crate::gen::{self, Kind, OpenLoopRun};
 use crate::setup::{self, Setup, Wasm};
@@ -344,12 +344,11 @@ async fn warm_up(envoy: &Envoy, upstream: &Upstream) {
         |_| (RequestSpec::get("/"), 0),
     )
     .await;
-    for _ in 0..200 {
-        if upstream.inflight() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Still busy after 10 s: measured all the same, the figures will show it.
+    let _ = wait_until_async(Duration::from_secs(10), "the upstream to drain", || {
+        upstream.inflight() == 0
+    })
+    .await;
     upstream.reset_stats();
 }
 

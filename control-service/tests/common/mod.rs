@@ -5,13 +5,14 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use tokio::net::TcpStream;
 use wipgate_control::{app, open_store, AdminToken, AppState, Settings};
+use wipgate_e2e::wait::poll_until_async;
 
 pub mod postgres;
 
@@ -34,20 +35,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `check` until it returns `Some` or `timeout` passes.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+/// Polls `check` until it returns `Some` (then its value), panicking once `timeout` passes:
+/// the harness's one deadline loop, [`wipgate_e2e::wait::poll_until_async`].
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until_async(timeout, what, check)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A redis-server of this test's own, killed on drop.
