@@ -29,33 +29,36 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lines of Envoy's log printed when a test panics.
 const LOG_TAIL_LINES: usize = 200;
 
-/// The Envoy binary from `WIPGATE_ENVOY`: `Ok(None)` when the variable is unset (tests
-/// skip), an error when it is set but names no file (tests fail).
-pub fn envoy_binary() -> Result<Option<PathBuf>> {
+/// The Envoy binary from `WIPGATE_ENVOY`; an error naming `make envoy` when the variable is
+/// unset, empty, or names no file.
+pub fn envoy_binary() -> Result<PathBuf> {
     let Some(path) = std::env::var_os(ENVOY_ENV).filter(|p| !p.is_empty()) else {
-        return Ok(None);
+        bail!(
+            "{ENVOY_ENV} is not set: run `make envoy`, then the Envoy tests with `make test-e2e` \
+             (it sets {ENVOY_ENV} and runs them with --include-ignored)"
+        );
     };
     let path = PathBuf::from(path);
     if !path.is_file() {
         bail!(
-            "{ENVOY_ENV}={} is not a file: run `make envoy` (or unset {ENVOY_ENV} to skip)",
+            "{ENVOY_ENV}={} is not a file: run `make envoy`",
             path.display()
         );
     }
-    Ok(Some(path))
+    Ok(path)
 }
 
-/// For the first line of an end-to-end test: `Ok(false)` (and a SKIP line on stderr naming
-/// `test`) when `WIPGATE_ENVOY` is unset, `Ok(true)` when Envoy is there, an error when the
-/// variable names a missing file.
-pub fn envoy_present(test: &str) -> Result<bool> {
-    if envoy_binary()?.is_some() {
-        return Ok(true);
+/// The first line of every test that runs Envoy. Such tests are `#[ignore = "needs Envoy"]`
+/// (a plain `cargo test` lists them as ignored) and `make test-e2e` runs them with
+/// `--include-ignored`; once running, a missing Envoy fails the test with the message of
+/// [`envoy_binary`], never lets it pass by returning early.
+#[track_caller]
+#[allow(clippy::panic)] // A test's precondition: failing it is the point.
+pub fn require_envoy() -> PathBuf {
+    match envoy_binary() {
+        Ok(path) => path,
+        Err(e) => panic!("{e:#}"),
     }
-    eprintln!(
-        "SKIP {test}: {ENVOY_ENV} is not set (run the end-to-end tests with `make test-e2e`)"
-    );
-    Ok(false)
 }
 
 /// The filter's `.wasm`: `WIPGATE_WASM`, else the workspace's release build.
@@ -160,8 +163,7 @@ impl Files {
 
 /// Spawns Envoy on a fresh bootstrap in a fresh tempdir.
 fn spawn(cfg: &EnvoyConfig) -> Result<(Child, TempDir)> {
-    let binary = envoy_binary()?
-        .ok_or_else(|| anyhow!("{ENVOY_ENV} is not set: run `make envoy` and set it"))?;
+    let binary = envoy_binary()?;
     let dir = tempfile::Builder::new()
         .prefix("wipgate-envoy-")
         .tempdir()

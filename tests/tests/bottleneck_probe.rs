@@ -11,7 +11,7 @@ use tokio_postgres::NoTls;
 use wipgate_e2e::postgres::Postgres;
 use wipgate_e2e::processes::{static_cluster, ControlService};
 use wipgate_e2e::{
-    burst, envoy_present, poll_until_async, wait_until, wait_until_async, Envoy, EnvoyConfig,
+    burst, poll_until_async, require_envoy, wait_until, wait_until_async, Envoy, EnvoyConfig,
     RequestSpec, Summary, Upstream,
 };
 
@@ -44,11 +44,9 @@ async fn until_batch(envoy: &Envoy, want: &str) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn lock_waits_saturate_the_database_and_only_the_reserved_class_goes() {
-    if !envoy_present("lock_waits_saturate_the_database_and_only_the_reserved_class_goes").unwrap()
-    {
-        return;
-    }
+    require_envoy();
     let pg = Postgres::start(50).unwrap();
     let (admin, conn) = tokio_postgres::connect(&pg.dsn(), NoTls).await.unwrap();
     tokio::spawn(conn);

@@ -15,16 +15,12 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use wipgate_e2e::processes::{static_cluster, ControlService, Redis};
 use wipgate_e2e::{
-    burst, envoy_present, open_loop, wait_until, wait_until_async, Envoy, EnvoyConfig, Outcome,
+    burst, open_loop, require_envoy, wait_until, wait_until_async, Envoy, EnvoyConfig, Outcome,
     RequestSpec, Summary, Upstream,
 };
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const CLUSTER: &str = "wipgate_control";
-
-fn envoy_or_skip(test: &str) -> bool {
-    envoy_present(test).expect("WIPGATE_ENVOY names a missing file")
-}
 
 /// A plugin configuration syncing every `interval_ms` with the control cluster.
 fn with_control(max_inflight: u32, interval_ms: u64, stale_after_ms: u64) -> String {
@@ -59,10 +55,9 @@ fn wait_syncs(envoy: &Envoy, n: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn a_tenant_limit_put_through_the_api_is_enforced_within_two_sync_intervals() {
-    if !envoy_or_skip("a_tenant_limit_put_through_the_api_is_enforced_within_two_sync_intervals") {
-        return;
-    }
+    require_envoy();
     const INTERVAL: Duration = Duration::from_millis(500);
     let upstream = Upstream::start_default().unwrap();
     let control = ControlService::start(None, &[]).unwrap();
@@ -116,10 +111,9 @@ async fn a_tenant_limit_put_through_the_api_is_enforced_within_two_sync_interval
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn envoys_share_one_global_limit_and_rebalance_when_a_third_joins() {
-    if !envoy_or_skip("envoys_share_one_global_limit_and_rebalance_when_a_third_joins") {
-        return;
-    }
+    require_envoy();
     let redis = Redis::start().unwrap();
     let prefix = format!(
         "--redis-prefix=wipgate-e2e-{}-{}:",
@@ -198,11 +192,9 @@ async fn envoys_share_one_global_limit_and_rebalance_when_a_third_joins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn the_control_service_dying_under_load_fails_no_request_and_keeps_the_limits() {
-    if !envoy_or_skip("the_control_service_dying_under_load_fails_no_request_and_keeps_the_limits")
-    {
-        return;
-    }
+    require_envoy();
     let upstream = Upstream::start_default().unwrap();
     let mut control = ControlService::start(None, &[]).unwrap();
     let (status, _) = control
@@ -313,10 +305,9 @@ async fn misbehaving_control(mode: Arc<AtomicU8>) -> SocketAddr {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn a_misbehaving_control_service_never_breaks_enforcement() {
-    if !envoy_or_skip("a_misbehaving_control_service_never_breaks_enforcement") {
-        return;
-    }
+    require_envoy();
     let mode = Arc::new(AtomicU8::new(ANSWER_500));
     let control = misbehaving_control(Arc::clone(&mode)).await;
     let upstream = Upstream::start_default().unwrap();

@@ -98,9 +98,7 @@ fn main() -> Result<()> {
     if args.render_only {
         return render_only(&args.out);
     }
-    if wipgate_e2e::envoy::envoy_binary()?.is_none() {
-        bail!("WIPGATE_ENVOY is not set: run `make bench`");
-    }
+    wipgate_e2e::envoy::envoy_binary().context("run the benchmarks with `make bench`")?;
     let wasm = setup::Wasm::locate()?;
     let timing = Timing::new(args.quick);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -22,7 +22,6 @@ pub fn machine() -> Value {
         .unwrap_or_default();
     let envoy = wipgate_e2e::envoy::envoy_binary()
         .ok()
-        .flatten()
         .and_then(|b| Command::new(b).arg("--version").output().ok())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .and_then(|t| t.split("version:").nth(1).map(|s| s.trim().to_owned()))
