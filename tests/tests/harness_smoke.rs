@@ -210,3 +210,30 @@ async fn an_open_loop_keeps_its_rate_and_counts_queueing_from_the_due_time() {
     assert!(summary.p50 >= Duration::from_millis(200), "{summary}");
     assert!(out.iter().all(|o| o.tenant.is_some()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_wait_in_flight_until_the_gate_opens() {
+    // No Envoy: the upstream alone.
+    let upstream = Upstream::start_default().unwrap();
+    let held = tokio::spawn(burst(
+        upstream.addr(),
+        3,
+        RequestSpec::get("/h").tenant("held").hold(),
+    ));
+    let free = burst(upstream.addr(), 2, RequestSpec::get("/f")).await;
+    assert_eq!(
+        Summary::of(&free).status(200),
+        2,
+        "x-hold only holds its own"
+    );
+    wait_until_async(Duration::from_secs(5), "3 held in flight", || {
+        upstream.inflight_of("held") == 3
+    })
+    .await
+    .unwrap();
+    assert!(!held.is_finished(), "a held request was answered");
+    upstream.gate().open();
+    let held = held.await.unwrap();
+    assert_eq!(Summary::of(&held).status(200), 3);
+    assert_eq!(upstream.inflight(), 0);
+}
