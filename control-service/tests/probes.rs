@@ -85,6 +85,7 @@ const HANG: u8 = 3;
 /// A tiny HTTP server whose `/health` answers as `mode` says.
 async fn upstream(mode: Arc<AtomicU8>) -> String {
     async fn health(State(mode): State<Arc<AtomicU8>>) -> StatusCode {
+        // Slow and hanging answers are what the probe under test must see.
         match mode.load(Ordering::SeqCst) {
             SLOW => tokio::time::sleep(Duration::from_millis(250)).await,
             HANG => tokio::time::sleep(Duration::from_secs(3)).await,

@@ -20,6 +20,7 @@ fn trace_limit(envoy: &Envoy, stop: &AtomicBool, every: Duration) -> Vec<(u128, 
         if let Some(limit) = envoy.wasm_stat("wipgate.adaptive.limit") {
             trace.push((start.elapsed().as_millis(), limit));
         }
+        // A sampler, not a wait: the trace is the limit at a steady beat.
         std::thread::sleep(every);
     }
     trace

@@ -164,6 +164,7 @@ async fn change_midway(
             .unwrap_or(0);
         (admitted, rejected)
     };
+    // Halfway through the load: the first half under the old limit is part of the show.
     tokio::time::sleep(RUN / 2).await;
     let (admitted, rejected) = noisy(envoy);
     let before = (admitted, rejected, upstream.tenant(NOISY).max_inflight);
