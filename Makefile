@@ -62,7 +62,9 @@ filter: wasm-target
 ## ---- tests ----------------------------------------------------------------------------
 test: prereqs filter lint test-unit test-control test-e2e validate-configs
 
+# Each tier prints `tier: NAME` first: .ci/run counts the e2e tier's results on their own.
 test-unit:
+	@echo "tier: unit"
 	cargo test -p wipgate-admission
 
 # The Redis tests start their own redis-server on free ports (REDIS_URL points the
@@ -72,14 +74,18 @@ test-unit:
 test-control:
 	$(call need,redis-server,redis-server)
 	$(call need_postgres)
+	@echo "tier: control"
 	cargo test -p wipgate-control
 
-# One Envoy (--concurrency 2) per test; serial keeps the 2-core machine's timings sane.
+# One Envoy (--concurrency 2) per test; serial keeps the 2-core machine's timings sane. The
+# tests that need Envoy are #[ignore = "needs Envoy"] (a plain `cargo test` lists them as
+# ignored): --include-ignored runs them here, with WIPGATE_ENVOY set above.
 test-e2e: prereqs filter
 	$(call need,redis-server,redis-server)
 	$(call need_postgres)
 	cargo build -p wipgate-control
-	cargo test -p wipgate-e2e -- --test-threads=1
+	@echo "tier: e2e"
+	cargo test -p wipgate-e2e -- --test-threads=1 --include-ignored
 
 lint:
 	cargo fmt --all -- --check

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use axum::http::StatusCode;
 use common::postgres::TestDb;
 use common::{free_port, Service};
 use serde_json::{json, Value};
+use wipgate_e2e::wait::poll_until_async;
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -30,23 +32,24 @@ async fn probe(svc: &Service, name: &str) -> Option<Value> {
 /// Polls until probe `name` is in `state`; returns its status entry. Every distinct
 /// (state, sample) seen on the way goes to `trace`.
 async fn wait_state(svc: &Service, name: &str, state: &str, trace: &mut Vec<String>) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(p) = probe(svc, name).await {
+    let seen = RefCell::new(std::mem::take(trace));
+    let seen_ref = &seen;
+    let found = poll_until_async(
+        WAIT,
+        &format!("probe {name} to reach {state}"),
+        || async move {
+            let p = probe(svc, name).await?;
             let line = format!("{} {}", p["state"], p["last_sample"]);
-            if trace.last() != Some(&line) {
-                trace.push(line);
+            let mut seen = seen_ref.borrow_mut();
+            if seen.last() != Some(&line) {
+                seen.push(line);
             }
-            if p["state"] == state {
-                return p;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "probe {name} never reached {state}: {trace:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
+            (p["state"] == state).then_some(p)
+        },
+    )
+    .await;
+    *trace = seen.into_inner();
+    found.unwrap_or_else(|e| panic!("{e:#}: {trace:#?}"))
 }
 
 async fn put_policy(svc: &Service, probes: &Value) -> Value {
@@ -82,6 +85,7 @@ const HANG: u8 = 3;
 /// A tiny HTTP server whose `/health` answers as `mode` says.
 async fn upstream(mode: Arc<AtomicU8>) -> String {
     async fn health(State(mode): State<Arc<AtomicU8>>) -> StatusCode {
+        // Slow and hanging answers are what the probe under test must see.
         match mode.load(Ordering::SeqCst) {
             SLOW => tokio::time::sleep(Duration::from_millis(250)).await,
             HANG => tokio::time::sleep(Duration::from_secs(3)).await,
@@ -332,6 +336,7 @@ async fn an_unreachable_database_is_degraded_never_ok() {
             assert_eq!(reply, json!({"state": "degraded", "limit_percent": 50}));
         }
         seen.push(p);
+        // Sampling over a fixed window is the test: the probe must never read ok in it.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let last = seen.last().unwrap();

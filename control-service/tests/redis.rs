@@ -16,7 +16,7 @@ const POLICY: &str = r#"{"global_max_inflight": 500,
 
 #[tokio::test]
 async fn a_change_through_one_replica_is_served_by_the_other() {
-    let (url, _server) = test_redis().await;
+    let (url, _server) = test_redis();
     let prefix = unique_prefix();
     let (a, b) = (
         Service::redis(&url, &prefix, &[]).await,
@@ -93,7 +93,7 @@ async fn a_change_through_one_replica_is_served_by_the_other() {
 
 #[tokio::test]
 async fn fifty_instances_through_two_replicas_never_exceed_the_fleet_numbers() {
-    let (url, _server) = test_redis().await;
+    let (url, _server) = test_redis();
     let prefix = unique_prefix();
     let replicas = [
         Service::redis(&url, &prefix, &[]).await,
@@ -172,7 +172,7 @@ async fn fifty_instances_through_two_replicas_never_exceed_the_fleet_numbers() {
 /// is picked up by the other within its reconcile interval, and both send the health.
 #[tokio::test]
 async fn every_replica_probes_the_shared_policy() {
-    let (url, _server) = test_redis().await;
+    let (url, _server) = test_redis();
     let prefix = unique_prefix();
     let (a, b) = (
         Service::redis(&url, &prefix, &[]).await,

@@ -7,12 +7,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{unique_prefix, wait_for, RedisServer, Service};
+use common::{unique_prefix, wait_for, Redis, Service};
 use serde_json::json;
 
 #[tokio::test]
 async fn redis_outage_degrades_and_recovers() {
-    let mut redis = RedisServer::start().await;
+    let mut redis = Redis::start_persistent().unwrap();
     let svc = Service::redis(&redis.url(), &unique_prefix(), &[]).await;
     assert_eq!(svc.get("/readyz").await.status, 200);
     assert_eq!(
@@ -81,7 +81,7 @@ async fn redis_outage_degrades_and_recovers() {
     );
 
     // Redis back (same data directory): the service recovers without a restart.
-    redis.restart().await;
+    redis.restart().unwrap();
     wait_for("/readyz to recover", Duration::from_secs(15), || async {
         (svc.get("/readyz").await.status == 200).then_some(())
     })

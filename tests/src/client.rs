@@ -60,6 +60,12 @@ impl RequestSpec {
         self.header("x-delay-ms", ms.to_string())
     }
 
+    /// Asks the test upstream to hold the request until its gate opens (`x-hold: 1`).
+    #[must_use]
+    pub fn hold(self) -> Self {
+        self.header("x-hold", "1")
+    }
+
     /// Asks the test upstream to drop the connection instead of answering (`x-reset: 1`).
     #[must_use]
     pub fn reset(self) -> Self {

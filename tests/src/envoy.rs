@@ -6,13 +6,14 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::blocking_http;
+use crate::wait::{poll_until, wait_until};
 
 /// Environment variable naming the Envoy binary (the Makefile sets it).
 pub const ENVOY_ENV: &str = "WIPGATE_ENVOY";
@@ -28,33 +29,36 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lines of Envoy's log printed when a test panics.
 const LOG_TAIL_LINES: usize = 200;
 
-/// The Envoy binary from `WIPGATE_ENVOY`: `Ok(None)` when the variable is unset (tests
-/// skip), an error when it is set but names no file (tests fail).
-pub fn envoy_binary() -> Result<Option<PathBuf>> {
+/// The Envoy binary from `WIPGATE_ENVOY`; an error naming `make envoy` when the variable is
+/// unset, empty, or names no file.
+pub fn envoy_binary() -> Result<PathBuf> {
     let Some(path) = std::env::var_os(ENVOY_ENV).filter(|p| !p.is_empty()) else {
-        return Ok(None);
+        bail!(
+            "{ENVOY_ENV} is not set: run `make envoy`, then the Envoy tests with `make test-e2e` \
+             (it sets {ENVOY_ENV} and runs them with --include-ignored)"
+        );
     };
     let path = PathBuf::from(path);
     if !path.is_file() {
         bail!(
-            "{ENVOY_ENV}={} is not a file: run `make envoy` (or unset {ENVOY_ENV} to skip)",
+            "{ENVOY_ENV}={} is not a file: run `make envoy`",
             path.display()
         );
     }
-    Ok(Some(path))
+    Ok(path)
 }
 
-/// For the first line of an end-to-end test: `Ok(false)` (and a SKIP line on stderr naming
-/// `test`) when `WIPGATE_ENVOY` is unset, `Ok(true)` when Envoy is there, an error when the
-/// variable names a missing file.
-pub fn envoy_present(test: &str) -> Result<bool> {
-    if envoy_binary()?.is_some() {
-        return Ok(true);
+/// The first line of every test that runs Envoy. Such tests are `#[ignore = "needs Envoy"]`
+/// (a plain `cargo test` lists them as ignored) and `make test-e2e` runs them with
+/// `--include-ignored`; once running, a missing Envoy fails the test with the message of
+/// [`envoy_binary`], never lets it pass by returning early.
+#[track_caller]
+#[allow(clippy::panic)] // A test's precondition: failing it is the point.
+pub fn require_envoy() -> PathBuf {
+    match envoy_binary() {
+        Ok(path) => path,
+        Err(e) => panic!("{e:#}"),
     }
-    eprintln!(
-        "SKIP {test}: {ENVOY_ENV} is not set (run the end-to-end tests with `make test-e2e`)"
-    );
-    Ok(false)
 }
 
 /// The filter's `.wasm`: `WIPGATE_WASM`, else the workspace's release build.
@@ -159,8 +163,7 @@ impl Files {
 
 /// Spawns Envoy on a fresh bootstrap in a fresh tempdir.
 fn spawn(cfg: &EnvoyConfig) -> Result<(Child, TempDir)> {
-    let binary = envoy_binary()?
-        .ok_or_else(|| anyhow!("{ENVOY_ENV} is not set: run `make envoy` and set it"))?;
+    let binary = envoy_binary()?;
     let dir = tempfile::Builder::new()
         .prefix("wipgate-envoy-")
         .tempdir()
@@ -236,24 +239,14 @@ enum Started {
 
 /// Polls until Envoy is ready or has exited, within `deadline`.
 fn wait_ready_or_exit(child: &mut Child, dir: &Path, deadline: Duration) -> Result<Started> {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Started::Exited(status));
-        }
-        if let Some(admin) = read_admin_addr(dir) {
-            if is_ready(admin) {
-                return Ok(Started::Ready(admin));
-            }
-        }
-        if Instant::now() >= end {
-            bail!(
-                "Envoy was not ready within {deadline:?}; its log:\n{}",
-                read_log(dir)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let started = poll_until(deadline, "Envoy to be ready", || match child.try_wait() {
+        Ok(Some(status)) => Some(Ok(Started::Exited(status))),
+        Err(e) => Some(Err(anyhow!(e).context("waiting on Envoy"))),
+        Ok(None) => read_admin_addr(dir)
+            .filter(|admin| is_ready(*admin))
+            .map(|admin| Ok(Started::Ready(admin))),
+    });
+    started.map_err(|e| anyhow!("{e}; its log:\n{}", read_log(dir)))?
 }
 
 /// Starts Envoy and waits until it is ready and its listener is bound. An Envoy that exits
@@ -289,7 +282,7 @@ pub fn start(cfg: &EnvoyConfig) -> Result<Envoy> {
         listener: SocketAddr::from(([127, 0, 0, 1], 0)),
     };
     let mut found = None;
-    crate::wait::wait_until(READY_DEADLINE, "Envoy's listener to be bound", || {
+    wait_until(READY_DEADLINE, "Envoy's listener to be bound", || {
         found = listener_addr_of(admin).ok().flatten();
         found.is_some()
     })
@@ -438,12 +431,16 @@ impl Envoy {
             .stderr(Stdio::null())
             .status();
         if term.is_ok_and(|s| s.success()) {
-            let end = Instant::now() + STOP_DEADLINE;
-            while Instant::now() < end {
-                if self.child.try_wait()?.is_some() {
-                    return Ok(());
+            let exited = poll_until(STOP_DEADLINE, "Envoy to exit on SIGTERM", || {
+                match self.child.try_wait() {
+                    Ok(None) => None,
+                    Ok(Some(_)) => Some(Ok(())),
+                    Err(e) => Some(Err(e)),
                 }
-                std::thread::sleep(Duration::from_millis(20));
+            });
+            // Not gone in time: SIGKILL below.
+            if let Ok(reaped) = exited {
+                return Ok(reaped?);
             }
         }
         self.child.kill().context("SIGKILL to Envoy")?;

@@ -1,5 +1,6 @@
 //! Child processes of a test: the control service (`wipgate-control`, the real binary) and a
-//! redis-server of the test's own, each on a free loopback port, stopped on drop.
+//! redis-server of the test's own (with or without persistence), each on a free loopback
+//! port, stopped on drop.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -29,46 +30,71 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// A redis-server without persistence, on a free port.
+/// Environment variable naming the redis-server binary (default: `redis-server` on PATH).
+pub const REDIS_SERVER_ENV: &str = "WIPGATE_REDIS_SERVER";
+/// How long a redis-server may take to answer `PING` after it is spawned.
+const REDIS_READY: Duration = Duration::from_secs(10);
+
+/// A redis-server of the test's own on a free loopback port, with its data directory in a
+/// tempdir; killed on drop. The one starter for the e2e tests, the benchmarks and the
+/// control service's tests.
 #[derive(Debug)]
 pub struct Redis {
-    child: Child,
+    child: Option<Child>,
     port: u16,
-    _dir: TempDir,
+    append_only: bool,
+    dir: TempDir,
 }
 
 impl Redis {
-    /// Starts it and waits until it accepts connections.
+    /// Starts one without persistence and waits until it answers `PING`.
     pub fn start() -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let port = free_port()?;
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        Self::launch(false)
+    }
+
+    /// Starts one with append-only persistence: every write is in its data directory, so
+    /// [`Redis::restart`] after [`Redis::kill`] finds the data again (a crash and recovery).
+    pub fn start_persistent() -> Result<Self> {
+        Self::launch(true)
+    }
+
+    fn launch(append_only: bool) -> Result<Self> {
+        let mut redis = Self {
+            child: None,
+            port: free_port()?,
+            append_only,
+            dir: tempfile::tempdir()?,
+        };
+        redis.spawn()?;
+        Ok(redis)
+    }
+
+    /// The binary: `WIPGATE_REDIS_SERVER`, else `redis-server`.
+    #[must_use]
+    pub fn binary() -> String {
+        std::env::var(REDIS_SERVER_ENV)
+            .ok()
+            .filter(|b| !b.is_empty())
+            .unwrap_or_else(|| "redis-server".to_owned())
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let binary = Self::binary();
+        let child = Command::new(&binary)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly"])
+            .arg(if self.append_only { "yes" } else { "no" })
             .arg("--dir")
-            .arg(dir.path())
+            .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("spawning redis-server (apt-get install -y redis-server)")?;
-        let redis = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        wait_until(TIMEOUT, "redis-server to listen", || {
-            std::net::TcpStream::connect(addr).is_ok()
-        })?;
-        Ok(redis)
+            .with_context(|| {
+                format!("spawning {binary} (apt-get install -y redis-server, or set {REDIS_SERVER_ENV})")
+            })?;
+        self.child = Some(child);
+        let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        wait_until(REDIS_READY, "redis-server to answer PING", || ping(addr))
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -76,12 +102,46 @@ impl Redis {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// The port it listens on.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
+
+    /// Starts it again on the same port and data directory, and waits until it answers.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        kill(&mut self.child);
+        self.kill();
     }
+}
+
+/// Whether a Redis at `addr` answers `PING` with `+PONG` (not only accepts the connection:
+/// one still loading its append-only file answers `-LOADING`).
+fn ping(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, TIMEOUT) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(TIMEOUT));
+    let mut buf = [0u8; 16];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream
+            .read(&mut buf)
+            .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
 }
 
 /// The real control service on a fixed free port, so it can be killed and started again

@@ -3,8 +3,8 @@
 //!
 //! Request headers: `x-delay-ms: N` answers after N ms (at most 10 minutes); `x-reset: 1`
 //! then drops the connection without a response (Envoy sees an upstream reset);
-//! `x-status: N` answers with status N instead of 200; `x-tenant-id` keys the per-tenant
-//! gauges. `GET /__stats` answers the gauges as JSON and is not counted.
+//! `x-status: N` answers with status N instead of 200; `x-hold: 1` waits at the upstream
+//! until the test opens its [`Gate`]; `x-tenant-id` keys the per-tenant gauges. `GET /__stats` answers the gauges as JSON and is not counted.
 //! With `capacity: Some(C)`, at most C requests are served at once and the rest wait (a
 //! constrained resource); each served request takes `service_time` plus its delay.
 //! With `collapse: Some(..)` the service time grows with the requests in flight beyond a
@@ -28,7 +28,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 
 pub use crate::upstream_stats::{InflightGuard, TenantGauges, UpstreamStats};
 
@@ -46,6 +46,40 @@ pub struct UpstreamOptions {
     pub service_time: Duration,
     /// Congestion collapse beyond a knee; `None` (the default): the service time is fixed.
     pub collapse: Option<Collapse>,
+    /// Where `x-hold: 1` requests wait (a fresh, closed one by default).
+    pub gate: Gate,
+}
+
+/// Where requests with `x-hold: 1` wait, in flight, until it opens (at most 10 minutes): a
+/// test holds every admitted request at the upstream until a whole burst has been decided,
+/// so how many are admitted does not depend on timing. Clones share one gate; it starts
+/// closed.
+#[derive(Debug, Clone)]
+pub struct Gate(Arc<watch::Sender<bool>>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(false).0))
+    }
+}
+
+impl Gate {
+    /// Lets every held request through, and every later one.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Holds later `x-hold` requests again.
+    pub fn close(&self) {
+        self.0.send_replace(false);
+    }
+
+    /// Resolves once the gate is open.
+    async fn passed(&self) {
+        let mut open = self.0.subscribe();
+        // The sender lives in `self`, so this only ends once the gate is open.
+        let _ = open.wait_for(|open| *open).await;
+    }
 }
 
 /// A resource that slows down as it is pushed past its sweet spot: a request that arrives
@@ -84,6 +118,7 @@ struct Shared {
     capacity: Option<Semaphore>,
     service_time: Duration,
     collapse: Option<Collapse>,
+    gate: Gate,
 }
 
 /// The error that makes hyper drop the connection without writing a response.
@@ -160,6 +195,7 @@ async fn handle(
             Duration::from_millis(ms).min(MAX_DELAY)
         });
     let reset = header(&req, "x-reset").is_some_and(|v| v.trim() == "1");
+    let hold = header(&req, "x-hold").is_some_and(|v| v.trim() == "1");
     let status = header(&req, "x-status")
         .and_then(|v| v.trim().parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
@@ -172,6 +208,9 @@ async fn handle(
         Some(c) => c.service_time(shared.service_time, shared.stats.inflight()),
         None => shared.service_time,
     };
+    if hold {
+        let _ = tokio::time::timeout(MAX_DELAY, shared.gate.passed()).await;
+    }
     tokio::time::sleep(service + delay).await;
     drop(permit);
     if reset {
@@ -200,6 +239,7 @@ pub async fn serve(
         capacity: opts.capacity.map(Semaphore::new),
         service_time: opts.service_time,
         collapse: opts.collapse,
+        gate: opts.gate.clone(),
     });
     tokio::pin!(shutdown);
     loop {
@@ -230,6 +270,7 @@ pub async fn serve(
 pub struct Upstream {
     addr: SocketAddr,
     stats: Arc<UpstreamStats>,
+    gate: Gate,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -238,6 +279,7 @@ impl Upstream {
     /// Binds 127.0.0.1:`opts.port` and serves until dropped.
     pub fn start(opts: UpstreamOptions) -> Result<Self> {
         let stats = Arc::new(UpstreamStats::default());
+        let gate = opts.gate.clone();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Result<SocketAddr>>();
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let thread_stats = Arc::clone(&stats);
@@ -284,6 +326,7 @@ impl Upstream {
         Ok(Self {
             addr,
             stats,
+            gate,
             shutdown: Some(shutdown_tx),
             thread: Some(thread),
         })
@@ -304,6 +347,12 @@ impl Upstream {
     #[must_use]
     pub fn stats(&self) -> &Arc<UpstreamStats> {
         &self.stats
+    }
+
+    /// The gate `x-hold: 1` requests wait at.
+    #[must_use]
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     /// Requests in flight now.

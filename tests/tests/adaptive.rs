@@ -10,11 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use wipgate_e2e::pg_upstream::PgUpstream;
 use wipgate_e2e::postgres::Postgres;
-use wipgate_e2e::{envoy_present, open_loop, Envoy, EnvoyConfig, Outcome, RequestSpec, Summary};
-
-fn envoy_or_skip(test: &str) -> bool {
-    envoy_present(test).expect("WIPGATE_ENVOY names a missing file")
-}
+use wipgate_e2e::{open_loop, require_envoy, Envoy, EnvoyConfig, Outcome, RequestSpec, Summary};
 
 /// Samples the adaptive limit every `every` until stopped: (ms since start, limit).
 fn trace_limit(envoy: &Envoy, stop: &AtomicBool, every: Duration) -> Vec<(u128, u64)> {
@@ -24,6 +20,7 @@ fn trace_limit(envoy: &Envoy, stop: &AtomicBool, every: Duration) -> Vec<(u128, 
         if let Some(limit) = envoy.wasm_stat("wipgate.adaptive.limit") {
             trace.push((start.elapsed().as_millis(), limit));
         }
+        // A sampler, not a wait: the trace is the limit at a steady beat.
         std::thread::sleep(every);
     }
     trace
@@ -35,20 +32,18 @@ fn admitted(out: &[Outcome]) -> Summary {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn aimd_limit_falls_when_the_database_slows_down() {
-    if !envoy_or_skip("aimd_limit_falls_when_the_database_slows_down") {
-        return;
-    }
+    require_envoy();
     let aimd = json!({"algorithm": "aimd", "window_ms": 250, "latency_target_ms": 60,
                       "stable_windows": 1, "increase": 1});
     slowdown(aimd, "aimd").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn gradient_limit_falls_when_the_database_slows_down() {
-    if !envoy_or_skip("gradient_limit_falls_when_the_database_slows_down") {
-        return;
-    }
+    require_envoy();
     let gradient = json!({"algorithm": "gradient", "window_ms": 250, "tolerance": 1.5,
                           "smoothing": 0.5, "stable_windows": 1});
     slowdown(gradient, "gradient").await;

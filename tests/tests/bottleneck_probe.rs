@@ -6,12 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio_postgres::NoTls;
 use wipgate_e2e::postgres::Postgres;
 use wipgate_e2e::processes::{static_cluster, ControlService};
 use wipgate_e2e::{
-    burst, envoy_present, wait_until, Envoy, EnvoyConfig, RequestSpec, Summary, Upstream,
+    burst, poll_until_async, require_envoy, wait_until, wait_until_async, Envoy, EnvoyConfig,
+    RequestSpec, Summary, Upstream,
 };
 
 const SYNC_MS: u64 = 300;
@@ -32,21 +33,20 @@ async fn batch_answer(envoy: &Envoy) -> String {
 /// Polls until a batch request gets `want`; returns how long it took.
 async fn until_batch(envoy: &Envoy, want: &str) -> Duration {
     let start = Instant::now();
-    loop {
-        if batch_answer(envoy).await == want {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < DEADLINE, "batch never got {want}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    poll_until_async(
+        DEADLINE,
+        &format!("a batch request to get {want}"),
+        || async { (batch_answer(envoy).await == want).then_some(()) },
+    )
+    .await
+    .unwrap();
+    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn lock_waits_saturate_the_database_and_only_the_reserved_class_goes() {
-    if !envoy_present("lock_waits_saturate_the_database_and_only_the_reserved_class_goes").unwrap()
-    {
-        return;
-    }
+    require_envoy();
     let pg = Postgres::start(50).unwrap();
     let (admin, conn) = tokio_postgres::connect(&pg.dsn(), NoTls).await.unwrap();
     tokio::spawn(conn);
@@ -108,17 +108,14 @@ async fn lock_waits_saturate_the_database_and_only_the_reserved_class_goes() {
     let locked = Instant::now();
     let saturated_at = {
         let start = Instant::now();
-        loop {
-            let status = control.get_json("/v1/status").unwrap();
-            if status["health"]["state"] == "saturated" {
-                break start.elapsed();
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "the probe never reported saturation: {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut status = Value::Null;
+        wait_until_async(DEADLINE, "the probe to report saturation", || {
+            status = control.get_json("/v1/status").unwrap();
+            status["health"]["state"] == "saturated"
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}; the last status: {status}"));
+        start.elapsed()
     };
     let rejected_after = until_batch(&envoy, "bottleneck_saturated").await;
     eprintln!(

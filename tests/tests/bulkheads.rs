@@ -8,15 +8,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use wipgate_e2e::keepalive::keepalive;
 use wipgate_e2e::{
-    burst, envoy_present, wait_until, wait_until_async, Envoy, EnvoyConfig, Outcome, RequestSpec,
+    burst, require_envoy, wait_until, wait_until_async, Envoy, EnvoyConfig, Outcome, RequestSpec,
     Summary, Upstream,
 };
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn envoy_or_skip(test: &str) -> bool {
-    envoy_present(test).expect("WIPGATE_ENVOY names a missing file")
-}
 
 fn start(upstream: &Upstream, config: &Value) -> Envoy {
     let cfg = EnvoyConfig::new(upstream.addr()).with_filter(config.to_string());
@@ -39,10 +35,9 @@ fn assert_rejection(out: &Outcome, status: u16, reason: &str, tenant: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn a_noisy_tenant_cannot_starve_tenants_inside_their_reservations() {
-    if !envoy_or_skip("a_noisy_tenant_cannot_starve_tenants_inside_their_reservations") {
-        return;
-    }
+    require_envoy();
     let upstream = Upstream::start_default().unwrap();
     let config = json!({
         "max_inflight": 20,
@@ -134,10 +129,9 @@ async fn a_noisy_tenant_cannot_starve_tenants_inside_their_reservations() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn a_batch_flood_cannot_take_the_interactive_reservation() {
-    if !envoy_or_skip("a_batch_flood_cannot_take_the_interactive_reservation") {
-        return;
-    }
+    require_envoy();
     let upstream = Upstream::start_default().unwrap();
     let config = json!({
         "max_inflight": 10,
@@ -222,10 +216,9 @@ fn allocated(envoy: &Envoy) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn a_hundred_thousand_tenant_ids_leave_memory_and_stats_bounded() {
-    if !envoy_or_skip("a_hundred_thousand_tenant_ids_leave_memory_and_stats_bounded") {
-        return;
-    }
+    require_envoy();
     let upstream = Upstream::start_default().unwrap();
     let config = json!({
         "max_inflight": 50,

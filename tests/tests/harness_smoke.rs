@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use wipgate_e2e::{
-    abort_mid_flight, burst, envoy_present, open_loop, start_expect_refused, wait_until,
+    abort_mid_flight, burst, open_loop, require_envoy, start_expect_refused, wait_until,
     wait_until_async, Envoy, EnvoyConfig, RequestSpec, Summary, Upstream, UpstreamOptions,
 };
 
@@ -14,15 +14,10 @@ fn bare(upstream: &Upstream) -> Envoy {
     Envoy::start(&EnvoyConfig::new(upstream.addr())).expect("start a bare Envoy")
 }
 
-fn envoy_or_skip(test: &str) -> bool {
-    envoy_present(test).expect("WIPGATE_ENVOY names a missing file")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn proxies_one_request_and_counts_it() {
-    if !envoy_or_skip("proxies_one_request_and_counts_it") {
-        return;
-    }
+    require_envoy();
     let upstream = Upstream::start_default().unwrap();
     let envoy = bare(&upstream);
     let out = burst(envoy.listener_addr(), 1, RequestSpec::get("/hello")).await;
@@ -44,10 +39,9 @@ async fn proxies_one_request_and_counts_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn a_burst_of_slow_requests_is_all_in_flight_at_the_upstream() {
-    if !envoy_or_skip("a_burst_of_slow_requests_is_all_in_flight_at_the_upstream") {
-        return;
-    }
+    require_envoy();
     let upstream = Upstream::start_default().unwrap();
     let envoy = bare(&upstream);
     let spec = RequestSpec::get("/slow").delay_ms(200).tenant("acme");
@@ -68,10 +62,9 @@ async fn a_burst_of_slow_requests_is_all_in_flight_at_the_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn an_upstream_reset_is_a_503_from_envoy() {
-    if !envoy_or_skip("an_upstream_reset_is_a_503_from_envoy") {
-        return;
-    }
+    require_envoy();
     let upstream = Upstream::start_default().unwrap();
     let envoy = bare(&upstream);
     let out = burst(
@@ -91,10 +84,9 @@ async fn an_upstream_reset_is_a_503_from_envoy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn the_route_timeout_is_a_504_and_the_upstream_sees_the_request_end() {
-    if !envoy_or_skip("the_route_timeout_is_a_504_and_the_upstream_sees_the_request_end") {
-        return;
-    }
+    require_envoy();
     let upstream = Upstream::start_default().unwrap();
     let mut cfg = EnvoyConfig::new(upstream.addr());
     cfg.route_timeout = Duration::from_millis(300);
@@ -123,10 +115,9 @@ async fn the_route_timeout_is_a_504_and_the_upstream_sees_the_request_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn a_client_abort_ends_the_upstream_request() {
-    if !envoy_or_skip("a_client_abort_ends_the_upstream_request") {
-        return;
-    }
+    require_envoy();
     let upstream = Upstream::start_default().unwrap();
     let envoy = bare(&upstream);
     let spec = RequestSpec::get("/").delay_ms(10_000);
@@ -144,10 +135,9 @@ async fn a_client_abort_ends_the_upstream_request() {
 }
 
 #[test]
+#[ignore = "needs Envoy"]
 fn two_envoys_run_at_once_and_stop_ends_the_process() {
-    if !envoy_or_skip("two_envoys_run_at_once_and_stop_ends_the_process") {
-        return;
-    }
+    require_envoy();
     let upstream = Upstream::start_default().unwrap();
     let mut a = bare(&upstream);
     let mut b = bare(&upstream);
@@ -167,10 +157,9 @@ fn two_envoys_run_at_once_and_stop_ends_the_process() {
 }
 
 #[test]
+#[ignore = "needs Envoy"]
 fn a_missing_wasm_is_refused_with_a_log_naming_it() {
-    if !envoy_or_skip("a_missing_wasm_is_refused_with_a_log_naming_it") {
-        return;
-    }
+    require_envoy();
     let upstream = Upstream::start_default().unwrap();
     let mut cfg = EnvoyConfig::new(upstream.addr()).with_filter(r#"{"max_inflight": 10}"#);
     cfg.wasm_path = "/nonexistent/wipgate_filter.wasm".into();
@@ -184,10 +173,9 @@ fn a_missing_wasm_is_refused_with_a_log_naming_it() {
 }
 
 #[test]
+#[ignore = "needs Envoy"]
 fn start_expect_refused_fails_for_a_config_envoy_accepts() {
-    if !envoy_or_skip("start_expect_refused_fails_for_a_config_envoy_accepts") {
-        return;
-    }
+    require_envoy();
     let upstream = Upstream::start_default().unwrap();
     let err = start_expect_refused(&EnvoyConfig::new(upstream.addr()), Duration::from_secs(30))
         .unwrap_err()
@@ -221,4 +209,31 @@ async fn an_open_loop_keeps_its_rate_and_counts_queueing_from_the_due_time() {
     assert!(summary.max >= Duration::from_millis(450), "{summary}");
     assert!(summary.p50 >= Duration::from_millis(200), "{summary}");
     assert!(out.iter().all(|o| o.tenant.is_some()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_wait_in_flight_until_the_gate_opens() {
+    // No Envoy: the upstream alone.
+    let upstream = Upstream::start_default().unwrap();
+    let held = tokio::spawn(burst(
+        upstream.addr(),
+        3,
+        RequestSpec::get("/h").tenant("held").hold(),
+    ));
+    let free = burst(upstream.addr(), 2, RequestSpec::get("/f")).await;
+    assert_eq!(
+        Summary::of(&free).status(200),
+        2,
+        "x-hold only holds its own"
+    );
+    wait_until_async(Duration::from_secs(5), "3 held in flight", || {
+        upstream.inflight_of("held") == 3
+    })
+    .await
+    .unwrap();
+    assert!(!held.is_finished(), "a held request was answered");
+    upstream.gate().open();
+    let held = held.await.unwrap();
+    assert_eq!(Summary::of(&held).status(200), 3);
+    assert_eq!(upstream.inflight(), 0);
 }

@@ -7,15 +7,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use wipgate_e2e::{
-    abort_mid_flight, burst, burst_with, envoy_present, wait_until, Envoy, EnvoyConfig, Outcome,
+    abort_mid_flight, burst, burst_with, require_envoy, wait_until, Envoy, EnvoyConfig, Outcome,
     RequestSpec, Summary, Upstream,
 };
 
 const DEADLINE: Duration = Duration::from_secs(15);
-
-fn envoy_or_skip(test: &str) -> bool {
-    envoy_present(test).expect("WIPGATE_ENVOY names a missing file")
-}
 
 fn gate_config(max_inflight: u32) -> String {
     json!({"max_inflight": max_inflight, "retry_after_s": 2}).to_string()
@@ -64,10 +60,9 @@ async fn assert_all_slots_free(envoy: &Envoy, upstream: &Upstream, max_inflight:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn ten_times_the_limit_never_exceeds_it_at_the_upstream() {
-    if !envoy_or_skip("ten_times_the_limit_never_exceeds_it_at_the_upstream") {
-        return;
-    }
+    require_envoy();
     let upstream = Upstream::start_default().unwrap();
     let envoy = start(&upstream, 10);
     let spec = |i: usize| {
@@ -135,10 +130,9 @@ async fn ten_times_the_limit_never_exceeds_it_at_the_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn client_aborts_release_their_slots() {
-    if !envoy_or_skip("client_aborts_release_their_slots") {
-        return;
-    }
+    require_envoy();
     const LIMIT: usize = 20;
     let upstream = Upstream::start_default().unwrap();
     let envoy = start(&upstream, LIMIT as u32);
@@ -204,10 +198,9 @@ async fn client_aborts_release_their_slots() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn upstream_resets_timeouts_and_later_local_replies_release_their_slots() {
-    if !envoy_or_skip("upstream_resets_timeouts_and_later_local_replies_release_their_slots") {
-        return;
-    }
+    require_envoy();
     const LIMIT: usize = 8;
     let upstream = Upstream::start_default().unwrap();
     let mut cfg = EnvoyConfig::new(upstream.addr()).with_filter(gate_config(LIMIT as u32));
@@ -251,10 +244,9 @@ async fn upstream_resets_timeouts_and_later_local_replies_release_their_slots() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
 async fn the_limit_is_envoy_wide_not_per_worker() {
-    if !envoy_or_skip("the_limit_is_envoy_wide_not_per_worker") {
-        return;
-    }
+    require_envoy();
     // With 4 workers a per-worker limit of 3 would let up to 12 through.
     let upstream = Upstream::start_default().unwrap();
     let mut cfg = EnvoyConfig::new(upstream.addr()).with_filter(gate_config(3));

@@ -1,7 +1,8 @@
 //! `make bench`: wipgate's overhead and overload behaviour side by side with bare Envoy, a
 //! pass-through wasm filter and Envoy's own protections, all in one run on this machine.
-//! Writes `results.json` (every figure and time series) and `report.md` into the output
-//! directory; `bench/plot.py` draws the PNGs from `results.json`.
+//! Writes `results.json` (every figure and time series, typed in `results.rs`) and
+//! `report.md` into the output directory; `bench/plot.py` draws the PNGs from
+//! `results.json`.
 //!
 //! Usage: `wipgate-bench [--out DIR] [--quick]` (`--quick`: a short smoke run). Needs
 //! `WIPGATE_ENVOY`, and the two `.wasm` files (see `setup::Wasm::locate`).
@@ -9,6 +10,7 @@
 
 mod gen;
 mod report;
+mod results;
 mod scenarios;
 mod setup;
 
@@ -18,6 +20,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
+use crate::results::Results;
 use crate::scenarios::Timing;
 
 /// wipgate's configuration in the overload scenario: the limit at the bottleneck's knee.
@@ -82,10 +85,7 @@ fn parse_args() -> Result<Args> {
 }
 
 fn render_only(dir: &std::path::Path) -> Result<()> {
-    let json_path = dir.join("results.json");
-    let text = std::fs::read_to_string(&json_path)
-        .with_context(|| format!("reading {}", json_path.display()))?;
-    let results: serde_json::Value = serde_json::from_str(&text)?;
+    let results = Results::load(&dir.join("results.json"))?;
     let md_path = dir.join("report.md");
     std::fs::write(&md_path, report::render(&results))
         .with_context(|| format!("writing {}", md_path.display()))?;
@@ -98,9 +98,7 @@ fn main() -> Result<()> {
     if args.render_only {
         return render_only(&args.out);
     }
-    if wipgate_e2e::envoy::envoy_binary()?.is_none() {
-        bail!("WIPGATE_ENVOY is not set: run `make bench`");
-    }
+    wipgate_e2e::envoy::envoy_binary().context("run the benchmarks with `make bench`")?;
     let wasm = setup::Wasm::locate()?;
     let timing = Timing::new(args.quick);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -121,21 +119,21 @@ fn main() -> Result<()> {
         &wipgate_tenants(),
         &wipgate_tenants_adaptive(),
     ))?;
-    let results = json!({
-        "quick": args.quick,
-        "runner_wall_s": started.elapsed().as_secs_f64(),
-        "machine": report::machine(),
-        "wipgate_static": wipgate_static(),
-        "wipgate_adaptive": wipgate_adaptive(),
-        "wipgate_tenants": wipgate_tenants(),
-        "overhead": overhead,
-        "overload": overload,
-        "noisy": noisy,
-    });
+    let results = Results {
+        quick: args.quick,
+        runner_wall_s: started.elapsed().as_secs_f64(),
+        machine: report::machine(),
+        wipgate_static: wipgate_static(),
+        wipgate_adaptive: wipgate_adaptive(),
+        wipgate_tenants: wipgate_tenants(),
+        overhead,
+        overload,
+        noisy,
+    };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let json_path = args.out.join("results.json");
-    std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)
+    std::fs::write(&json_path, results.to_json()?)
         .with_context(|| format!("writing {}", json_path.display()))?;
     let md_path = args.out.join("report.md");
     std::fs::write(&md_path, report::render(&results))

@@ -5,11 +5,11 @@
 use std::fmt::Write as _;
 use std::process::Command;
 
-use serde_json::{json, Value};
+use crate::results::{Generator, Machine, OverheadSetup, OverloadPoint, OverloadSetup, Results};
 
 /// What the figures were measured on.
 #[must_use]
-pub fn machine() -> Value {
+pub fn machine() -> Machine {
     let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -22,7 +22,6 @@ pub fn machine() -> Value {
         .unwrap_or_default();
     let envoy = wipgate_e2e::envoy::envoy_binary()
         .ok()
-        .flatten()
         .and_then(|b| Command::new(b).arg("--version").output().ok())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .and_then(|t| t.split("version:").nth(1).map(|s| s.trim().to_owned()))
@@ -32,19 +31,12 @@ pub fn machine() -> Value {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    json!({"cpus": cpus, "cpu_model": model, "envoy": envoy, "date": date})
-}
-
-fn num(v: &Value) -> f64 {
-    v.as_f64().unwrap_or(f64::NAN)
-}
-
-fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or("")
-}
-
-fn arr(v: &Value) -> &[Value] {
-    v.as_array().map_or(&[], Vec::as_slice)
+    Machine {
+        cpus,
+        cpu_model: model,
+        envoy,
+        date,
+    }
 }
 
 fn met(ok: bool) -> &'static str {
@@ -55,21 +47,21 @@ fn met(ok: bool) -> &'static str {
     }
 }
 
-fn point(setup: &Value, mult: f64) -> Option<&Value> {
-    arr(&setup["points"])
-        .iter()
-        .find(|p| (num(&p["mult"]) - mult).abs() < 1e-9)
+fn point(setup: &OverloadSetup, mult: f64) -> Option<&OverloadPoint> {
+    setup.points.iter().find(|p| (p.mult - mult).abs() < 1e-9)
 }
 
-fn setup_named<'a>(section: &'a Value, name: &str) -> Option<&'a Value> {
-    arr(&section["setups"])
-        .iter()
-        .find(|x| s(&x["name"]) == name)
+fn overload_setup<'a>(r: &'a Results, name: &str) -> Option<&'a OverloadSetup> {
+    r.overload.setups.iter().find(|x| x.name == name)
+}
+
+fn overhead_setup<'a>(r: &'a Results, name: &str) -> Option<&'a OverheadSetup> {
+    r.overhead.setups.iter().find(|x| x.name == name)
 }
 
 /// `report.md` for `r` (the contents of `results.json`).
 #[must_use]
-pub fn render(r: &Value) -> String {
+pub fn render(r: &Results) -> String {
     let mut out = String::new();
     header(&mut out, r);
     headline(&mut out, r);
@@ -81,8 +73,8 @@ pub fn render(r: &Value) -> String {
     out
 }
 
-fn header(out: &mut String, r: &Value) {
-    let m = &r["machine"];
+fn header(out: &mut String, r: &Results) {
+    let m = &r.machine;
     let _ = writeln!(out, "# wipgate benchmarks\n");
     let _ = writeln!(
         out,
@@ -90,7 +82,7 @@ fn header(out: &mut String, r: &Value) {
          plots by `bench/plot.py` from `bench/results.json`. Timings are ratios against \
          baselines measured in the same run; the targets are the issue's, and a missed target \
          is reported here, not failed in the build.\n",
-        s(&m["date"])
+        m.date
     );
     let _ = writeln!(
         out,
@@ -98,10 +90,10 @@ fn header(out: &mut String, r: &Value) {
          the upstream all run on the same 2 cores, and the machine is shared (another \
          engineer's test runs may overlap with this one), so absolute numbers are modest and \
          somewhat noisy; the ratios between setups measured side by side are the point.{}\n",
-        num(&m["cpus"]),
-        s(&m["cpu_model"]),
-        s(&m["envoy"]),
-        if r["quick"].as_bool().unwrap_or(false) {
+        m.cpus,
+        m.cpu_model,
+        m.envoy,
+        if r.quick {
             " **This is a `--quick` smoke run, not the real figures.**"
         } else {
             ""
@@ -109,43 +101,45 @@ fn header(out: &mut String, r: &Value) {
     );
 }
 
-fn headline(out: &mut String, r: &Value) {
+fn headline(out: &mut String, r: &Results) {
     let _ = writeln!(out, "## Headline\n");
     let _ = writeln!(out, "| target | this run | |\n|---|---|---|");
-    let oh = &r["overhead"];
-    let by = |name: &str| setup_named(oh, name).cloned().unwrap_or(Value::Null);
-    let (bare, pass, wip) = (
-        by("bare Envoy"),
-        by("Envoy + pass-through wasm"),
-        by("Envoy + wipgate"),
-    );
-    let tput = num(&wip["rps"]) / num(&pass["rps"]);
+    // A figure of a setup that is not in the results is NaN, as 0/0 would be.
+    let by = |name: &str, figure: fn(&OverheadSetup) -> f64| {
+        overhead_setup(r, name).map_or(f64::NAN, figure)
+    };
+    let (bare, pass, wip) = ("bare Envoy", "Envoy + pass-through wasm", "Envoy + wipgate");
+    let rps = |x: &OverheadSetup| x.rps;
+    let tput = by(wip, rps) / by(pass, rps);
     let _ = writeln!(
         out,
         "| wipgate ≥ 0.9x the pass-through filter's throughput | {:.2}x ({:.0} vs {:.0} req/s; bare Envoy {:.0}, wipgate {:.2}x of it) | {} |",
         tput,
-        num(&wip["rps"]),
-        num(&pass["rps"]),
-        num(&bare["rps"]),
-        num(&wip["rps"]) / num(&bare["rps"]),
+        by(wip, rps),
+        by(pass, rps),
+        by(bare, rps),
+        by(wip, rps) / by(bare, rps),
         met(tput >= 0.9)
     );
-    let added = num(&wip["p50_us"]) - num(&bare["p50_us"]);
-    let added_pass = num(&wip["p50_us"]) - num(&pass["p50_us"]);
-    let added_rtt = num(&wip["rtt_p50_us"]) - num(&bare["rtt_p50_us"]);
+    let (p50, rtt_p50) = (
+        |x: &OverheadSetup| x.p50_us,
+        |x: &OverheadSetup| x.rtt_p50_us,
+    );
+    let added = by(wip, p50) - by(bare, p50);
+    let added_pass = by(wip, p50) - by(pass, p50);
+    let added_rtt = by(wip, rtt_p50) - by(bare, rtt_p50);
     let _ = writeln!(
         out,
         "| wipgate adds < 50 µs p50 | {added:+.0} µs over bare Envoy ({added_pass:+.0} µs over the pass-through filter) at {:.0} req/s, from the intended send time; {added_rtt:+.0} µs in round trip | {} |",
-        num(&oh["fixed_rate"]),
+        r.overhead.fixed_rate,
         met(added < 50.0)
     );
-    let ol = &r["overload"];
-    let unloaded = setup_named(ol, "no protection")
+    let unloaded = overload_setup(r, "no protection")
         .and_then(|x| point(x, 0.5))
-        .map_or(f64::NAN, |p| num(&p["ok_p99_ms"]));
-    for x in arr(&ol["setups"]) {
-        let name = s(&x["name"]);
-        if x["missing"].as_bool().unwrap_or(false) {
+        .map_or(f64::NAN, |p| p.ok_p99_ms);
+    for x in &r.overload.setups {
+        let name = &x.name;
+        if x.missing {
             let _ = writeln!(
                 out,
                 "| {name}: goodput ≥ 0.95 at 3x | missing (not run) | — |"
@@ -153,26 +147,26 @@ fn headline(out: &mut String, r: &Value) {
             continue;
         }
         let Some(p) = point(x, 3.0) else { continue };
-        let g = num(&p["goodput"]);
+        let g = p.goodput;
         let _ = writeln!(
             out,
             "| {name}: goodput ≥ 0.95 of capacity at 3x | {g:.3} | {} |",
             met(g >= 0.95)
         );
     }
-    if let Some(p) = setup_named(ol, "wipgate static").and_then(|x| point(x, 3.0)) {
-        let ratio = num(&p["ok_p99_ms"]) / unloaded;
+    if let Some(p) = overload_setup(r, "wipgate static").and_then(|x| point(x, 3.0)) {
+        let ratio = p.ok_p99_ms / unloaded;
         let _ = writeln!(
             out,
             "| wipgate static: admitted p99 at 3x ≤ 1.5x the unloaded p99 | {ratio:.2}x ({:.1} ms vs {unloaded:.1} ms unloaded) | {} |",
-            num(&p["ok_p99_ms"]),
+            p.ok_p99_ms,
             met(ratio <= 1.5)
         );
-        let rej = num(&p["rej_rtt_p99_ms"]);
+        let rej = p.rej_rtt_p99_ms;
         let _ = writeln!(
             out,
             "| wipgate static: rejections answered in < 1 ms p99 at 3x | {rej:.2} ms from the request's write to the answer ({:.2} ms from its intended send time, which adds the generator's own lag and any connect) | {} |",
-            num(&p["rej_p99_ms"]),
+            p.rej_p99_ms,
             met(rej < 1.0)
         );
     }
@@ -180,12 +174,12 @@ fn headline(out: &mut String, r: &Value) {
         out,
         "\nThe unloaded p99 is that of no protection at 0.5x capacity ({unloaded:.1} ms; the \
          bottleneck's service time is {:.0} ms).\n",
-        num(&ol["base_ms"])
+        r.overload.base_ms
     );
 }
 
-fn overhead(out: &mut String, r: &Value) {
-    let oh = &r["overhead"];
+fn overhead(out: &mut String, r: &Results) {
+    let oh = &r.overhead;
     let _ = writeln!(out, "## Overhead\n");
     let _ = writeln!(
         out,
@@ -196,45 +190,42 @@ fn overhead(out: &mut String, r: &Value) {
          the request's write on a ready connection). wipgate runs with \
          `{}` (a limit it never reaches), every wasm filter in V8. For scale, the generator \
          alone straight to the upstream (no Envoy) reaches {:.0} req/s.\n",
-        num(&oh["closed_conns"]),
-        num(&oh["closed_s"]),
-        num(&oh["closed_reps"]),
-        num(&oh["fixed_rate"]),
-        num(&oh["fixed_s"]),
-        num(&oh["fixed_reps"]),
+        oh.closed_conns,
+        oh.closed_s,
+        oh.closed_reps,
+        oh.fixed_rate,
+        oh.fixed_s,
+        oh.fixed_reps,
         crate::scenarios::WIPGATE_UNLIMITED,
-        num(&oh["generator_ceiling_rps"]),
+        oh.generator_ceiling_rps,
     );
     let _ = writeln!(
         out,
         "| setup | max req/s (runs) | vs bare | p50 | p99 | p99.9 | round trip p50 / p99 | errors |\n|---|---|---|---|---|---|---|---|"
     );
-    let bare = setup_named(oh, "bare Envoy").map_or(f64::NAN, |b| num(&b["rps"]));
-    for x in arr(&oh["setups"]) {
-        let runs: Vec<String> = arr(&x["rps_runs"])
-            .iter()
-            .map(|v| format!("{:.0}", num(v)))
-            .collect();
+    let bare = overhead_setup(r, "bare Envoy").map_or(f64::NAN, |b| b.rps);
+    for x in &oh.setups {
+        let runs: Vec<String> = x.rps_runs.iter().map(|v| format!("{v:.0}")).collect();
         let _ = writeln!(
             out,
             "| {} | {:.0} ({}) | {:.2}x | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} / {:.0} µs | {} |",
-            s(&x["name"]),
-            num(&x["rps"]),
+            x.name,
+            x.rps,
             runs.join(", "),
-            num(&x["rps"]) / bare,
-            num(&x["p50_us"]),
-            num(&x["p99_us"]),
-            num(&x["p999_us"]),
-            num(&x["rtt_p50_us"]),
-            num(&x["rtt_p99_us"]),
-            num(&x["closed_errors"]) + num(&x["fixed_failed"]),
+            x.rps / bare,
+            x.p50_us,
+            x.p99_us,
+            x.p999_us,
+            x.rtt_p50_us,
+            x.rtt_p99_us,
+            x.closed_errors + x.fixed_failed,
         );
     }
     let _ = writeln!(out, "\n![overhead](overhead.png)\n");
 }
 
-fn overload(out: &mut String, r: &Value) {
-    let ol = &r["overload"];
+fn overload(out: &mut String, r: &Results) {
+    let ol = &r.overload;
     let _ = writeln!(out, "## Overload\n");
     let _ = writeln!(
         out,
@@ -249,15 +240,15 @@ fn overload(out: &mut String, r: &Value) {
          answers per second over the {} s, as a fraction of capacity. Latencies count from the \
          intended send time; the round trip of a rejection counts from its write on a ready \
          connection.\n",
-        num(&ol["knee"]),
-        num(&ol["base_ms"]),
-        num(&ol["capacity_rps"]),
-        num(&ol["base_ms"]),
-        num(&ol["slope"]),
-        num(&ol["max_service_ms"]),
-        num(&ol["point_s"]),
-        num(&ol["client_timeout_s"]),
-        num(&ol["point_s"]),
+        ol.knee,
+        ol.base_ms,
+        ol.capacity_rps,
+        ol.base_ms,
+        ol.slope,
+        ol.max_service_ms,
+        ol.point_s,
+        ol.client_timeout_s,
+        ol.point_s,
     );
     let _ = writeln!(
         out,
@@ -266,13 +257,13 @@ fn overload(out: &mut String, r: &Value) {
          adaptive_concurrency** (gradient controller, p90 samples, limit updated every 100 ms, \
          min RTT from 50 requests at start); **wipgate static** (`{}`); **wipgate adaptive** \
          (`{}`).\n",
-        s(&r["wipgate_static"]),
-        s(&r["wipgate_adaptive"]),
-        c = num(&ol["knee"]),
+        r.wipgate_static,
+        r.wipgate_adaptive,
+        c = ol.knee,
     );
-    for x in arr(&ol["setups"]) {
-        let name = s(&x["name"]);
-        if x["missing"].as_bool().unwrap_or(false) {
+    for x in &ol.setups {
+        let name = &x.name;
+        if x.missing {
             let _ = writeln!(out, "### {name}\n\nmissing (not run)\n");
             continue;
         }
@@ -281,29 +272,24 @@ fn overload(out: &mut String, r: &Value) {
             out,
             "| load | sent | goodput | ok p50 | ok p99 | ok p99.9 | rejected | rej p99 (round trip) | failed | upstream max in flight |\n|---|---|---|---|---|---|---|---|---|---|"
         );
-        for p in arr(&x["points"]) {
-            let rejected = num(&p["rejected"]);
+        for p in &x.points {
             let _ = writeln!(
                 out,
                 "| {}x | {} | {:.2} | {:.1} ms | {:.1} ms | {:.1} ms | {:.0}% | {} | {} | {} |",
-                num(&p["mult"]),
-                num(&p["sent"]),
-                num(&p["goodput"]),
-                num(&p["ok_p50_ms"]),
-                num(&p["ok_p99_ms"]),
-                num(&p["ok_p999_ms"]),
-                num(&p["reject_rate"]) * 100.0,
-                if rejected > 0.0 {
-                    format!(
-                        "{:.2} ms ({:.2} ms)",
-                        num(&p["rej_p99_ms"]),
-                        num(&p["rej_rtt_p99_ms"])
-                    )
+                p.mult,
+                p.sent,
+                p.goodput,
+                p.ok_p50_ms,
+                p.ok_p99_ms,
+                p.ok_p999_ms,
+                p.reject_rate * 100.0,
+                if p.rejected > 0 {
+                    format!("{:.2} ms ({:.2} ms)", p.rej_p99_ms, p.rej_rtt_p99_ms)
                 } else {
                     "—".to_owned()
                 },
-                num(&p["failed"]),
-                num(&p["upstream_max_inflight"]),
+                p.failed,
+                p.upstream_max_inflight,
             );
         }
         let _ = writeln!(out);
@@ -339,8 +325,8 @@ fn reading(out: &mut String) {
     );
 }
 
-fn noisy(out: &mut String, r: &Value) {
-    let n = &r["noisy"];
+fn noisy(out: &mut String, r: &Results) {
+    let n = &r.noisy;
     let _ = writeln!(out, "## Noisy tenant\n");
     let _ = writeln!(
         out,
@@ -348,12 +334,12 @@ fn noisy(out: &mut String, r: &Value) {
          (`x-tenant-id`), {:.0} req/s in all ({:.1}x capacity), open loop for {} s. wipgate \
          runs with `{}`: no tenant holds more than half the limit. Per tenant: success rate \
          (2xx of sent) and p99 of its successes.\n",
-        num(&n["noisy_rate"]),
-        num(&n["normal_rate"]),
-        num(&n["rate"]),
-        num(&n["rate"]) / num(&r["overload"]["capacity_rps"]),
-        num(&r["overload"]["point_s"]),
-        s(&r["wipgate_tenants"]),
+        n.noisy_rate,
+        n.normal_rate,
+        n.rate,
+        n.rate / r.overload.capacity_rps,
+        r.overload.point_s,
+        r.wipgate_tenants,
     );
     let tenants = crate::scenarios::TENANTS;
     let mut head = String::from("| setup |");
@@ -363,9 +349,9 @@ fn noisy(out: &mut String, r: &Value) {
         rule.push_str("---|");
     }
     let _ = writeln!(out, "{head}\n{rule}");
-    for x in arr(&n["setups"]) {
-        let name = s(&x["name"]);
-        if x["missing"].as_bool().unwrap_or(false) {
+    for x in &n.setups {
+        let name = &x.name;
+        if x.missing {
             let _ = writeln!(
                 out,
                 "| {name} | missing (not run) |{}",
@@ -374,12 +360,12 @@ fn noisy(out: &mut String, r: &Value) {
             continue;
         }
         let mut row = format!("| {name} |");
-        for t in arr(&x["tenants"]) {
+        for t in &x.tenants {
             let _ = write!(
                 row,
                 " {:.0}% ok, p99 {:.0} ms |",
-                num(&t["success"]) * 100.0,
-                num(&t["ok_p99_ms"])
+                t.success * 100.0,
+                t.ok_p99_ms
             );
         }
         let _ = writeln!(out, "{row}");
@@ -387,21 +373,20 @@ fn noisy(out: &mut String, r: &Value) {
     let _ = writeln!(out, "\n![per-tenant success](noisy_tenant.png)\n");
 }
 
-fn gen_row(out: &mut String, what: &str, g: &Value) {
-    let intended = num(&g["intended_rate"]);
-    let actual = num(&g["actual_rate"]);
+fn gen_row(out: &mut String, what: &str, g: &Generator) {
+    let (intended, actual) = (g.intended_rate, g.actual_rate);
     let _ = writeln!(
         out,
         "| {what} | {intended:.0} | {actual:.0} ({:+.1}%) | {:.2} ms | {:.2} ms | {} | {} |",
         (actual / intended - 1.0) * 100.0,
-        num(&g["lag_p99_ms"]),
-        num(&g["lag_max_ms"]),
-        num(&g["max_conns"]),
-        num(&g["overflow"]),
+        g.lag_p99_ms,
+        g.lag_max_ms,
+        g.max_conns,
+        g.overflow,
     );
 }
 
-fn generator(out: &mut String, r: &Value) {
+fn generator(out: &mut String, r: &Results) {
     let _ = writeln!(out, "## The load generator\n");
     let _ = writeln!(
         out,
@@ -418,45 +403,41 @@ fn generator(out: &mut String, r: &Value) {
     );
     let mut worst_dev: f64 = 0.0;
     let mut worst_lag: f64 = 0.0;
-    let mut overflow = 0.0;
+    let mut overflow = 0;
     let mut rows = String::new();
-    let mut track = |what: &str, g: &Value, rows: &mut String| {
-        worst_dev = worst_dev.max((num(&g["actual_rate"]) / num(&g["intended_rate"]) - 1.0).abs());
-        worst_lag = worst_lag.max(num(&g["lag_p99_ms"]));
-        overflow += num(&g["overflow"]);
+    let mut track = |what: &str, g: &Generator, rows: &mut String| {
+        worst_dev = worst_dev.max((g.actual_rate / g.intended_rate - 1.0).abs());
+        worst_lag = worst_lag.max(g.lag_p99_ms);
+        overflow += g.overflow;
         gen_row(rows, what, g);
     };
-    for x in arr(&r["overhead"]["setups"]) {
-        for (i, g) in arr(&x["generator"]).iter().enumerate() {
+    for x in &r.overhead.setups {
+        for (i, g) in x.generator.iter().enumerate() {
             track(
-                &format!("overhead: {} (run {})", s(&x["name"]), i + 1),
+                &format!("overhead: {} (run {})", x.name, i + 1),
                 g,
                 &mut rows,
             );
         }
     }
-    for x in arr(&r["overload"]["setups"]) {
-        for p in arr(&x["points"]) {
+    for x in &r.overload.setups {
+        for p in &x.points {
             track(
-                &format!("overload: {} {}x", s(&x["name"]), num(&p["mult"])),
-                &p["generator"],
+                &format!("overload: {} {}x", x.name, p.mult),
+                &p.generator,
                 &mut rows,
             );
         }
     }
-    for x in arr(&r["noisy"]["setups"]) {
-        if !x["generator"].is_null() {
-            track(
-                &format!("noisy tenant: {}", s(&x["name"])),
-                &x["generator"],
-                &mut rows,
-            );
+    for x in &r.noisy.setups {
+        if let Some(g) = &x.generator {
+            track(&format!("noisy tenant: {}", x.name), g, &mut rows);
         }
     }
     let _ = writeln!(
         out,
         "Over every run: the sent rate was within {:.1}% of the intended rate, the worst p99 \
-         send lag was {worst_lag:.2} ms, and {overflow:.0} requests went unsent for lack of a \
+         send lag was {worst_lag:.2} ms, and {overflow} requests went unsent for lack of a \
          connection.\n",
         worst_dev * 100.0
     );
@@ -468,26 +449,32 @@ fn generator(out: &mut String, r: &Value) {
     let _ = writeln!(out);
 }
 
-fn method(out: &mut String, r: &Value) {
+fn method(out: &mut String, r: &Results) {
     let _ = writeln!(
         out,
         "## Reproduce\n\n`make bench` (this report, `results.json` and the PNGs; plus the control \
          service's `bench/control-sync.md`). The runner alone: `cargo run --release -p \
          wipgate-bench -- --out bench` with `WIPGATE_ENVOY` set (`--quick` for a short smoke \
          run). The runner took {:.0} s in this run.\n",
-        num(&r["runner_wall_s"])
+        r.runner_wall_s
     );
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
     fn an_empty_result_renders_every_section_and_names_the_missing_setup() {
-        let text = render(
-            &json!({"overload": {"setups": [{"name": "wipgate adaptive", "missing": true}]}}),
-        );
+        let mut results = Results::default();
+        results.overload.setups.push(OverloadSetup {
+            name: "wipgate adaptive".to_owned(),
+            missing: true,
+            points: Vec::new(),
+        });
+        let text = render(&results);
         for heading in [
             "## Headline",
             "## Overhead",
@@ -497,5 +484,17 @@ mod tests {
             assert!(text.contains(heading), "{heading}");
         }
         assert!(text.contains("| wipgate adaptive: goodput ≥ 0.95 at 3x | missing"));
+    }
+
+    #[test]
+    fn the_checked_in_results_render_the_checked_in_report() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let results = Results::load(&dir.join("results.json")).unwrap();
+        let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+        let rendered = render(&results);
+        for (i, (got, want)) in rendered.lines().zip(report.lines()).enumerate() {
+            assert_eq!(got, want, "bench/report.md line {}", i + 1);
+        }
+        assert_eq!(rendered, report, "bench/report.md");
     }
 }

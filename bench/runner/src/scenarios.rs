@@ -1,14 +1,18 @@
 //! The three scenarios: overhead on an unconstrained upstream, overload of a bottleneck
 //! that collapses past its knee, and a noisy tenant. Each starts its own upstream and Envoy
-//! per measurement and returns plain numbers; `report.rs` turns them into Markdown.
+//! per measurement and returns its figures as the types of `results.json` (`results.rs`);
+//! `report.rs` turns them into Markdown.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use serde_json::{json, Value};
-use wipgate_e2e::{Envoy, RequestSpec, Upstream};
+use wipgate_e2e::{wait_until_async, Envoy, RequestSpec, Upstream};
 
 use crate::gen::{self, Kind, OpenLoopRun};
+use crate::results::{
+    Generator, Noisy, NoisySetup, Overhead, OverheadSetup, Overload, OverloadPoint, OverloadSetup,
+    Series, TenantResult,
+};
 use crate::setup::{self, Setup, Wasm};
 
 /// How long each part runs; `quick` shortens everything for a smoke run.
@@ -81,7 +85,7 @@ pub const WIPGATE_UNLIMITED: &str = r#"{"max_inflight": 100000}"#;
 
 /// Overhead: bare Envoy, Envoy + pass-through wasm, Envoy + wipgate, in front of an
 /// unconstrained upstream; closed-loop throughput, then latency at a fixed rate.
-pub async fn overhead(wasm: &Wasm, timing: Timing) -> Result<Value> {
+pub async fn overhead(wasm: &Wasm, timing: Timing) -> Result<Overhead> {
     let upstream = Upstream::start_default()?;
     let spec = RequestSpec::get("/");
     eprintln!("overhead: generator ceiling (straight to the upstream, no Envoy)");
@@ -125,7 +129,7 @@ pub async fn overhead(wasm: &Wasm, timing: Timing) -> Result<Value> {
     let fixed_rate = ((slowest / 5.0 / 100.0).floor() * 100.0).max(100.0);
     let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); setups.len()];
     let mut rtts: Vec<Vec<Duration>> = vec![Vec::new(); setups.len()];
-    let mut gens: Vec<Vec<Value>> = vec![Vec::new(); setups.len()];
+    let mut gens: Vec<Vec<Generator>> = vec![Vec::new(); setups.len()];
     let mut fixed_failed = vec![0usize; setups.len()];
     for rep in 0..timing.fixed_reps {
         for (i, envoy) in envoys.iter().enumerate() {
@@ -152,41 +156,41 @@ pub async fn overhead(wasm: &Wasm, timing: Timing) -> Result<Value> {
                     fixed_failed[i] += 1;
                 }
             }
-            gens[i].push(generator_json(&run));
+            gens[i].push(generator(&run));
         }
     }
     drop(envoys);
-    let rows: Vec<Value> = setups
+    let rows: Vec<OverheadSetup> = setups
         .iter()
         .enumerate()
         .map(|(i, (name, _))| {
             let l = &latencies[i];
-            json!({
-                "name": name,
-                "rps_runs": rps[i],
-                "rps": medians[i],
-                "closed_errors": closed_errors[i],
-                "p50_us": us(gen::percentile(l, 50.0)),
-                "p99_us": us(gen::percentile(l, 99.0)),
-                "p999_us": us(gen::percentile(l, 99.9)),
-                "rtt_p50_us": us(gen::percentile(&rtts[i], 50.0)),
-                "rtt_p99_us": us(gen::percentile(&rtts[i], 99.0)),
-                "fixed_count": l.len(),
-                "fixed_failed": fixed_failed[i],
-                "generator": gens[i],
-            })
+            OverheadSetup {
+                name: (*name).to_owned(),
+                rps_runs: rps[i].clone(),
+                rps: medians[i],
+                closed_errors: closed_errors[i],
+                p50_us: us(gen::percentile(l, 50.0)),
+                p99_us: us(gen::percentile(l, 99.0)),
+                p999_us: us(gen::percentile(l, 99.9)),
+                rtt_p50_us: us(gen::percentile(&rtts[i], 50.0)),
+                rtt_p99_us: us(gen::percentile(&rtts[i], 99.0)),
+                fixed_count: l.len(),
+                fixed_failed: fixed_failed[i],
+                generator: gens[i].clone(),
+            }
         })
         .collect();
-    Ok(json!({
-        "closed_conns": CLOSED_CONNS,
-        "closed_s": timing.closed.as_secs_f64(),
-        "closed_reps": timing.closed_reps,
-        "fixed_rate": fixed_rate,
-        "fixed_s": timing.fixed.as_secs_f64(),
-        "fixed_reps": timing.fixed_reps,
-        "generator_ceiling_rps": ceiling.rps,
-        "setups": rows,
-    }))
+    Ok(Overhead {
+        closed_conns: CLOSED_CONNS,
+        closed_s: timing.closed.as_secs_f64(),
+        closed_reps: timing.closed_reps,
+        fixed_rate,
+        fixed_s: timing.fixed.as_secs_f64(),
+        fixed_reps: timing.fixed_reps,
+        generator_ceiling_rps: ceiling.rps,
+        setups: rows,
+    })
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -195,16 +199,16 @@ fn median(v: &[f64]) -> f64 {
     s.get(s.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn generator_json(run: &OpenLoopRun) -> Value {
-    json!({
-        "intended_rate": run.intended_rate,
-        "actual_rate": run.actual_rate,
-        "sent": run.recs.len(),
-        "lag_p99_ms": ms(run.lag_p99),
-        "lag_max_ms": ms(run.lag_max),
-        "max_conns": run.max_conns,
-        "overflow": run.gen_overflow,
-    })
+fn generator(run: &OpenLoopRun) -> Generator {
+    Generator {
+        intended_rate: run.intended_rate,
+        actual_rate: run.actual_rate,
+        sent: run.recs.len(),
+        lag_p99_ms: ms(run.lag_p99),
+        lag_max_ms: ms(run.lag_max),
+        max_conns: run.max_conns,
+        overflow: run.gen_overflow,
+    }
 }
 
 /// The overload setups, by name; `None` is a setup that is not implemented yet.
@@ -231,8 +235,16 @@ pub fn overload_setups(
     ]
 }
 
-/// Summary of one open-loop run against the bottleneck.
-fn summarize(run: &OpenLoopRun, capacity: f64, window: Duration) -> Value {
+/// One point: an open-loop run at `mult` times `capacity` for `window`, against a
+/// bottleneck that held at most `upstream_max_inflight` at once.
+fn summarize(
+    run: &OpenLoopRun,
+    capacity: f64,
+    window: Duration,
+    mult: f64,
+    upstream_max_inflight: usize,
+    series: Series,
+) -> OverloadPoint {
     let ok: Vec<Duration> = lat(run, Kind::Ok, None);
     let rejected: Vec<Duration> = lat(run, Kind::Rejected, None);
     let total = run.recs.len();
@@ -246,20 +258,23 @@ fn summarize(run: &OpenLoopRun, capacity: f64, window: Duration) -> Value {
     };
     #[allow(clippy::cast_precision_loss)]
     let goodput = ok.len() as f64 / window.as_secs_f64() / capacity;
-    json!({
-        "sent": total,
-        "ok": ok.len(),
-        "rejected": rejected.len(),
-        "failed": total - ok.len() - rejected.len(),
-        "goodput": goodput,
-        "ok_p50_ms": ms(gen::percentile(&ok, 50.0)),
-        "ok_p99_ms": ms(gen::percentile(&ok, 99.0)),
-        "ok_p999_ms": ms(gen::percentile(&ok, 99.9)),
-        "reject_rate": frac(rejected.len()),
-        "rej_p99_ms": ms(gen::percentile(&rejected, 99.0)),
-        "rej_rtt_p99_ms": ms(gen::percentile(&rtt(run, Kind::Rejected), 99.0)),
-        "generator": generator_json(run),
-    })
+    OverloadPoint {
+        mult,
+        sent: total,
+        ok: ok.len(),
+        rejected: rejected.len(),
+        failed: total - ok.len() - rejected.len(),
+        goodput,
+        ok_p50_ms: ms(gen::percentile(&ok, 50.0)),
+        ok_p99_ms: ms(gen::percentile(&ok, 99.0)),
+        ok_p999_ms: ms(gen::percentile(&ok, 99.9)),
+        reject_rate: frac(rejected.len()),
+        rej_p99_ms: ms(gen::percentile(&rejected, 99.0)),
+        rej_rtt_p99_ms: ms(gen::percentile(&rtt(run, Kind::Rejected), 99.0)),
+        generator: generator(run),
+        upstream_max_inflight,
+        series,
+    }
 }
 
 fn rtt(run: &OpenLoopRun, kind: Kind) -> Vec<Duration> {
@@ -280,7 +295,7 @@ fn lat(run: &OpenLoopRun, kind: Kind, group: Option<usize>) -> Vec<Duration> {
 
 /// Goodput (by completion time, as a fraction of capacity), p99 of successes and
 /// rejections per second (by intended send time), per 100 ms bucket.
-fn series(run: &OpenLoopRun, capacity: f64, span: Duration) -> Value {
+fn series(run: &OpenLoopRun, capacity: f64, span: Duration) -> Series {
     #[allow(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,
@@ -328,7 +343,12 @@ fn series(run: &OpenLoopRun, capacity: f64, span: Duration) -> Value {
     let rej: Vec<f64> = rejected.iter().map(|&c| c as f64 * per_s).collect();
     #[allow(clippy::cast_precision_loss)]
     let t: Vec<f64> = (0..n).map(|i| i as f64 * BUCKET.as_secs_f64()).collect();
-    json!({"t": t, "goodput": goodput, "ok_p99_ms": p99, "rejected_per_s": rej})
+    Series {
+        t,
+        goodput,
+        ok_p99_ms: p99,
+        rejected_per_s: rej,
+    }
 }
 
 /// Before a measured point: capacity's rate for half a second (V8 compiles the paths it
@@ -344,12 +364,11 @@ async fn warm_up(envoy: &Envoy, upstream: &Upstream) {
         |_| (RequestSpec::get("/"), 0),
     )
     .await;
-    for _ in 0..200 {
-        if upstream.inflight() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Still busy after 10 s: measured all the same, the figures will show it.
+    let _ = wait_until_async(Duration::from_secs(10), "the upstream to drain", || {
+        upstream.inflight() == 0
+    })
+    .await;
     upstream.reset_stats();
 }
 
@@ -360,12 +379,16 @@ pub async fn overload(
     timing: Timing,
     wipgate_config: &str,
     wipgate_adaptive: &str,
-) -> Result<Value> {
+) -> Result<Overload> {
     let capacity = setup::capacity_rps();
     let mut out = Vec::new();
     for (name, setup) in overload_setups(wipgate_config, wipgate_adaptive) {
         let Some(setup) = setup else {
-            out.push(json!({"name": name, "missing": true, "points": []}));
+            out.push(OverloadSetup {
+                name: name.to_owned(),
+                missing: true,
+                points: Vec::new(),
+            });
             continue;
         };
         let mut points = Vec::new();
@@ -384,25 +407,32 @@ pub async fn overload(
             )
             .await;
             drop(envoy);
-            let mut point = summarize(&run, capacity, timing.point);
-            point["mult"] = json!(mult);
-            point["upstream_max_inflight"] = json!(upstream.max_inflight());
-            point["series"] = series(&run, capacity, timing.point + timing.client_timeout);
-            points.push(point);
+            points.push(summarize(
+                &run,
+                capacity,
+                timing.point,
+                mult,
+                upstream.max_inflight(),
+                series(&run, capacity, timing.point + timing.client_timeout),
+            ));
         }
-        out.push(json!({"name": name, "missing": false, "points": points}));
+        out.push(OverloadSetup {
+            name: name.to_owned(),
+            missing: false,
+            points,
+        });
     }
-    Ok(json!({
-        "capacity_rps": capacity,
-        "knee": setup::KNEE,
-        "base_ms": ms(setup::BASE),
-        "slope": setup::SLOPE,
-        "max_service_ms": ms(setup::MAX_SERVICE),
-        "point_s": timing.point.as_secs_f64(),
-        "client_timeout_s": timing.client_timeout.as_secs_f64(),
-        "multipliers": MULTIPLIERS,
-        "setups": out,
-    }))
+    Ok(Overload {
+        capacity_rps: capacity,
+        knee: setup::KNEE,
+        base_ms: ms(setup::BASE),
+        slope: setup::SLOPE,
+        max_service_ms: ms(setup::MAX_SERVICE),
+        point_s: timing.point.as_secs_f64(),
+        client_timeout_s: timing.client_timeout.as_secs_f64(),
+        multipliers: MULTIPLIERS.to_vec(),
+        setups: out,
+    })
 }
 
 /// The noisy tenant and four normal ones.
@@ -427,13 +457,17 @@ pub async fn noisy(
     timing: Timing,
     wipgate_config: &str,
     wipgate_adaptive: &str,
-) -> Result<Value> {
+) -> Result<Noisy> {
     let capacity = setup::capacity_rps();
     let rate = capacity * NORMAL_SHARE * 14.0;
     let mut out = Vec::new();
     for (name, setup) in overload_setups(wipgate_config, wipgate_adaptive) {
         let Some(setup) = setup else {
-            out.push(json!({"name": name, "missing": true, "tenants": []}));
+            out.push(NoisySetup {
+                name: name.to_owned(),
+                missing: true,
+                ..NoisySetup::default()
+            });
             continue;
         };
         eprintln!("noisy tenant: {name}");
@@ -453,7 +487,7 @@ pub async fn noisy(
         )
         .await;
         drop(envoy);
-        let tenants: Vec<Value> = TENANTS
+        let tenants: Vec<TenantResult> = TENANTS
             .iter()
             .enumerate()
             .map(|(g, t)| {
@@ -466,31 +500,31 @@ pub async fn noisy(
                 } else {
                     ok.len() as f64 / sent as f64
                 };
-                json!({
-                    "tenant": t,
-                    "sent": sent,
-                    "ok": ok.len(),
-                    "rejected": rejected,
-                    "failed": sent - ok.len() - rejected,
-                    "success": success,
-                    "ok_p99_ms": ms(gen::percentile(&ok, 99.0)),
-                })
+                TenantResult {
+                    tenant: (*t).to_owned(),
+                    sent,
+                    ok: ok.len(),
+                    rejected,
+                    failed: sent - ok.len() - rejected,
+                    success,
+                    ok_p99_ms: ms(gen::percentile(&ok, 99.0)),
+                }
             })
             .collect();
-        out.push(json!({
-            "name": name,
-            "missing": false,
-            "tenants": tenants,
-            "generator": generator_json(&run),
-            "upstream_max_inflight": upstream.max_inflight(),
-        }));
+        out.push(NoisySetup {
+            name: name.to_owned(),
+            missing: false,
+            tenants,
+            generator: Some(generator(&run)),
+            upstream_max_inflight: Some(upstream.max_inflight()),
+        });
     }
-    Ok(json!({
-        "rate": rate,
-        "normal_rate": capacity * NORMAL_SHARE,
-        "noisy_rate": capacity * NORMAL_SHARE * 10.0,
-        "setups": out,
-    }))
+    Ok(Noisy {
+        rate,
+        normal_rate: capacity * NORMAL_SHARE,
+        noisy_rate: capacity * NORMAL_SHARE * 10.0,
+        setups: out,
+    })
 }
 
 #[cfg(test)]

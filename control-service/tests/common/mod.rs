@@ -1,17 +1,18 @@
-//! Test helpers: a redis-server per test on a free port, a throwaway PostgreSQL cluster
-//! ([`postgres`]), the service in-process on a real socket, and a tiny HTTP client. Polls
-//! with deadlines, never fixed sleeps.
+//! Test helpers: a redis-server per test on a free port and a throwaway PostgreSQL cluster
+//! ([`postgres`]), both the e2e harness's; the service in-process on a real socket, and a
+//! tiny HTTP client. Polls with deadlines (the harness's loop), never fixed sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use tokio::net::TcpStream;
 use wipgate_control::{app, open_store, AdminToken, AppState, Settings};
+pub use wipgate_e2e::processes::Redis;
+use wipgate_e2e::wait::poll_until_async;
 
 pub mod postgres;
 
@@ -27,128 +28,27 @@ pub fn unique_prefix() -> String {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    wipgate_e2e::processes::free_port().unwrap()
 }
 
-/// Polls `check` until it returns `Some` or `timeout` passes.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+/// Polls `check` until it returns `Some` (then its value), panicking once `timeout` passes:
+/// the harness's one deadline loop, [`wipgate_e2e::wait::poll_until_async`].
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A redis-server of this test's own, killed on drop.
-pub struct RedisServer {
-    child: Option<Child>,
-    pub port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    pub fn binary() -> String {
-        std::env::var("WIPGATE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
-    }
-
-    /// Starts redis-server on a free port with append-only persistence in a temp dir.
-    pub async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut server = Self {
-            child: None,
-            port: free_port(),
-            dir,
-        };
-        server.spawn().await;
-        server
-    }
-
-    async fn spawn(&mut self) {
-        let child = Command::new(Self::binary())
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}); install it: apt-get install -y redis-server"
-                )
-            });
-        self.child = Some(child);
-        let port = self.port;
-        wait_for(
-            "redis-server to answer",
-            Duration::from_secs(10),
-            || async move { redis_ping(port).await.then_some(()) },
-        )
-        .await;
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// SIGKILL, as a crash would.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    /// Starts it again on the same port and data directory.
-    pub async fn restart(&mut self) {
-        self.kill();
-        self.spawn().await;
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-async fn redis_ping(port: u16) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
-    };
-    if s.write_all(b"PING\r\n").await.is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    matches!(s.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"+PONG"))
+    poll_until_async(timeout, what, check)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The Redis to use for tests that do not kill it: `REDIS_URL` when set, else our own.
-pub async fn test_redis() -> (String, Option<RedisServer>) {
+pub fn test_redis() -> (String, Option<Redis>) {
     match std::env::var("REDIS_URL") {
         Ok(url) if !url.is_empty() => (url, None),
         _ => {
-            let server = RedisServer::start().await;
+            let server = Redis::start().unwrap();
             (server.url(), Some(server))
         }
     }

@@ -14,8 +14,8 @@ use serde_json::json;
 use wipgate_e2e::processes::ControlService;
 use wipgate_e2e::upstream::UpstreamStats;
 use wipgate_e2e::{
-    open_loop_with_timeout, wait_until, Envoy, EnvoyConfig, Outcome, RequestSpec, Summary,
-    Upstream, UpstreamOptions,
+    open_loop_with_timeout, wait_until, wait_until_async, Envoy, EnvoyConfig, Outcome, RequestSpec,
+    Summary, Upstream, UpstreamOptions,
 };
 
 /// The constrained resource: this many requests served at once, each taking `SERVICE`;
@@ -164,6 +164,7 @@ async fn change_midway(
             .unwrap_or(0);
         (admitted, rejected)
     };
+    // Halfway through the load: the first half under the old limit is part of the show.
     tokio::time::sleep(RUN / 2).await;
     let (admitted, rejected) = noisy(envoy);
     let before = (admitted, rejected, upstream.tenant(NOISY).max_inflight);
@@ -175,19 +176,22 @@ async fn change_midway(
         &json!({"reserved": 0, "max": NOISY_MAX_AFTER}),
     )?;
     anyhow::ensure!(status == 200, "PUT /v1/tenants/noisy: {status} {body}");
-    let mut propagated = Duration::ZERO;
-    for _ in 0..100 {
-        if envoy.wasm_stat("wipgate.sync.success").unwrap_or(0) > syncs {
-            propagated = put.elapsed();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // Requests admitted under the old limit finish within a service time or two.
-    let settle = SERVICE * 4;
-    tokio::time::sleep(settle).await;
+    // The next sync carries the new limit; ZERO (shown as such) if none came in 2 s.
+    let propagated = wait_until_async(Duration::from_secs(2), "the next sync", || {
+        envoy.wasm_stat("wipgate.sync.success").unwrap_or(0) > syncs
+    })
+    .await
+    .map_or(Duration::ZERO, |()| put.elapsed());
+    let second_half_ends = tokio::time::Instant::now() + RUN / 2;
+    // Requests admitted under the old limit finish within a service time or two; the
+    // "after" figures count from when the noisy tenant is within its new limit.
+    let _ = wait_until_async(SERVICE * 4, "noisy within its new limit", || {
+        upstream.tenant(NOISY).inflight <= NOISY_MAX_AFTER as usize
+    })
+    .await;
     upstream.reset();
-    tokio::time::sleep((RUN / 2).saturating_sub(settle)).await;
+    // The rest of the run's second half: the load itself is what is shown.
+    tokio::time::sleep_until(second_half_ends).await;
     let (admitted_end, rejected_end) = noisy(envoy);
     let after = (
         admitted_end - before.0,
