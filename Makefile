@@ -63,9 +63,10 @@ filter: wasm-target
 test: prereqs filter lint test-unit test-control test-e2e validate-configs
 
 # Each tier prints `tier: NAME` first: .ci/run counts the e2e tier's results on their own.
+# The core's unit, property and simulation tests, and the bench report's typed results.
 test-unit:
 	@echo "tier: unit"
-	cargo test -p wipgate-admission
+	cargo test -p wipgate-admission -p wipgate-bench
 
 # The Redis tests start their own redis-server on free ports (REDIS_URL points the
 # non-fault ones at an existing Redis instead); the fault test kills only its own. The

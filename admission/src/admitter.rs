@@ -96,16 +96,34 @@ impl Admitter {
         now_us: u64,
     ) -> Decision {
         let now_ms = now_us / 1_000;
-        let limits = self.limits(host, now_ms);
         let tenant = TenantName::from_header(tenant, &self.config.default_tenant);
-        let placement = limits.partitions.place(tenant, priority);
+        // Limits another worker replaced since this one loaded them are reloaded, and the
+        // request decided again (bounded: a new allowance comes once per sync interval).
+        let mut attempts = 0;
+        let (limits, placement, result) = loop {
+            let limits = self.limits(host, now_ms);
+            let placement = limits.partitions.place(tenant.clone(), priority);
+            let max = limits.config.max_inflight;
+            let result = self.gate.admit(
+                host,
+                &self.worker,
+                now_ms,
+                Some(self.loaded_seq.get()),
+                |ledger| {
+                    // The adaptive limit, when on, can only lower the configured (or fleet) one.
+                    let limit = max.min(ledger.adaptive_limit().unwrap_or(u32::MAX));
+                    limits.partitions.decide(ledger, limit, &placement)
+                },
+            );
+            match result {
+                Err(GateError::LimitsChanged(seq)) if attempts < 3 => {
+                    self.seen_seq.set(seq);
+                    attempts += 1;
+                }
+                result => break (limits, placement, result),
+            }
+        };
         let labels = limits.partitions.labels(&placement);
-        let max = limits.config.max_inflight;
-        let result = self.gate.admit(host, &self.worker, now_ms, |ledger| {
-            // The adaptive limit, when on, can only lower the configured (or fleet) one.
-            let limit = max.min(ledger.adaptive_limit().unwrap_or(u32::MAX));
-            limits.partitions.decide(ledger, limit, &placement)
-        });
         match self
             .account(host, result, now_ms)
             .unwrap_or(Admission::Rejected(RejectReason::WipLimit))

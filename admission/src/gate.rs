@@ -81,6 +81,10 @@ pub enum GateError {
     /// No room for another worker entry.
     #[error("ledger has no room for another worker")]
     Full,
+    /// The ledger announces newer limits than the decision was to be made under: nothing
+    /// was written; load them and decide again.
+    #[error("the ledger announces newer limits (seq {0})")]
+    LimitsChanged(u64),
 }
 
 /// What a change did besides its own result, for stats and logs.
@@ -150,15 +154,22 @@ impl Gate {
 
     /// Takes a slot if `decide` allows it. `decide` looks at the ledger as it is and returns
     /// the partitions to count the request in, or why not; it must be pure, since it runs
-    /// again whenever a concurrent write forces a retry.
+    /// again whenever a concurrent write forces a retry. `limits_seq` is the allowance the
+    /// caller's limits were built for: when the ledger announces a newer one, nothing is
+    /// written and [`GateError::LimitsChanged`] says so (no request is decided under limits
+    /// another worker already replaced).
     pub fn admit(
         &self,
         store: &impl SharedData,
         worker: &WorkerHandle,
         now_ms: u64,
+        limits_seq: Option<u64>,
         decide: impl Fn(&Ledger) -> Result<Vec<PartitionKey>, RejectReason>,
     ) -> Result<Report<Admission>, GateError> {
         let report = self.update(store, worker, now_ms, |ledger, current| {
+            if limits_seq.is_some_and(|seq| ledger.limits_seq() > seq) {
+                return Err(GateError::LimitsChanged(ledger.limits_seq()));
+            }
             let id = match current.filter(|id| ledger.touch(*id, now_ms)) {
                 Some(id) => id,
                 None => ledger.register(now_ms).ok_or(GateError::Full)?,
@@ -198,7 +209,7 @@ impl Gate {
         limit: u32,
         now_ms: u64,
     ) -> Result<Report<Admission>, GateError> {
-        self.admit(store, worker, now_ms, |ledger| {
+        self.admit(store, worker, now_ms, None, |ledger| {
             if ledger.total() < u64::from(limit) {
                 Ok(Vec::new())
             } else {

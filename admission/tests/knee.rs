@@ -124,4 +124,3 @@ fn heavy_tailed_service_keeps_most_of_its_capacity() {
         r.goodput_per_s / cap
     );
 }
-

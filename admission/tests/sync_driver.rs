@@ -88,6 +88,26 @@ fn one_call_per_interval_and_the_reply_becomes_every_workers_limit() {
 }
 
 #[test]
+fn a_workers_first_request_after_a_new_allowance_is_decided_under_it() {
+    let host = FakeHost::default();
+    let (mut a, b) = (worker(&host), worker(&host));
+    let admit = |w: &Worker| match w.admitter.admit(&host, Some(b"t"), None, 1_100_000) {
+        Decision::Admitted(t) => Some(t),
+        Decision::Rejected(_) => None,
+    };
+    let held = admit(&b).expect("static limit of 50");
+    a.tick(&host, 1_000);
+    a.answer(&host, Some(200), &reply(1), 1_050);
+    // B has not seen the ledger since: its cached limits are the static ones, but one is
+    // already in flight under the allowance of 1.
+    assert!(
+        admit(&b).is_none(),
+        "the allowance of 1 holds from B's first request on"
+    );
+    b.admitter.release(&host, held, None, 1_200_000);
+}
+
+#[test]
 fn failures_keep_the_last_good_limits_and_resend_the_counts() {
     let host = FakeHost::default();
     let mut a = worker(&host);
