@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{parse_json, ControlConfig};
-use crate::fleet::{ResourceHealth, SyncReply, SyncRequest, UsageReport};
+use crate::wire::{ResourceHealth, SyncReply, SyncRequest, UsageReport};
 use crate::{Bulkhead, GateConfig};
 
 /// Shared-data key of the [`SyncLease`].

@@ -17,6 +17,7 @@ pub mod partitions;
 pub mod rejection;
 pub mod shared_data;
 pub mod tenant;
+pub mod wire;
 
 pub use bulkhead::Bulkhead;
 pub use config::{ConfigError, GateConfig};

@@ -10,21 +10,16 @@
 //! the [`ResourceHealth`] every reply carries ([`probe_state`]). Time is always an argument.
 
 pub mod allowance;
-pub mod health;
 pub mod ledger;
-#[cfg(feature = "openapi")]
-mod openapi;
 pub mod policy;
 pub mod probe_policy;
 pub mod probe_sample;
 pub mod probe_state;
-pub mod sync;
 
+pub use crate::wire::{ResourceHealth, SyncReply, SyncRequest, UsageReport};
 pub use allowance::{Dim, SplitParams};
-pub use health::ResourceHealth;
 pub use ledger::{FleetLedger, InstanceView};
 pub use policy::FleetPolicy;
 pub use probe_policy::{ProbeKind, ProbeLevel, ProbeSpec, Thresholds};
 pub use probe_sample::ProbeSample;
 pub use probe_state::{composite, Hysteresis, ProbeState};
-pub use sync::{SyncReply, SyncRequest, UsageReport};

@@ -9,9 +9,8 @@ use crate::config::{validate_bulkheads, ConfigError, WILDCARD_TENANT};
 use crate::fleet::probe_policy::{validate_probes, ProbeSpec};
 use crate::{Bulkhead, TenantName};
 
-/// Most tenant or class entries one policy may hold: every entry is a dimension that each
-/// sync splits, so the count bounds the work per sync and the size of a reply.
-pub const MAX_POLICY_ENTRIES: usize = 4096;
+/// Most tenant or class entries one policy may hold: the bound of a sync report.
+pub const MAX_POLICY_ENTRIES: usize = crate::wire::MAX_ENTRIES;
 
 /// The policy a control service starts with when none was ever stored.
 pub const DEFAULT_GLOBAL_MAX_INFLIGHT: u32 = 1000;

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::health::ResourceHealth;
 use crate::fleet::probe_policy::{ProbeLevel, ProbeSpec};
+use crate::wire::ResourceHealth;
 
 /// A probe's level with hysteresis.
 ///
