@@ -10,7 +10,6 @@ pub mod adaptive;
 pub mod bulkhead;
 pub mod config;
 pub mod control_sync;
-pub mod fleet;
 pub mod gate;
 pub mod ledger;
 pub mod partitions;

@@ -5,6 +5,8 @@
 
 pub mod auth;
 pub mod error;
+pub mod field_error;
+pub mod fleet;
 pub mod metrics;
 pub mod openapi;
 pub mod probes;
@@ -23,7 +25,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use wipgate_admission::fleet::{SplitParams, SyncReply};
+use wipgate_admission::wire::SyncReply;
+
+use crate::fleet::SplitParams;
 
 pub use crate::auth::AdminToken;
 pub use crate::error::ApiError;
@@ -208,7 +212,7 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn FleetStore>> {
             if let Some(path) = &settings.policy_file {
                 let bytes = std::fs::read(path)
                     .map_err(|e| anyhow::anyhow!("--policy-file {}: {e}", path.display()))?;
-                let policy = wipgate_admission::fleet::FleetPolicy::parse(&bytes)
+                let policy = crate::fleet::FleetPolicy::parse(&bytes)
                     .map_err(|e| anyhow::anyhow!("--policy-file {}: {e}", path.display()))?;
                 let seeding = Arc::clone(&store);
                 tokio::spawn(async move {

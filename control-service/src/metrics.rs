@@ -6,10 +6,10 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use wipgate_admission::fleet::probe_state::{health_level, level_gauge};
-use wipgate_admission::fleet::{ProbeSample, ResourceHealth};
+use wipgate_admission::wire::ResourceHealth;
 
-use crate::probes::ProbeStatus;
+use crate::probes::state::{health_level, level_gauge};
+use crate::probes::{ProbeSample, ProbeStatus};
 use crate::status::FleetStatus;
 
 /// All metrics of one service.

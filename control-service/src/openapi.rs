@@ -11,12 +11,12 @@ use crate::routes;
     info(title = "wipgate control service", description = "Fleet policy, fleet accounting and each Envoy's allowance. See docs/control-service.md."),
     paths(routes::healthz, routes::readyz, routes::metrics, routes::openapi, routes::get_policy, routes::put_policy,
           routes::put_tenant, routes::delete_tenant, routes::status, routes::sync),
-    components(schemas(wipgate_admission::Bulkhead, wipgate_admission::fleet::UsageReport,
-                       wipgate_admission::fleet::InstanceView, crate::status::Totals, crate::status::TenantStatus,
-                       wipgate_admission::fleet::ProbeSpec, wipgate_admission::fleet::Thresholds,
-                       wipgate_admission::fleet::ProbeKind, wipgate_admission::fleet::ProbeLevel,
-                       wipgate_admission::fleet::ProbeSample, wipgate_admission::fleet::ProbeState,
-                       wipgate_admission::fleet::ResourceHealth, crate::probes::ProbeStatus)),
+    components(schemas(wipgate_admission::Bulkhead, wipgate_admission::wire::UsageReport,
+                       crate::fleet::InstanceView, crate::status::Totals, crate::status::TenantStatus,
+                       crate::probes::ProbeSpec, crate::probes::Thresholds,
+                       crate::probes::ProbeKind, crate::probes::ProbeLevel,
+                       crate::probes::ProbeSample, crate::probes::ProbeState,
+                       wipgate_admission::wire::ResourceHealth, crate::probes::ProbeStatus)),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;

@@ -13,11 +13,12 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tower_http::limit::RequestBodyLimitLayer;
-use wipgate_admission::fleet::policy::parse_json;
-use wipgate_admission::fleet::{FleetPolicy, SyncReply, SyncRequest};
+use wipgate_admission::config::parse_json;
+use wipgate_admission::wire::{SyncReply, SyncRequest};
 use wipgate_admission::Bulkhead;
 
 use crate::error::{ApiError, ErrorBody};
+use crate::fleet::FleetPolicy;
 use crate::status::FleetStatus;
 use crate::store::StoreError;
 use crate::AppState;

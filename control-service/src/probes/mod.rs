@@ -1,10 +1,13 @@
 //! Bottleneck probes: one tokio task per probe of the policy samples the protected resource
 //! at its interval, within its timeout, and feeds the pure hysteresis machine of the
-//! admission crate; [`ProbeHub`] publishes each probe's state and the composite
+//! [`state`] module; [`ProbeHub`] publishes each probe's state and the composite
 //! [`ResourceHealth`] that every sync reply carries. Each replica probes on its own.
 
 mod http;
+pub mod policy;
 mod postgres;
+pub mod sample;
+pub mod state;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,10 +16,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::task::AbortHandle;
 use tokio::time::MissedTickBehavior;
-use wipgate_admission::fleet::{
-    composite, Hysteresis, ProbeKind, ProbeLevel, ProbeSample, ProbeSpec, ProbeState,
-    ResourceHealth,
-};
+use wipgate_admission::wire::ResourceHealth;
+
+pub use self::policy::{ProbeKind, ProbeLevel, ProbeSpec, Thresholds};
+pub use self::sample::ProbeSample;
+pub use self::state::{composite, Hysteresis, ProbeState};
 
 use crate::metrics::Metrics;
 use crate::store::unix_ms;

@@ -6,11 +6,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use wipgate_admission::fleet::{
-    FleetLedger, FleetPolicy, InstanceView, SplitParams, SyncReply, SyncRequest,
-};
+use wipgate_admission::wire::{SyncReply, SyncRequest};
 
 use super::{unix_ms, BoxFuture, FleetStore, StoreError, Versioned};
+use crate::fleet::{FleetPolicy, InstanceBook, InstanceView, SplitParams};
 
 /// The memory store.
 #[derive(Debug)]
@@ -24,7 +23,7 @@ pub struct MemoryStore {
 #[derive(Debug)]
 struct State {
     policy: Versioned,
-    ledger: FleetLedger,
+    book: InstanceBook,
 }
 
 impl MemoryStore {
@@ -50,7 +49,7 @@ impl MemoryStore {
         Ok(Self {
             state: Mutex::new(State {
                 policy: Versioned { policy, version },
-                ledger: FleetLedger::default(),
+                book: InstanceBook::default(),
             }),
             writes: tokio::sync::Mutex::new(()),
             policy_file,
@@ -112,8 +111,8 @@ impl FleetStore for MemoryStore {
     ) -> BoxFuture<'_, Result<SyncReply, StoreError>> {
         Box::pin(async move {
             let mut state = self.lock()?;
-            let State { policy, ledger } = &mut *state;
-            Ok(ledger.sync(unix_ms(), &report, &policy.policy, policy.version, params))
+            let State { policy, book } = &mut *state;
+            Ok(book.sync(unix_ms(), &report, &policy.policy, policy.version, params))
         })
     }
 
@@ -124,8 +123,8 @@ impl FleetStore for MemoryStore {
         Box::pin(async move {
             let now = unix_ms();
             let mut state = self.lock()?;
-            state.ledger.prune(now, params.stale_after_ms);
-            Ok((state.ledger.instances(), now))
+            state.book.prune(now, params.stale_after_ms);
+            Ok((state.book.instances(), now))
         })
     }
 }

@@ -7,7 +7,9 @@ mod redis;
 use std::future::Future;
 use std::pin::Pin;
 
-use wipgate_admission::fleet::{FleetPolicy, InstanceView, SplitParams, SyncReply, SyncRequest};
+use wipgate_admission::wire::{SyncReply, SyncRequest};
+
+use crate::fleet::{FleetPolicy, InstanceView, SplitParams};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
