@@ -32,7 +32,7 @@ use crate::fleet::SplitParams;
 pub use crate::auth::AdminToken;
 pub use crate::error::ApiError;
 pub use crate::metrics::Metrics;
-pub use crate::probes::ProbeHub;
+pub use crate::probes::{ProbeHub, ProbeMetrics};
 pub use crate::settings::Settings;
 pub use crate::store::{FleetStore, MemoryStore, RedisStore};
 
@@ -118,7 +118,7 @@ impl AppState {
                 floor_percent: settings.floor_percent,
                 stale_after_ms: settings.stale_after_ms,
             },
-            probes: ProbeHub::new(metrics.clone()),
+            probes: ProbeHub::new(ProbeMetrics::register(metrics.registry())?),
             metrics,
             max_body_bytes: settings.max_body_bytes,
             request_timeout: Duration::from_millis(settings.request_timeout_ms),

@@ -181,9 +181,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         }
         Err(_) => state.metrics.set_store_up(false),
     }
-    state
-        .metrics
-        .set_probes(state.probes.health(), &state.probes.snapshot());
+    state.probes.publish_metrics();
     let body = state.metrics.render().map_err(|e| {
         tracing::error!(error = %e, "rendering metrics");
         ApiError::Internal
