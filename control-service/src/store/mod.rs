@@ -2,6 +2,7 @@
 //! default (one instance); [`RedisStore`] lets any number of replicas share state.
 
 mod memory;
+mod open;
 mod redis;
 
 use std::future::Future;
@@ -12,6 +13,7 @@ use wipgate_admission::wire::{SyncReply, SyncRequest};
 use crate::fleet::{FleetPolicy, InstanceView, SplitParams};
 
 pub use self::memory::MemoryStore;
+pub use self::open::open_store;
 pub use self::redis::RedisStore;
 
 /// A boxed future, so that the trait can be used as `dyn FleetStore`.

@@ -1,16 +1,17 @@
-//! `/openapi.json`, generated from the handlers' annotations and the request and reply
-//! types themselves (the same types the filter uses).
+//! `GET /openapi.json`, generated from the handlers' annotations and the request and reply
+//! types themselves (the sync types are the filter's own).
 
+use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes;
+use super::{health, metrics, policy, status, sync};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "wipgate control service", description = "Fleet policy, fleet accounting and each Envoy's allowance. See docs/control-service.md."),
-    paths(routes::healthz, routes::readyz, routes::metrics, routes::openapi, routes::get_policy, routes::put_policy,
-          routes::put_tenant, routes::delete_tenant, routes::status, routes::sync),
+    paths(health::healthz, health::readyz, metrics::metrics, openapi, policy::get_policy, policy::put_policy,
+          policy::put_tenant, policy::delete_tenant, status::status, sync::sync),
     components(schemas(wipgate_admission::Bulkhead, wipgate_admission::wire::UsageReport,
                        crate::fleet::InstanceView, crate::status::Totals, crate::status::TenantStatus,
                        crate::probes::ProbeSpec, crate::probes::Thresholds,
@@ -36,4 +37,10 @@ impl Modify for BearerAuth {
 /// The OpenAPI document.
 pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
+}
+
+/// The OpenAPI document of this API.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3.1 document")))]
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(document())
 }
