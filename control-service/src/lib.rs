@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod clock;
 pub mod error;
 pub mod field_error;
 pub mod fleet;
@@ -20,9 +21,10 @@ pub mod store;
 
 pub use crate::app::app;
 pub use crate::auth::AdminToken;
+pub use crate::clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use crate::error::ApiError;
 pub use crate::metrics::Metrics;
 pub use crate::probes::{ProbeHub, ProbeMetrics};
 pub use crate::settings::Settings;
 pub use crate::state::{AppState, Inner};
-pub use crate::store::{open_store, FleetStore, MemoryStore, RedisStore};
+pub use crate::store::{open_store, open_store_with_clock, FleetStore, MemoryStore, RedisStore};

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::auth::AdminToken;
+use crate::clock::{SharedClock, SystemClock};
 use crate::fleet::SplitParams;
 use crate::last_replies::LastReplies;
 use crate::metrics::Metrics;
@@ -39,14 +40,26 @@ pub struct Inner {
     pub last_replies: Mutex<LastReplies>,
     /// The bottleneck probes of the policy in force and their composite health.
     pub probes: ProbeHub,
+    /// The clock the service's logic reads (the memory store has the same one).
+    pub clock: SharedClock,
 }
 
 impl AppState {
-    /// State around `store` with the knobs of `settings`.
+    /// [`AppState::with_clock`] with the system clock.
     pub fn new(
         store: Arc<dyn FleetStore>,
         token: AdminToken,
         settings: &Settings,
+    ) -> anyhow::Result<Self> {
+        Self::with_clock(store, token, settings, SystemClock::shared())
+    }
+
+    /// State around `store` with the knobs of `settings`, reading `clock`.
+    pub fn with_clock(
+        store: Arc<dyn FleetStore>,
+        token: AdminToken,
+        settings: &Settings,
+        clock: SharedClock,
     ) -> anyhow::Result<Self> {
         let metrics = Metrics::new()?;
         Ok(Self(Arc::new(Inner {
@@ -56,12 +69,16 @@ impl AppState {
                 floor_percent: settings.floor_percent,
                 stale_after_ms: settings.stale_after_ms,
             },
-            probes: ProbeHub::new(ProbeMetrics::register(metrics.registry())?),
+            probes: ProbeHub::new(
+                ProbeMetrics::register(metrics.registry())?,
+                Arc::clone(&clock),
+            ),
             metrics,
             max_body_bytes: settings.max_body_bytes,
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
             draining: AtomicBool::new(false),
             last_replies: Mutex::new(LastReplies::default()),
+            clock,
         })))
     }
 

@@ -10,6 +10,7 @@ use wipgate_admission::wire::ResourceHealth;
 use super::metrics::ProbeMetrics;
 use super::runner::run;
 use super::{composite, ProbeSpec, ProbeState, ProbeStatus};
+use crate::clock::SharedClock;
 
 /// Each probe's published state, by name; written by the probes' tasks.
 pub(super) type Statuses = Arc<Mutex<BTreeMap<String, ProbeStatus>>>;
@@ -38,15 +39,18 @@ pub struct ProbeHub {
     statuses: Statuses,
     tasks: Mutex<Tasks>,
     metrics: ProbeMetrics,
+    /// Timestamps the samples and the level changes.
+    clock: SharedClock,
 }
 
 impl ProbeHub {
     /// A hub running no probe.
-    pub fn new(metrics: ProbeMetrics) -> Self {
+    pub fn new(metrics: ProbeMetrics, clock: SharedClock) -> Self {
         Self {
             statuses: Arc::default(),
             tasks: Mutex::default(),
             metrics,
+            clock,
         }
     }
 
@@ -104,6 +108,7 @@ impl ProbeHub {
                 generation,
                 Arc::clone(&self.statuses),
                 self.metrics.clone(),
+                Arc::clone(&self.clock),
             ));
             tracing::info!(probe = %spec.name, kind = ?spec.kind, "probe started");
             tasks.running.insert(

@@ -8,7 +8,7 @@ use tokio::time::MissedTickBehavior;
 use super::hub::{lock, Statuses};
 use super::metrics::ProbeMetrics;
 use super::{http, postgres, Hysteresis, ProbeKind, ProbeSample, ProbeSpec, ProbeState};
-use crate::store::unix_ms;
+use crate::clock::SharedClock;
 
 /// How one probe takes a sample. `reset` drops whatever connection it keeps, after a
 /// timeout (the connection may be stuck).
@@ -47,6 +47,7 @@ pub(super) async fn run(
     generation: u64,
     statuses: Statuses,
     metrics: ProbeMetrics,
+    clock: SharedClock,
 ) {
     let timeout = Duration::from_millis(spec.timeout_ms);
     let mut sampler = Sampler::new(&spec);
@@ -70,7 +71,7 @@ pub(super) async fn run(
                 }
             },
         };
-        let now = unix_ms();
+        let now = clock.now_ms();
         let sample_level = spec.classify(&sample);
         let before = machine.level();
         let level = machine.observe(now, sample_level);

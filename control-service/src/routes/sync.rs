@@ -29,7 +29,7 @@ pub async fn sync(
         Ok(mut reply) => {
             reply.health = state.probes.health();
             if let Ok(mut last) = state.last_replies.lock() {
-                last.insert(&reply);
+                last.insert(&reply, state.clock.now_ms());
             }
             syncs.with_label_values(&["ok"]).inc();
             Ok(Json(reply))
@@ -44,7 +44,7 @@ pub async fn sync(
                 .last_replies
                 .lock()
                 .ok()
-                .and_then(|last| last.degraded(&instance));
+                .and_then(|last| last.degraded(&instance, state.clock.now_ms()));
             match cached {
                 Some(mut reply) => {
                     reply.health = state.probes.health();

@@ -5,14 +5,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{FleetStore, MemoryStore, RedisStore};
+use crate::clock::{SharedClock, SystemClock};
 use crate::fleet::FleetPolicy;
 use crate::settings::Settings;
 
-/// Builds the store `settings` ask for. The Redis store is seeded from `--policy-file` in
-/// the background (Redis may not be up yet); the memory store loads the file now.
+/// [`open_store_with_clock`] with the system clock.
 pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn FleetStore>> {
+    open_store_with_clock(settings, SystemClock::shared())
+}
+
+/// Builds the store `settings` ask for. The Redis store is seeded from `--policy-file` in
+/// the background (Redis may not be up yet); the memory store loads the file now and reads
+/// `clock` (the Redis store reads Redis's).
+pub fn open_store_with_clock(
+    settings: &Settings,
+    clock: SharedClock,
+) -> anyhow::Result<Arc<dyn FleetStore>> {
     match &settings.redis_url {
-        None => Ok(Arc::new(MemoryStore::open(settings.policy_file.clone())?)),
+        None => Ok(Arc::new(MemoryStore::open(
+            settings.policy_file.clone(),
+            clock,
+        )?)),
         Some(url) => {
             let store = Arc::new(RedisStore::new(
                 url,
