@@ -302,32 +302,6 @@ async fn sync_and_status_follow_demand() {
     assert_eq!(status["probes"], json!([]));
 }
 
-#[tokio::test]
-async fn stale_instances_drop_out() {
-    let svc = Service::start(&["--stale-after-ms", "1000"]).await;
-    svc.sync(&json!({"instance": "gone", "inflight": 10})).await;
-    svc.sync(&json!({"instance": "stays", "inflight": 10}))
-        .await;
-    wait_for(
-        "the silent instance to drop out",
-        Duration::from_secs(5),
-        || async {
-            svc.sync(&json!({"instance": "stays", "inflight": 10}))
-                .await;
-            let status = svc.get("/v1/status").await.json();
-            (status["totals"]["instances"] == 1).then_some(())
-        },
-    )
-    .await;
-    // Alone: all but the floor held back for a joiner (10% of an even share of 1000 / 2).
-    assert_eq!(
-        svc.sync(&json!({"instance": "stays", "inflight": 10}))
-            .await
-            .json()["max_inflight"],
-        950
-    );
-}
-
 /// The real binary: flags, env token, SIGTERM, and the policy file across a restart.
 #[tokio::test]
 async fn binary_restart_keeps_the_policy_file() {
