@@ -40,9 +40,14 @@ pub struct Redis {
 impl Redis {
     /// Starts it and waits until it accepts connections.
     pub fn start() -> Result<Self> {
+        Self::start_binary("redis-server")
+    }
+
+    /// [`Redis::start`] with the redis-server `binary` (a name on `PATH` or a path).
+    pub fn start_binary(binary: &str) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let child = Command::new("redis-server")
+        let child = Command::new(binary)
             .args([
                 "--port",
                 &port.to_string(),
@@ -58,7 +63,7 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("spawning redis-server (apt-get install -y redis-server)")?;
+            .with_context(|| format!("spawning {binary} (apt-get install -y redis-server)"))?;
         let redis = Self {
             child,
             port,
@@ -75,6 +80,12 @@ impl Redis {
     #[must_use]
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Its process id (e.g. to read its CPU time).
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
