@@ -228,9 +228,23 @@ async fn bad_input_gets_400_or_422_naming_the_field() {
         (
             "PUT",
             "/v1/policy",
+            r#"{"global_max_inflight": 5, "tenants": {"a": {"reserved": 9}}}"#,
+            422,
+            "tenants",
+        ),
+        (
+            "PUT",
+            "/v1/policy",
             r#"{"global_max_inflight": 5, "tenants": {"a": {"reserved": 3, "max": 2}}}"#,
             422,
             "tenants.a.max",
+        ),
+        (
+            "PUT",
+            "/v1/policy",
+            r#"{"global_max_inflight": 5, "probes": [{}]}"#,
+            422,
+            "probes[0].name",
         ),
         (
             "PUT",
@@ -241,13 +255,48 @@ async fn bad_input_gets_400_or_422_naming_the_field() {
         ),
         (
             "PUT",
+            "/v1/policy",
+            r#"{"global_max_inflight": 5, "surprise": true}"#,
+            422,
+            "surprise",
+        ),
+        (
+            "PUT",
             "/v1/tenants/acme",
             r#"{"reserved": 5, "max": 2}"#,
             422,
             "tenants.acme.max",
         ),
+        (
+            "PUT",
+            "/v1/tenants/acme",
+            r#"{"reserved": 5000}"#,
+            422,
+            "tenants",
+        ),
         ("PUT", "/v1/tenants/acme", r#"{"mx": 2}"#, 422, "mx"),
+        (
+            "PUT",
+            "/v1/tenants/bad%20name",
+            r#"{"max": 2}"#,
+            422,
+            "tenants.bad name",
+        ),
         ("POST", "/v1/sync", r#"{"inflight": 3}"#, 422, "instance"),
+        (
+            "POST",
+            "/v1/sync",
+            r#"{"instance": "e", "inflight": -3}"#,
+            422,
+            "inflight",
+        ),
+        (
+            "POST",
+            "/v1/sync",
+            r#"{"instance": "e", "tenants": {"a b": {}}}"#,
+            422,
+            "tenants.a b",
+        ),
         (
             "POST",
             "/v1/sync",
@@ -274,7 +323,13 @@ async fn bad_input_gets_400_or_422_naming_the_field() {
         assert_eq!(json["field"], field, "{method} {path} {body}");
         assert!(!json["error"].as_str().unwrap().is_empty());
     }
-    assert_eq!(api.get("/v1/policy").await.version(), 0, "nothing changed");
+    let policy = api.get("/v1/policy").await;
+    assert_eq!(policy.version(), 0, "nothing changed");
+    assert_eq!(
+        policy.json()["global_max_inflight"],
+        1000,
+        "nothing changed"
+    );
 }
 
 #[tokio::test]
@@ -410,12 +465,17 @@ struct Outage {
 }
 
 impl Outage {
-    fn check(&self) -> Result<(), StoreError> {
-        if self.down.load(Ordering::SeqCst) {
-            Err(StoreError::Unavailable("switched off".into()))
-        } else {
-            Ok(())
-        }
+    /// `call`, unless the store is switched off when it runs.
+    fn guard<'a, T: Send + 'a>(
+        &'a self,
+        call: BoxFuture<'a, Result<T, StoreError>>,
+    ) -> BoxFuture<'a, Result<T, StoreError>> {
+        Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("switched off".into()));
+            }
+            call.await
+        })
     }
 }
 
@@ -424,45 +484,30 @@ impl FleetStore for Outage {
         self.inner.kind()
     }
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            self.check()?;
-            self.inner.ping().await
-        })
+        self.guard(self.inner.ping())
     }
     fn policy(&self) -> BoxFuture<'_, Result<Versioned, StoreError>> {
-        Box::pin(async move {
-            self.check()?;
-            self.inner.policy().await
-        })
+        self.guard(self.inner.policy())
     }
     fn replace_policy(
         &self,
         expected: u64,
         policy: FleetPolicy,
     ) -> BoxFuture<'_, Result<u64, StoreError>> {
-        Box::pin(async move {
-            self.check()?;
-            self.inner.replace_policy(expected, policy).await
-        })
+        self.guard(self.inner.replace_policy(expected, policy))
     }
     fn sync(
         &self,
         report: SyncRequest,
         params: SplitParams,
     ) -> BoxFuture<'_, Result<SyncReply, StoreError>> {
-        Box::pin(async move {
-            self.check()?;
-            self.inner.sync(report, params).await
-        })
+        self.guard(self.inner.sync(report, params))
     }
     fn instances(
         &self,
         params: SplitParams,
     ) -> BoxFuture<'_, Result<(Vec<InstanceView>, u64), StoreError>> {
-        Box::pin(async move {
-            self.check()?;
-            self.inner.instances(params).await
-        })
+        self.guard(self.inner.instances(params))
     }
 }
 
