@@ -20,6 +20,7 @@ pub const POLICY_VERSION_HEADER: &str = "x-wipgate-policy-version";
 /// A policy write retries this often when another writer wins the compare-and-set.
 const WRITE_ATTEMPTS: usize = 8;
 
+/// `body` with the policy version in the [`POLICY_VERSION_HEADER`] header.
 fn with_version(version: u64, body: impl IntoResponse) -> Response {
     let mut response = body.into_response();
     if let Ok(v) = HeaderValue::from_str(&version.to_string()) {
