@@ -124,7 +124,7 @@ bench-wipgate: prereqs filter
 # /v1/sync requests per second per core and p99, memory and Redis stores (bench/control-sync.md).
 bench-control:
 	$(call need,redis-server,redis-server)
-	cargo build --release -p wipgate-control --bins
+	cargo build --release -p wipgate-control -p wipgate-control-bench
 	target/release/wipgate-control-bench --out bench/control-sync.md
 
 clean:

@@ -15,7 +15,6 @@ pub mod admitter;
 pub mod bulkhead;
 pub mod config;
 pub mod fake_host;
-pub mod fleet;
 pub mod gate;
 pub mod host;
 pub mod labels;
@@ -27,6 +26,7 @@ pub mod rejection;
 pub mod shared_data;
 pub mod sync;
 pub mod tenant;
+pub mod wire;
 
 pub use admitter::{Admitter, Decision, Ticket};
 pub use bulkhead::Bulkhead;

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::fleet::ResourceHealth;
 use crate::sync::Allowance;
+use crate::wire::ResourceHealth;
 use crate::{Bulkhead, GateConfig, Partitions};
 
 /// One set of limits, immutable.

@@ -6,8 +6,8 @@
 use proptest::prelude::*;
 use serde_json::json;
 use wipgate_admission::fake_host::FakeHost;
-use wipgate_admission::fleet::SyncRequest;
 use wipgate_admission::sync::{load_allowance, SyncLease, LEASE_KEY};
+use wipgate_admission::wire::SyncRequest;
 use wipgate_admission::{Admitter, Decision, GateConfig, SharedData, SyncDriver};
 
 const CONFIG: &str = r#"{"max_inflight": 50, "control": {"cluster": "wipgate_control",

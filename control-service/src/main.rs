@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use wipgate_control::settings::LogFormat;
-use wipgate_control::{app, open_store, AdminToken, AppState, Settings};
+use wipgate_control::{app, open_store_with_clock, AdminToken, AppState, Settings, SystemClock};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -22,8 +22,9 @@ async fn main() -> anyhow::Result<()> {
             "no admin token (WIPGATE_ADMIN_TOKEN or --admin-token-file): admin calls are refused"
         );
     }
-    let store = open_store(&settings)?;
-    let state = AppState::new(store, AdminToken::new(token), &settings)?;
+    let clock = SystemClock::shared();
+    let store = open_store_with_clock(&settings, clock.clone())?;
+    let state = AppState::with_clock(store, AdminToken::new(token), &settings, clock)?;
     let _probes = state.start_probes();
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, store = state.store.kind(), "wipgate-control listening");

@@ -1,15 +1,12 @@
 //! Prometheus metrics: the API's own request counts and latencies, and fleet gauges that
 //! are refreshed from the store at each scrape (so every replica reports the same fleet).
+//! The probes register their own series in the same registry (`probes::ProbeMetrics`).
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
-use wipgate_admission::fleet::probe_state::{health_level, level_gauge};
-use wipgate_admission::fleet::{ProbeSample, ResourceHealth};
-
-use crate::probes::ProbeStatus;
 use crate::status::FleetStatus;
 
 /// All metrics of one service.
@@ -31,14 +28,6 @@ pub struct Metrics {
     policy_version: IntGauge,
     tenant_inflight: IntGaugeVec,
     tenant_max: IntGaugeVec,
-    resource_health: IntGauge,
-    resource_limit_percent: IntGauge,
-    probe_state: IntGaugeVec,
-    probe_up: IntGaugeVec,
-    probe_pg: IntGaugeVec,
-    probe_latency: GaugeVec,
-    probe_http_status: IntGaugeVec,
-    probe_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -112,59 +101,6 @@ impl Metrics {
             ),
             &["tenant"],
         )?;
-        let resource_health = gauge(
-            "wipgate_control_resource_health",
-            "Composite health of the protected resource sent to the Envoys: 0 ok, 1 degraded, 2 saturated.",
-        )?;
-        let resource_limit_percent = gauge(
-            "wipgate_control_resource_limit_percent",
-            "Percentage of the limits the Envoys keep: 100 ok, limit_percent degraded, 0 saturated (reserved slices only).",
-        )?;
-        let probe_vec = |name: &str, help: &str, labels: &[&str]| {
-            IntGaugeVec::new(Opts::new(name, help), labels)
-        };
-        let probe_state = probe_vec(
-            "wipgate_control_probe_state",
-            "A probe's level after hysteresis: 0 ok, 1 degraded, 2 saturated (absent before its first sample).",
-            &["probe"],
-        )?;
-        let probe_up = probe_vec(
-            "wipgate_control_probe_up",
-            "1 when the probe's last sample got an answer, 0 when it failed or timed out.",
-            &["probe"],
-        )?;
-        let probe_pg = probe_vec(
-            "wipgate_control_probe_postgres",
-            "Last PostgreSQL sample: value = connections, max_connections or lock_waits.",
-            &["probe", "value"],
-        )?;
-        let probe_latency = GaugeVec::new(
-            Opts::new(
-                "wipgate_control_probe_latency_seconds",
-                "Latency of the last answered sample (PostgreSQL: SELECT 1; HTTP: GET).",
-            ),
-            &["probe"],
-        )?;
-        let probe_http_status = probe_vec(
-            "wipgate_control_probe_http_status",
-            "Status of the last HTTP probe response.",
-            &["probe"],
-        )?;
-        let probe_errors = IntCounterVec::new(
-            Opts::new(
-                "wipgate_control_probe_errors_total",
-                "Probe samples without an answer, by reason: error (connecting, querying) or timeout.",
-            ),
-            &["probe", "reason"],
-        )?;
-        for g in [&resource_health, &resource_limit_percent] {
-            registry.register(Box::new(g.clone()))?;
-        }
-        for g in [&probe_state, &probe_up, &probe_pg, &probe_http_status] {
-            registry.register(Box::new(g.clone()))?;
-        }
-        registry.register(Box::new(probe_latency.clone()))?;
-        registry.register(Box::new(probe_errors.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(syncs.clone()))?;
@@ -195,14 +131,6 @@ impl Metrics {
             policy_version,
             tenant_inflight,
             tenant_max,
-            resource_health,
-            resource_limit_percent,
-            probe_state,
-            probe_up,
-            probe_pg,
-            probe_latency,
-            probe_http_status,
-            probe_errors,
         })
     }
 
@@ -234,83 +162,9 @@ impl Metrics {
         }
     }
 
-    /// Sets the probe gauges from the probes' state (probes no longer in the policy vanish).
-    pub fn set_probes(&self, health: ResourceHealth, probes: &[ProbeStatus]) {
-        self.resource_health.set(level_gauge(health_level(health)));
-        self.resource_limit_percent.set(match health {
-            ResourceHealth::Ok => 100,
-            ResourceHealth::Degraded { limit_percent } => i64::from(limit_percent),
-            ResourceHealth::Saturated => 0,
-        });
-        for v in [
-            &self.probe_state,
-            &self.probe_up,
-            &self.probe_pg,
-            &self.probe_http_status,
-        ] {
-            v.reset();
-        }
-        self.probe_latency.reset();
-        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        #[allow(clippy::cast_precision_loss)] // latencies in ms are far below 2^53
-        let seconds = |ms: u64| ms as f64 / 1000.0;
-        for p in probes {
-            let name = p.name.as_str();
-            if let Some(level) = p.state.level() {
-                self.probe_state
-                    .with_label_values(&[name])
-                    .set(level_gauge(level));
-            }
-            let Some(sample) = p.last_sample else {
-                continue;
-            };
-            let answered = !matches!(sample, ProbeSample::TimedOut | ProbeSample::Failed);
-            self.probe_up
-                .with_label_values(&[name])
-                .set(i64::from(answered));
-            match sample {
-                ProbeSample::Postgres {
-                    connections,
-                    max_connections,
-                    lock_waits,
-                    query_latency_ms,
-                } => {
-                    for (value, n) in [
-                        ("connections", connections),
-                        ("max_connections", max_connections),
-                        ("lock_waits", lock_waits),
-                    ] {
-                        self.probe_pg
-                            .with_label_values(&[name, value])
-                            .set(clamp(n));
-                    }
-                    self.probe_latency
-                        .with_label_values(&[name])
-                        .set(seconds(query_latency_ms));
-                }
-                ProbeSample::Http { status, latency_ms } => {
-                    self.probe_http_status
-                        .with_label_values(&[name])
-                        .set(i64::from(status));
-                    self.probe_latency
-                        .with_label_values(&[name])
-                        .set(seconds(latency_ms));
-                }
-                ProbeSample::TimedOut | ProbeSample::Failed => {}
-            }
-        }
-    }
-
-    /// Counts a probe sample without an answer; `reason` is `error` or `timeout`.
-    pub fn probe_error(&self, probe: &str, reason: &str) {
-        self.probe_errors.with_label_values(&[probe, reason]).inc();
-    }
-
-    /// Drops the counters of a probe that left the policy.
-    pub fn forget_probe(&self, probe: &str) {
-        for reason in ["error", "timeout"] {
-            let _ = self.probe_errors.remove_label_values(&[probe, reason]);
-        }
+    /// The registry every series of this service is in.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The Prometheus text format.

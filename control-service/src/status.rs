@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use wipgate_admission::config::WILDCARD_TENANT;
-use wipgate_admission::fleet::{FleetPolicy, InstanceView, ResourceHealth};
+use wipgate_admission::wire::ResourceHealth;
 
+use crate::fleet::{FleetPolicy, InstanceView};
 use crate::probes::ProbeStatus;
 
 /// The whole fleet as the store sees it now.

@@ -41,6 +41,7 @@ const REDIS_READY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Redis {
     child: Option<Child>,
+    binary: String,
     port: u16,
     append_only: bool,
     dir: TempDir,
@@ -49,18 +50,24 @@ pub struct Redis {
 impl Redis {
     /// Starts one without persistence and waits until it answers `PING`.
     pub fn start() -> Result<Self> {
-        Self::launch(false)
+        Self::launch(Self::binary(), false)
+    }
+
+    /// [`Redis::start`] with the redis-server `binary` (a name on `PATH` or a path).
+    pub fn start_binary(binary: &str) -> Result<Self> {
+        Self::launch(binary.to_owned(), false)
     }
 
     /// Starts one with append-only persistence: every write is in its data directory, so
     /// [`Redis::restart`] after [`Redis::kill`] finds the data again (a crash and recovery).
     pub fn start_persistent() -> Result<Self> {
-        Self::launch(true)
+        Self::launch(Self::binary(), true)
     }
 
-    fn launch(append_only: bool) -> Result<Self> {
+    fn launch(binary: String, append_only: bool) -> Result<Self> {
         let mut redis = Self {
             child: None,
+            binary,
             port: free_port()?,
             append_only,
             dir: tempfile::tempdir()?,
@@ -79,8 +86,8 @@ impl Redis {
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let binary = Self::binary();
-        let child = Command::new(&binary)
+        let binary = &self.binary;
+        let child = Command::new(binary)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly"])
             .arg(if self.append_only { "yes" } else { "no" })
@@ -107,6 +114,12 @@ impl Redis {
     #[must_use]
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The process id while it runs (for CPU accounting in the benchmarks).
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL, as a crash would.

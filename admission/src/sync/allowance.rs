@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{SyncFailure, ALLOWANCE_KEY};
 use crate::config::parse_json;
-use crate::fleet::{ResourceHealth, SyncReply};
+use crate::wire::{ResourceHealth, SyncReply};
 use crate::{Bulkhead, GateConfig, SharedData};
 
 /// Limits received from the control service, as kept in shared data.

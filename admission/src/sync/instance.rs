@@ -2,7 +2,7 @@
 //! per Envoy and kept in shared data, so every worker reports the same id.
 
 use super::INSTANCE_KEY;
-use crate::fleet::sync::MAX_INSTANCE_LEN;
+use crate::wire::sync::MAX_INSTANCE_LEN;
 use crate::SharedData;
 
 /// The instance id. `seed` picks a generated id (the filter mixes the host's randomness

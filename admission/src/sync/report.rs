@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::{SyncRequest, UsageReport};
 use crate::labels::{Label, Usage};
+use crate::wire::{SyncRequest, UsageReport};
 
 /// The counters (admitted, rejected) per label as of the last delivered report.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,7 +9,8 @@ use http::Uri;
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use wipgate_admission::fleet::{ProbeSample, ProbeSpec};
+
+use super::{ProbeSample, ProbeSpec};
 
 pub(super) struct HttpProbe {
     uri: Uri,

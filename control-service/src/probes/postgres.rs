@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
-use wipgate_admission::fleet::{ProbeSample, ProbeSpec};
+
+use super::{ProbeSample, ProbeSpec};
 
 /// Counts the probe's own session too. Lock waits need the probe's role to see other
 /// roles' sessions: `pg_monitor` (or a superuser).

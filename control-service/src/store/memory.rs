@@ -6,33 +6,41 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use wipgate_admission::fleet::{
-    FleetLedger, FleetPolicy, InstanceView, SplitParams, SyncReply, SyncRequest,
-};
+use wipgate_admission::wire::{SyncReply, SyncRequest};
 
-use super::{unix_ms, BoxFuture, FleetStore, StoreError, Versioned};
+use super::{BoxFuture, FleetStore, StoreError, Versioned};
+use crate::clock::SharedClock;
+use crate::fleet::{FleetPolicy, InstanceBook, InstanceView, SplitParams};
 
 /// The memory store.
-#[derive(Debug)]
 pub struct MemoryStore {
     state: Mutex<State>,
     /// Serializes policy writes, so the file and the state change in the same order.
     writes: tokio::sync::Mutex<()>,
     policy_file: Option<PathBuf>,
+    /// Reads the time of syncs (the stale window) and of policy changes (versions).
+    clock: SharedClock,
 }
 
-#[derive(Debug)]
 struct State {
     policy: Versioned,
-    ledger: FleetLedger,
+    book: InstanceBook,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("policy_file", &self.policy_file)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MemoryStore {
     /// A store holding the policy of `policy_file` when the file exists, else the default.
     ///
-    /// Versions are derived from the clock (ms since the epoch, and at least one more than
+    /// Versions are derived from `clock` (ms since the epoch, and at least one more than
     /// the last), so they keep growing across restarts without being stored.
-    pub fn open(policy_file: Option<PathBuf>) -> anyhow::Result<Self> {
+    pub fn open(policy_file: Option<PathBuf>, clock: SharedClock) -> anyhow::Result<Self> {
         let policy = match &policy_file {
             Some(path) if path.exists() => {
                 let bytes = std::fs::read(path)
@@ -43,17 +51,18 @@ impl MemoryStore {
             _ => FleetPolicy::default(),
         };
         let version = if policy_file.as_ref().is_some_and(|p| p.exists()) {
-            unix_ms()
+            clock.now_ms()
         } else {
             0
         };
         Ok(Self {
             state: Mutex::new(State {
                 policy: Versioned { policy, version },
-                ledger: FleetLedger::default(),
+                book: InstanceBook::default(),
             }),
             writes: tokio::sync::Mutex::new(()),
             policy_file,
+            clock,
         })
     }
 
@@ -99,7 +108,7 @@ impl FleetStore for MemoryStore {
                     })?;
             }
             let mut state = self.lock()?;
-            let version = unix_ms().max(current + 1);
+            let version = self.clock.now_ms().max(current + 1);
             state.policy = Versioned { policy, version };
             Ok(version)
         })
@@ -111,9 +120,10 @@ impl FleetStore for MemoryStore {
         params: SplitParams,
     ) -> BoxFuture<'_, Result<SyncReply, StoreError>> {
         Box::pin(async move {
+            let now = self.clock.now_ms();
             let mut state = self.lock()?;
-            let State { policy, ledger } = &mut *state;
-            Ok(ledger.sync(unix_ms(), &report, &policy.policy, policy.version, params))
+            let State { policy, book } = &mut *state;
+            Ok(book.sync(now, &report, &policy.policy, policy.version, params))
         })
     }
 
@@ -122,10 +132,10 @@ impl FleetStore for MemoryStore {
         params: SplitParams,
     ) -> BoxFuture<'_, Result<(Vec<InstanceView>, u64), StoreError>> {
         Box::pin(async move {
-            let now = unix_ms();
+            let now = self.clock.now_ms();
             let mut state = self.lock()?;
-            state.ledger.prune(now, params.stale_after_ms);
-            Ok((state.ledger.instances(), now))
+            state.book.prune(now, params.stale_after_ms);
+            Ok((state.book.instances(), now))
         })
     }
 }
@@ -159,12 +169,13 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use crate::clock::{ManualClock, SystemClock};
 
     #[tokio::test]
     async fn policy_survives_a_restart_and_versions_grow() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("policy.json");
-        let store = MemoryStore::open(Some(path.clone())).unwrap();
+        let store = MemoryStore::open(Some(path.clone()), SystemClock::shared()).unwrap();
         let v0 = store.policy().await.unwrap();
         assert_eq!(v0.version, 0);
         let policy =
@@ -176,7 +187,7 @@ mod tests {
             Err(StoreError::Conflict)
         ));
         drop(store);
-        let reopened = MemoryStore::open(Some(path.clone())).unwrap();
+        let reopened = MemoryStore::open(Some(path.clone()), SystemClock::shared()).unwrap();
         let again = reopened.policy().await.unwrap();
         assert_eq!(again.policy, policy);
         assert!(again.version >= v1);
@@ -184,12 +195,50 @@ mod tests {
         assert_eq!(leftovers.len(), 1, "no temporary files left behind");
     }
 
+    #[tokio::test]
+    async fn syncs_and_versions_read_the_injected_clock() {
+        let clock = ManualClock::new(5_000);
+        let store = MemoryStore::open(None, clock.clone()).unwrap();
+        let params = SplitParams {
+            floor_percent: 10,
+            stale_after_ms: 1_000,
+        };
+        let report = |id: &str| SyncRequest {
+            instance: id.to_owned(),
+            ..SyncRequest::default()
+        };
+        store.sync(report("gone"), params).await.unwrap();
+        store.sync(report("stays"), params).await.unwrap();
+        let (views, now) = store.instances(params).await.unwrap();
+        assert_eq!((views.len(), now), (2, 5_000));
+        assert_eq!(views[0].last_seen_ms, 5_000);
+        // Exactly the stale window later both are still live; one ms more and only the
+        // instance that synced again is.
+        clock.advance(1_000);
+        assert_eq!(store.instances(params).await.unwrap().0.len(), 2);
+        clock.advance(1);
+        store.sync(report("stays"), params).await.unwrap();
+        let (views, now) = store.instances(params).await.unwrap();
+        assert_eq!(now, 6_001);
+        let ids: Vec<_> = views.iter().map(|v| v.instance.as_str()).collect();
+        assert_eq!(ids, ["stays"]);
+        // A policy version is the time of the change, and at least one more than the last.
+        let policy = FleetPolicy::default();
+        assert_eq!(
+            store.replace_policy(0, policy.clone()).await.unwrap(),
+            6_001
+        );
+        assert_eq!(store.replace_policy(6_001, policy).await.unwrap(), 6_002);
+    }
+
     #[test]
     fn a_broken_policy_file_is_refused_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("policy.json");
         std::fs::write(&path, br#"{"global_max_inflight": 0}"#).unwrap();
-        let err = MemoryStore::open(Some(path)).unwrap_err().to_string();
+        let err = MemoryStore::open(Some(path), SystemClock::shared())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("global_max_inflight"), "{err}");
     }
 }

@@ -2,14 +2,18 @@
 //! default (one instance); [`RedisStore`] lets any number of replicas share state.
 
 mod memory;
+mod open;
 mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
 
-use wipgate_admission::fleet::{FleetPolicy, InstanceView, SplitParams, SyncReply, SyncRequest};
+use wipgate_admission::wire::{SyncReply, SyncRequest};
+
+use crate::fleet::{FleetPolicy, InstanceView, SplitParams};
 
 pub use self::memory::MemoryStore;
+pub use self::open::{open_store, open_store_with_clock};
 pub use self::redis::RedisStore;
 
 /// A boxed future, so that the trait can be used as `dyn FleetStore`.
@@ -69,12 +73,4 @@ pub trait FleetStore: Send + Sync + 'static {
         &self,
         params: SplitParams,
     ) -> BoxFuture<'_, Result<(Vec<InstanceView>, u64), StoreError>>;
-}
-
-/// Milliseconds since the Unix epoch by this process's clock.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

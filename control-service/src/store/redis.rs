@@ -17,12 +17,11 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
-use wipgate_admission::fleet::allowance::{build_reply, demands, fleet_limits, target_share};
-use wipgate_admission::fleet::{
-    Dim, FleetPolicy, InstanceView, SplitParams, SyncReply, SyncRequest,
-};
+use wipgate_admission::wire::{SyncReply, SyncRequest};
 
 use super::{BoxFuture, FleetStore, StoreError, Versioned};
+use crate::fleet::allowance::{build_reply, demands, fleet_limits, target_share};
+use crate::fleet::{Dim, FleetPolicy, InstanceView, SplitParams};
 
 /// Demands are capped so that Lua's doubles and `HINCRBY` stay exact.
 const MAX_DEMAND: u64 = 1 << 40;

@@ -7,13 +7,17 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, WILDCARD_TENANT};
-use crate::fleet::health::ResourceHealth;
-use crate::fleet::policy::{error, parse_json, MAX_POLICY_ENTRIES};
+use crate::config::{parse_json, ConfigError, WILDCARD_TENANT};
+use crate::wire::health::ResourceHealth;
 use crate::{Bulkhead, TenantName};
 
 /// Longest instance id, in bytes.
 pub const MAX_INSTANCE_LEN: usize = 256;
+
+/// Most tenant or class entries one report may hold. The control service bounds its fleet
+/// policy by the same number: every entry is a dimension that each sync splits, so the
+/// count bounds the work per sync and the size of a reply.
+pub const MAX_ENTRIES: usize = 4096;
 
 /// One Envoy's report. `admitted` and `rejected` count since the previous report.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -90,27 +94,30 @@ impl SyncRequest {
         Ok(request)
     }
 
-    /// Instance id well-formed; at most [`MAX_POLICY_ENTRIES`] tenants and classes, with
+    /// Instance id well-formed; at most [`MAX_ENTRIES`] tenants and classes, with
     /// well-formed names.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let id = self.instance.as_bytes();
         if id.is_empty() || id.len() > MAX_INSTANCE_LEN || !id.iter().all(u8::is_ascii_graphic) {
-            return Err(error("instance", "must be 1-256 bytes of visible ASCII"));
+            return Err(ConfigError::new(
+                "instance",
+                "must be 1-256 bytes of visible ASCII",
+            ));
         }
         for (field, entries, wildcard) in [
             ("tenants", &self.tenants, true),
             ("classes", &self.classes, false),
         ] {
-            if entries.len() > MAX_POLICY_ENTRIES {
-                return Err(error(
+            if entries.len() > MAX_ENTRIES {
+                return Err(ConfigError::new(
                     field,
-                    format!("more than {MAX_POLICY_ENTRIES} entries"),
+                    format!("more than {MAX_ENTRIES} entries"),
                 ));
             }
             for name in entries.keys() {
                 let ok = (wildcard && name == WILDCARD_TENANT) || TenantName::parse(name).is_some();
                 if !ok {
-                    return Err(error(
+                    return Err(ConfigError::new(
                         format!("{field}.{name}"),
                         "name must be 1-64 bytes of [A-Za-z0-9._-]",
                     ));

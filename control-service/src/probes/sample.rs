@@ -3,12 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::probe_policy::{ProbeKind, ProbeLevel, ProbeSpec};
+use crate::probes::policy::{ProbeKind, ProbeLevel, ProbeSpec};
 
 /// The outcome of one sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ProbeSample {
     /// A PostgreSQL server answered.
     Postgres {
@@ -102,7 +101,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::fleet::probe_policy::Thresholds;
+    use crate::probes::policy::Thresholds;
 
     fn pg() -> ProbeSpec {
         serde_json::from_str(

@@ -1,5 +1,6 @@
-//! The OpenAPI schema of [`Bulkhead`], which lives outside this module (the control service
-//! builds its `/openapi.json` from these types; only with the `openapi` feature).
+//! The OpenAPI schema of [`Bulkhead`], a wire type that lives outside this module (written
+//! by hand so that `bulkhead.rs` stays free of the feature). The control service builds its
+//! `/openapi.json` from the wire types; only with the `openapi` feature.
 
 use std::borrow::Cow;
 

@@ -1,5 +1,5 @@
 //! How one fleet number is split among the live instances. Pure arithmetic: no clock, no
-//! store; the memory store ([`crate::fleet::FleetLedger`]) and the Redis store both call it.
+//! store; the memory store ([`crate::fleet::InstanceBook`]) and the Redis store both call it.
 //!
 //! Every fleet number is a *dimension*: the global limit, each tenant's `max` and
 //! `reserved`, each class's `max` and `reserved`. For one dimension with limit `L` and `n`
@@ -22,9 +22,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::config::WILDCARD_TENANT;
-use crate::fleet::{FleetPolicy, SyncReply, SyncRequest};
-use crate::Bulkhead;
+use wipgate_admission::config::WILDCARD_TENANT;
+use wipgate_admission::wire::{ResourceHealth, SyncReply, SyncRequest, UsageReport};
+use wipgate_admission::Bulkhead;
+
+use crate::fleet::FleetPolicy;
 
 /// The knobs of the split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,7 +183,7 @@ pub fn demands(report: &SyncRequest, policy: &FleetPolicy) -> BTreeMap<Dim, u64>
             *slot = slot.saturating_add(value);
         }
     };
-    let rejected = |m: &BTreeMap<String, crate::fleet::UsageReport>| {
+    let rejected = |m: &BTreeMap<String, UsageReport>| {
         m.values().fold(0u64, |a, u| a.saturating_add(u.rejected))
     };
     let global_rejected = rejected(&report.tenants).max(rejected(&report.classes));
@@ -255,7 +257,7 @@ pub fn build_reply(
         classes: shares(&policy.classes, Dim::ClassMax, Dim::ClassReserved),
         degraded: false,
         stale_after_ms: params.reply_validity_ms(),
-        health: crate::fleet::ResourceHealth::Ok,
+        health: ResourceHealth::Ok,
     }
 }
 

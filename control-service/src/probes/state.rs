@@ -2,9 +2,9 @@
 //! `now` are arguments; nothing here reads a clock.
 
 use serde::{Deserialize, Serialize};
+use wipgate_admission::wire::ResourceHealth;
 
-use crate::fleet::health::ResourceHealth;
-use crate::fleet::probe_policy::{ProbeLevel, ProbeSpec};
+use crate::probes::policy::{ProbeLevel, ProbeSpec};
 
 /// A probe's level with hysteresis.
 ///
@@ -143,9 +143,8 @@ pub fn health_level(health: ResourceHealth) -> ProbeLevel {
 }
 
 /// A probe's published state, for status pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ProbeState {
     /// No sample yet.
     Pending,

@@ -4,7 +4,8 @@
 //! The service runs as its own process (the release binary next to this one), so its CPU
 //! time can be read from `/proc/PID/stat`: "per core" is requests / CPU-seconds the
 //! service (and, for Redis, redis-server) used. The load generator shares the machine,
-//! so wall-clock req/s understates what a dedicated core does.
+//! so wall-clock req/s understates what a dedicated core does. redis-server, free ports,
+//! readiness polling and percentiles come from the e2e harness (`wipgate-e2e`).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -16,6 +17,9 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use wipgate_e2e::processes::{free_port, Redis};
+use wipgate_e2e::summary::sorted_percentile;
+use wipgate_e2e::{blocking_http, wait_until};
 
 #[derive(Parser)]
 #[command(about = "Benchmark POST /v1/sync of wipgate-control with the memory and Redis stores")]
@@ -50,9 +54,9 @@ struct Row {
     wall_s: f64,
     server_cpu_s: f64,
     redis_cpu_s: f64,
-    p50_us: u64,
-    p99_us: u64,
-    p999_us: u64,
+    p50: Duration,
+    p99: Duration,
+    p999: Duration,
 }
 
 /// Children are killed on drop, so a failed run leaves nothing behind.
@@ -63,12 +67,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn clk_tck() -> f64 {
@@ -139,23 +137,18 @@ fn report(i: usize, round: u64) -> Bytes {
 }
 
 async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut s) = connect(addr).await {
-            if let Ok((200, _)) = request(&mut s, "GET", "/readyz", Bytes::new(), None).await {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("service at {addr} not ready after 20 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    tokio::task::spawn_blocking(move || {
+        wait_until(Duration::from_secs(20), "wipgate-control /readyz", || {
+            blocking_http::get(addr, "/readyz", Duration::from_secs(1))
+                .is_ok_and(|r| r.status == 200)
+        })
+    })
+    .await?
 }
 
 async fn run_store(args: &Args, store: &str, server: &PathBuf, tck: f64) -> anyhow::Result<Row> {
     let token = "bench-token";
-    let mut redis: Option<(Proc, u32)> = None;
+    let mut redis: Option<Redis> = None;
     let mut cmd = Command::new(server);
     let port = free_port()?;
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -165,29 +158,9 @@ async fn run_store(args: &Args, store: &str, server: &PathBuf, tck: f64) -> anyh
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     if store == "redis" {
-        let rport = free_port()?;
-        let child = Command::new(&args.redis_server)
-            .args([
-                "--port",
-                &rport.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "starting {} (apt-get install -y redis-server)",
-                    args.redis_server
-                )
-            })?;
-        let pid = child.id();
-        redis = Some((Proc(child), pid));
-        cmd.args(["--redis-url", &format!("redis://127.0.0.1:{rport}/")]);
+        let server = Redis::start_binary(&args.redis_server)?;
+        cmd.args(["--redis-url", &server.url()]);
+        redis = Some(server);
     }
     let service = Proc(
         cmd.spawn()
@@ -229,9 +202,7 @@ async fn run_store(args: &Args, store: &str, server: &PathBuf, tck: f64) -> anyh
                         let body = report((c + n as usize * connections) % instances, n);
                         let t = Instant::now();
                         match request(&mut sender, "POST", "/v1/sync", body, None).await {
-                            Ok((200, _)) => {
-                                lat.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX))
-                            }
+                            Ok((200, _)) => lat.push(t.elapsed()),
                             Ok(_) => errors += 1,
                             Err(_) => {
                                 errors += 1;
@@ -256,7 +227,7 @@ async fn run_store(args: &Args, store: &str, server: &PathBuf, tck: f64) -> anyh
     measure(1).await?;
     let cpu0 = cpu_s(pid, tck)?;
     let rcpu0 = match &redis {
-        Some((_, p)) => cpu_s(*p, tck)?,
+        Some(r) => cpu_s(r.pid().context("redis-server is not running")?, tck)?,
         None => 0.0,
     };
     let started = Instant::now();
@@ -264,15 +235,10 @@ async fn run_store(args: &Args, store: &str, server: &PathBuf, tck: f64) -> anyh
     let wall_s = started.elapsed().as_secs_f64();
     let server_cpu_s = cpu_s(pid, tck)? - cpu0;
     let redis_cpu_s = match &redis {
-        Some((_, p)) => cpu_s(*p, tck)? - rcpu0,
+        Some(r) => cpu_s(r.pid().context("redis-server is not running")?, tck)? - rcpu0,
         None => 0.0,
     };
     lat.sort_unstable();
-    let pct = |q: f64| {
-        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
     drop(service);
     drop(redis);
     Ok(Row {
@@ -282,10 +248,14 @@ async fn run_store(args: &Args, store: &str, server: &PathBuf, tck: f64) -> anyh
         wall_s,
         server_cpu_s,
         redis_cpu_s,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-        p999_us: pct(0.999),
+        p50: sorted_percentile(&lat, 50.0),
+        p99: sorted_percentile(&lat, 99.0),
+        p999: sorted_percentile(&lat, 99.9),
     })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -342,9 +312,9 @@ async fn main() -> anyhow::Result<()> {
             per(r.server_cpu_s),
             r.redis_cpu_s,
             per(r.server_cpu_s + r.redis_cpu_s),
-            r.p50_us as f64 / 1000.0,
-            r.p99_us as f64 / 1000.0,
-            r.p999_us as f64 / 1000.0,
+            ms(r.p50),
+            ms(r.p99),
+            ms(r.p999),
         )?;
     }
     print!("{md}");

@@ -1,17 +1,17 @@
-//! The fleet's bookkeeping in one process: who is live, what each instance asked for and
-//! what it holds. The control service's memory store is this behind a mutex; the Redis
-//! store keeps the same records in Redis and follows the same steps.
+//! The book of live instances in one process: who is live, what each instance asked for
+//! and what it holds. The memory store is this behind a mutex; the Redis store keeps the
+//! same records in Redis and follows the same steps.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use wipgate_admission::wire::{SyncReply, SyncRequest};
 
 use crate::fleet::allowance::{build_reply, clip, demands, fleet_limits, target_share};
-use crate::fleet::{Dim, FleetPolicy, SplitParams, SyncReply, SyncRequest};
+use crate::fleet::{Dim, FleetPolicy, SplitParams};
 
 /// One live instance as `GET /v1/status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InstanceView {
     /// The instance id.
     pub instance: String,
@@ -29,18 +29,18 @@ struct Instance {
     report: SyncRequest,
     demand: BTreeMap<Dim, u64>,
     /// Invariant (over all instances): the grants of each dimension add up to at most its
-    /// fleet number, except right after a policy lowered that number (see [`FleetLedger::sync`]).
+    /// fleet number, except right after a policy lowered that number (see [`InstanceBook::sync`]).
     grant: BTreeMap<Dim, u32>,
     reply: SyncReply,
 }
 
 /// All live instances of a fleet.
 #[derive(Debug, Clone, Default)]
-pub struct FleetLedger {
+pub struct InstanceBook {
     instances: BTreeMap<String, Instance>,
 }
 
-impl FleetLedger {
+impl InstanceBook {
     /// Records `report` at `now_ms` and returns the instance's new allowance.
     ///
     /// Each grant is clipped to what the other live instances leave of the fleet number, so
@@ -133,7 +133,7 @@ mod tests {
     }
 
     fn report(id: usize, inflight: u32, acme: u32, other: u32, rejected: u64) -> SyncRequest {
-        let usage = |n: u32| crate::fleet::UsageReport {
+        let usage = |n: u32| wipgate_admission::wire::UsageReport {
             inflight: n,
             admitted: 0,
             rejected,
@@ -155,16 +155,16 @@ mod tests {
         }
     }
 
-    fn sums_fit(ledger: &FleetLedger, policy: &FleetPolicy) -> Result<(), TestCaseError> {
+    fn sums_fit(book: &InstanceBook, policy: &FleetPolicy) -> Result<(), TestCaseError> {
         for (dim, limit) in fleet_limits(policy) {
             prop_assert!(
-                ledger.granted(&dim) <= u64::from(limit),
+                book.granted(&dim) <= u64::from(limit),
                 "{} over {}",
                 dim,
                 limit
             );
         }
-        let views = ledger.instances();
+        let views = book.instances();
         let replies: u64 = views
             .iter()
             .map(|v| u64::from(v.allowance.max_inflight))
@@ -202,13 +202,13 @@ mod tests {
     #[test]
     fn busy_instance_gets_more_and_stale_ones_drop_out() {
         let (p, params) = (policy(), SplitParams::default());
-        let mut ledger = FleetLedger::default();
+        let mut book = InstanceBook::default();
         for round in 0..3 {
             let now = 1000 * round;
-            ledger.sync(now, &report(0, 150, 100, 10, 40), &p, 1, params);
-            ledger.sync(now, &report(1, 2, 1, 1, 0), &p, 1, params);
+            book.sync(now, &report(0, 150, 100, 10, 40), &p, 1, params);
+            book.sync(now, &report(1, 2, 1, 1, 0), &p, 1, params);
         }
-        let views = ledger.instances();
+        let views = book.instances();
         assert!(
             views[0].allowance.max_inflight > 4 * views[1].allowance.max_inflight,
             "{views:?}"
@@ -216,8 +216,8 @@ mod tests {
         assert!(views[1].allowance.max_inflight >= 1);
         // envoy-1 keeps syncing; envoy-0 goes quiet past the stale window.
         let later = 2000 + params.stale_after_ms + 1;
-        let reply = ledger.sync(later, &report(1, 2, 1, 1, 0), &p, 1, params);
-        assert_eq!(ledger.instances().len(), 1);
+        let reply = book.sync(later, &report(1, 2, 1, 1, 0), &p, 1, params);
+        assert_eq!(book.instances().len(), 1);
         // Alone now: the stale grant is freed, so envoy-1 gets all but the held-back floor.
         assert_eq!(reply.max_inflight, 200 - 10);
     }
@@ -225,14 +225,14 @@ mod tests {
     #[test]
     fn a_newcomer_finds_room_at_once() {
         let (p, params) = (policy(), SplitParams::default());
-        let mut ledger = FleetLedger::default();
+        let mut book = InstanceBook::default();
         for i in 0..5 {
-            ledger.sync(0, &report(i, 100, 50, 5, 10), &p, 1, params);
+            book.sync(0, &report(i, 100, 50, 5, 10), &p, 1, params);
         }
         for i in 0..5 {
-            ledger.sync(1, &report(i, 100, 50, 5, 10), &p, 1, params);
+            book.sync(1, &report(i, 100, 50, 5, 10), &p, 1, params);
         }
-        let reply = ledger.sync(2, &report(9, 0, 0, 0, 0), &p, 1, params);
+        let reply = book.sync(2, &report(9, 0, 0, 0, 0), &p, 1, params);
         assert!(reply.max_inflight >= 1, "{reply:?}");
     }
 
@@ -242,12 +242,12 @@ mod tests {
             steps in proptest::collection::vec((0usize..12, 0u32..400, 0u32..200, 0u32..50, 0u64..100, 0u64..3000), 1..120),
         ) {
             let (p, params) = (policy(), SplitParams { floor_percent: 10, stale_after_ms: 5000 });
-            let mut ledger = FleetLedger::default();
+            let mut book = InstanceBook::default();
             let mut now = 0;
             for (id, inflight, acme, other, rejected, dt) in steps {
                 now += dt;
-                ledger.sync(now, &report(id, inflight, acme, other, rejected), &p, 1, params);
-                sums_fit(&ledger, &p)?;
+                book.sync(now, &report(id, inflight, acme, other, rejected), &p, 1, params);
+                sums_fit(&book, &p)?;
             }
         }
 
@@ -256,14 +256,14 @@ mod tests {
             loads in proptest::collection::vec(0u32..300, 1..30),
         ) {
             let (p, params) = (policy(), SplitParams::default());
-            let mut ledger = FleetLedger::default();
+            let mut book = InstanceBook::default();
             for round in 0..3 {
                 for (i, load) in loads.iter().enumerate() {
-                    ledger.sync(round, &report(i, *load, 0, 0, 0), &p, 1, params);
+                    book.sync(round, &report(i, *load, 0, 0, 0), &p, 1, params);
                 }
             }
-            sums_fit(&ledger, &p)?;
-            let views = ledger.instances();
+            sums_fit(&book, &p)?;
+            let views = book.instances();
             let by_id: BTreeMap<usize, u32> = views.iter()
                 .map(|v| (v.instance["envoy-".len()..].parse().unwrap(), v.allowance.max_inflight))
                 .collect();

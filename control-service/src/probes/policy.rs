@@ -1,13 +1,12 @@
 //! Bottleneck probes as the fleet policy declares them: what to sample, how often, and the
-//! thresholds that turn a sample into a level. Validated here, run by the control service.
+//! thresholds that turn a sample into a level. Validated here, run by [`super::hub`].
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
+use wipgate_admission::{ConfigError, TenantName};
 
-use crate::config::ConfigError;
-use crate::fleet::policy::error;
-use crate::TenantName;
+use crate::field_error::field_error;
 
 /// Most probes one policy may hold (each is a task and a connection in every replica).
 pub const MAX_PROBES: usize = 16;
@@ -15,9 +14,8 @@ pub const MAX_PROBES: usize = 16;
 pub const MAX_TARGET_LEN: usize = 2048;
 
 /// What a probe samples.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ProbeKind {
     /// A PostgreSQL server: connections in use, sessions waiting on locks, query latency.
     Postgres,
@@ -27,9 +25,20 @@ pub enum ProbeKind {
 
 /// The level of one sample, of one probe, or of the whole resource. Ordered from the least
 /// to the most constrained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ProbeLevel {
     /// Within every threshold.
     Ok,
@@ -41,9 +50,8 @@ pub enum ProbeLevel {
 
 /// A pair of thresholds on one measure. Invariant once validated: `1 <= degraded < saturated`.
 /// A value at or above a threshold is at that level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Thresholds {
     /// From this value on, the measure is `degraded`.
     pub degraded: u64,
@@ -69,9 +77,8 @@ impl Thresholds {
 /// PostgreSQL thresholds, an `http` probe a `url` (`http://`) and only HTTP ones; neither
 /// target holds a password; `100 <= interval_ms <= 60000`, `10 <= timeout_ms <= interval_ms`;
 /// `enter_after` and `leave_after` in 1..=100; `degraded_limit_percent` in 1..=99.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProbeSpec {
     /// Name in status, metrics and logs.
     pub name: String,
@@ -149,13 +156,19 @@ impl ProbeSpec {
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
         let field = |name: &str| format!("{at}.{name}");
         if TenantName::parse(&self.name).is_none() {
-            return Err(error(field("name"), "must be 1-64 bytes of [A-Za-z0-9._-]"));
+            return Err(field_error(
+                field("name"),
+                "must be 1-64 bytes of [A-Za-z0-9._-]",
+            ));
         }
         if !(100..=60_000).contains(&self.interval_ms) {
-            return Err(error(field("interval_ms"), "must be between 100 and 60000"));
+            return Err(field_error(
+                field("interval_ms"),
+                "must be between 100 and 60000",
+            ));
         }
         if self.timeout_ms < 10 || self.timeout_ms > self.interval_ms {
-            return Err(error(
+            return Err(field_error(
                 field("timeout_ms"),
                 format!("must be between 10 and interval_ms ({})", self.interval_ms),
             ));
@@ -165,11 +178,11 @@ impl ProbeSpec {
             ("leave_after", self.leave_after),
         ] {
             if !(1..=100).contains(&n) {
-                return Err(error(field(name), "must be between 1 and 100"));
+                return Err(field_error(field(name), "must be between 1 and 100"));
             }
         }
         if !(1..=99).contains(&self.degraded_limit_percent) {
-            return Err(error(
+            return Err(field_error(
                 field("degraded_limit_percent"),
                 "must be between 1 and 99",
             ));
@@ -190,14 +203,14 @@ impl ProbeSpec {
         };
         for name in refused {
             if self.is_set(name) {
-                return Err(error(
+                return Err(field_error(
                     field(name),
                     format!("not a field of a `{}` probe", self.kind_name()),
                 ));
             }
         }
         let Some(value) = target.1 else {
-            return Err(error(
+            return Err(field_error(
                 field(target.0),
                 format!("required for a `{}` probe", self.kind_name()),
             ));
@@ -208,7 +221,7 @@ impl ProbeSpec {
                 && var.len() <= 256
                 && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !ok {
-                return Err(error(
+                return Err(field_error(
                     field("password_env"),
                     "must be an environment variable name: 1-256 bytes of [A-Za-z0-9_]",
                 ));
@@ -222,24 +235,27 @@ impl ProbeSpec {
         ] {
             let Some(t) = t else { continue };
             if t.degraded < 1 || t.degraded >= t.saturated {
-                return Err(error(field(name), "needs 1 <= degraded < saturated"));
+                return Err(field_error(field(name), "needs 1 <= degraded < saturated"));
             }
             if name == "connections_percent" && t.saturated > 100 {
-                return Err(error(
+                return Err(field_error(
                     format!("{}.saturated", field(name)),
                     "a percentage: at most 100",
                 ));
             }
         }
         if self.non_2xx == Some(ProbeLevel::Ok) {
-            return Err(error(field("non_2xx"), "must be `degraded` or `saturated`"));
+            return Err(field_error(
+                field("non_2xx"),
+                "must be `degraded` or `saturated`",
+            ));
         }
         Ok(())
     }
 
     fn validate_target(&self, at: &str, value: &str) -> Result<(), ConfigError> {
         if value.is_empty() || value.len() > MAX_TARGET_LEN || value.chars().any(char::is_control) {
-            return Err(error(
+            return Err(field_error(
                 at,
                 format!("must be 1-{MAX_TARGET_LEN} bytes without control characters"),
             ));
@@ -255,14 +271,17 @@ impl ProbeSpec {
                     .is_some_and(|(userinfo, _)| userinfo.contains(':'))
             });
         if lower.contains("password") || url_userinfo == Some(true) {
-            return Err(error(
+            return Err(field_error(
                 at,
                 "must not hold a password (the policy is public through GET /v1/policy); \
                  use password_env",
             ));
         }
         if self.kind == ProbeKind::Http && !lower.starts_with("http://") {
-            return Err(error(at, "must be an http:// URL (https is not supported)"));
+            return Err(field_error(
+                at,
+                "must be an http:// URL (https is not supported)",
+            ));
         }
         Ok(())
     }
@@ -293,14 +312,17 @@ impl ProbeSpec {
 /// there are at most [`MAX_PROBES`] with unique names.
 pub fn validate_probes(probes: &[ProbeSpec]) -> Result<(), ConfigError> {
     if probes.len() > MAX_PROBES {
-        return Err(error("probes", format!("more than {MAX_PROBES} probes")));
+        return Err(field_error(
+            "probes",
+            format!("more than {MAX_PROBES} probes"),
+        ));
     }
     let mut names = BTreeSet::new();
     for (i, probe) in probes.iter().enumerate() {
         let at = format!("probes[{i}]");
         probe.validate(&at)?;
         if !names.insert(probe.name.as_str()) {
-            return Err(error(
+            return Err(field_error(
                 format!("{at}.name"),
                 format!("`{}` names two probes", probe.name),
             ));
@@ -311,83 +333,7 @@ pub fn validate_probes(probes: &[ProbeSpec]) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-    use crate::fleet::FleetPolicy;
-
-    const DOC: &str = r#"{"global_max_inflight": 100, "probes": [
-        {"name": "orders-db", "kind": "postgres",
-         "dsn": "host=127.0.0.1 port=5432 user=wipgate dbname=orders", "password_env": "ORDERS_PW",
-         "connections_percent": {"degraded": 70, "saturated": 90},
-         "lock_waits": {"degraded": 5, "saturated": 20},
-         "query_latency_ms": {"degraded": 50, "saturated": 200}},
-        {"name": "inventory", "kind": "http", "url": "http://127.0.0.1:8081/health",
-         "interval_ms": 2000, "timeout_ms": 800, "enter_after": 1, "leave_after": 5,
-         "degraded_limit_percent": 30,
-         "latency_ms": {"degraded": 100, "saturated": 500}, "non_2xx": "saturated"}]}"#;
-
-    #[test]
-    fn documented_probes_parse_with_defaults_and_round_trip() {
-        let p = FleetPolicy::parse(DOC.as_bytes()).unwrap();
-        let db = &p.probes[0];
-        assert_eq!(db.kind, ProbeKind::Postgres);
-        assert_eq!(
-            (
-                db.interval_ms,
-                db.timeout_ms,
-                db.enter_after,
-                db.leave_after
-            ),
-            (1000, 500, 2, 3)
-        );
-        assert_eq!(db.degraded_limit_percent, 50);
-        assert_eq!(p.probes[1].non_2xx, Some(ProbeLevel::Saturated));
-        let json = serde_json::to_vec(&p).unwrap();
-        assert_eq!(FleetPolicy::parse(&json).unwrap(), p);
-        assert!(!String::from_utf8(json).unwrap().contains("\"url\":null"));
-    }
-
-    fn field_of(probe: &str) -> String {
-        let json = format!(r#"{{"global_max_inflight": 5, "probes": [{probe}]}}"#);
-        FleetPolicy::parse(json.as_bytes()).unwrap_err().field
-    }
-
-    #[test]
-    fn bad_probes_name_their_field() {
-        let pg = r#""name": "db", "kind": "postgres", "dsn": "host=h""#;
-        let cases = [
-            (r#"{"kind": "http", "url": "http://x/"}"#.to_owned(), "probes[0].name"),
-            (r#"{"name": "a b", "kind": "http", "url": "http://x/"}"#.to_owned(), "probes[0].name"),
-            (r#"{"name": "x", "kind": "redis"}"#.to_owned(), "probes[0].kind"),
-            (r#"{"name": "x", "kind": "http"}"#.to_owned(), "probes[0].url"),
-            (r#"{"name": "x", "kind": "postgres"}"#.to_owned(), "probes[0].dsn"),
-            (r#"{"name": "x", "kind": "http", "url": "https://x/"}"#.to_owned(), "probes[0].url"),
-            (r#"{"name": "x", "kind": "http", "url": "http://u:p@x/"}"#.to_owned(), "probes[0].url"),
-            (r#"{"name": "x", "kind": "postgres", "dsn": "host=h password=s"}"#.to_owned(), "probes[0].dsn"),
-            (r#"{"name": "x", "kind": "postgres", "dsn": "postgres://u:s@h/db"}"#.to_owned(), "probes[0].dsn"),
-            (format!(r#"{{{pg}, "url": "http://x/"}}"#), "probes[0].url"),
-            (format!(r#"{{{pg}, "latency_ms": {{"degraded": 1, "saturated": 2}}}}"#), "probes[0].latency_ms"),
-            (r#"{"name": "x", "kind": "http", "url": "http://x/", "lock_waits": {"degraded": 1, "saturated": 2}}"#.to_owned(), "probes[0].lock_waits"),
-            (format!(r#"{{{pg}, "interval_ms": 50}}"#), "probes[0].interval_ms"),
-            (format!(r#"{{{pg}, "timeout_ms": 2000}}"#), "probes[0].timeout_ms"),
-            (format!(r#"{{{pg}, "enter_after": 0}}"#), "probes[0].enter_after"),
-            (format!(r#"{{{pg}, "leave_after": 101}}"#), "probes[0].leave_after"),
-            (format!(r#"{{{pg}, "degraded_limit_percent": 100}}"#), "probes[0].degraded_limit_percent"),
-            (format!(r#"{{{pg}, "lock_waits": {{"degraded": 5, "saturated": 5}}}}"#), "probes[0].lock_waits"),
-            (format!(r#"{{{pg}, "lock_waits": {{"degraded": 0, "saturated": 5}}}}"#), "probes[0].lock_waits"),
-            (format!(r#"{{{pg}, "lock_waits": {{"degraded": 1}}}}"#), "probes[0].lock_waits.saturated"),
-            (format!(r#"{{{pg}, "connections_percent": {{"degraded": 70, "saturated": 120}}}}"#), "probes[0].connections_percent.saturated"),
-            (format!(r#"{{{pg}, "password_env": "A-B"}}"#), "probes[0].password_env"),
-            (format!(r#"{{{pg}, "extra": 1}}"#), "probes[0].extra"),
-            (r#"{"name": "x", "kind": "http", "url": "http://x/", "non_2xx": "ok"}"#.to_owned(), "probes[0].non_2xx"),
-            (format!(r#"{{{pg}}}, {{{pg}}}"#), "probes[1].name"),
-        ];
-        for (probe, field) in cases {
-            assert_eq!(field_of(&probe), field, "probe {probe}");
-        }
-        let many = vec![format!(r#"{{{pg}}}"#); MAX_PROBES + 1].join(",");
-        assert_eq!(field_of(&many), "probes");
-    }
 
     #[test]
     fn thresholds_are_inclusive() {
