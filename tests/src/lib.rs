@@ -20,5 +20,5 @@ pub use client::{Outcome, RequestSpec};
 pub use envoy::{require_envoy, start_expect_refused, Envoy, EnvoyConfig};
 pub use load::{abort_mid_flight, burst, burst_with, open_loop, open_loop_with_timeout};
 pub use summary::{percentile, Summary};
-pub use upstream::{Collapse, Gate, Upstream, UpstreamOptions, UpstreamStats};
+pub use upstream::{Collapse, Gate, Slowdown, Upstream, UpstreamOptions, UpstreamStats};
 pub use wait::{poll_until, poll_until_async, wait_until, wait_until_async};

@@ -14,6 +14,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::thread::JoinHandle;
@@ -48,6 +49,50 @@ pub struct UpstreamOptions {
     pub collapse: Option<Collapse>,
     /// Where `x-hold: 1` requests wait (a fresh, closed one by default).
     pub gate: Gate,
+    /// Service times are lognormal around `service_time` (the median) with this sigma; 0
+    /// (the default): fixed. Sigma 1 gives p99/p50 of about 10: a heavy tail.
+    pub lognormal_sigma: f64,
+    /// Multiplies every service time; settable while it runs (a database getting slower).
+    pub slowdown: Slowdown,
+}
+
+/// A service-time multiplier shared by the test and the upstream (1 by default).
+#[derive(Debug, Clone)]
+pub struct Slowdown(Arc<AtomicU64>);
+
+impl Default for Slowdown {
+    fn default() -> Self {
+        Self(Arc::new(AtomicU64::new(1.0f64.to_bits())))
+    }
+}
+
+impl Slowdown {
+    /// Every request from now on takes `factor` times its service time.
+    pub fn set(&self, factor: f64) {
+        self.0.store(factor.max(0.0).to_bits(), Ordering::Relaxed);
+    }
+
+    fn factor(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// exp(sigma * N(0, 1)) from a small shared generator (xorshift64*, Box-Muller): the upstream
+/// needs a heavy tail, not cryptographic randomness.
+fn lognormal_factor(state: &AtomicU64, sigma: f64) -> f64 {
+    let next = || {
+        let mut x = state.load(Ordering::Relaxed);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        state.store(x, Ordering::Relaxed);
+        #[allow(clippy::cast_precision_loss)]
+        let u = ((x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        u
+    };
+    let (u1, u2) = (next(), next());
+    let normal = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+    (sigma * normal).exp()
 }
 
 /// Where requests with `x-hold: 1` wait, in flight, until it opens (at most 10 minutes): a
@@ -119,6 +164,9 @@ struct Shared {
     service_time: Duration,
     collapse: Option<Collapse>,
     gate: Gate,
+    lognormal_sigma: f64,
+    slowdown: Slowdown,
+    rng: AtomicU64,
 }
 
 /// The error that makes hyper drop the connection without writing a response.
@@ -204,9 +252,18 @@ async fn handle(
         Some(sem) => Some(sem.acquire().await.map_err(|_| DeliberateReset)?),
         None => None,
     };
+    let base = if shared.lognormal_sigma > 0.0 {
+        shared
+            .service_time
+            .mul_f64(lognormal_factor(&shared.rng, shared.lognormal_sigma))
+            .min(MAX_DELAY)
+    } else {
+        shared.service_time
+    };
+    let base = base.mul_f64(shared.slowdown.factor()).min(MAX_DELAY);
     let service = match &shared.collapse {
-        Some(c) => c.service_time(shared.service_time, shared.stats.inflight()),
-        None => shared.service_time,
+        Some(c) => c.service_time(base, shared.stats.inflight()),
+        None => base,
     };
     if hold {
         let _ = tokio::time::timeout(MAX_DELAY, shared.gate.passed()).await;
@@ -240,6 +297,9 @@ pub async fn serve(
         service_time: opts.service_time,
         collapse: opts.collapse,
         gate: opts.gate.clone(),
+        lognormal_sigma: opts.lognormal_sigma,
+        slowdown: opts.slowdown.clone(),
+        rng: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
     });
     tokio::pin!(shutdown);
     loop {
@@ -425,5 +485,23 @@ mod tests {
         assert_eq!(c.service_time(base, 15), Duration::from_millis(40));
         assert_eq!(c.service_time(base, 20), Duration::from_millis(60));
         assert_eq!(c.service_time(base, 1000), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_lognormal_sigma_of_one_has_a_heavy_tail_around_the_median() {
+        let state = AtomicU64::new(7);
+        let mut f: Vec<f64> = (0..20_000).map(|_| lognormal_factor(&state, 1.0)).collect();
+        f.sort_by(f64::total_cmp);
+        let (p50, p99) = (f[10_000], f[19_800]);
+        assert!((0.9..1.1).contains(&p50), "median {p50}");
+        assert!((8.0..13.0).contains(&(p99 / p50)), "p99/p50 {}", p99 / p50);
+    }
+
+    #[test]
+    fn a_slowdown_multiplies_and_is_shared() {
+        let s = Slowdown::default();
+        assert!((s.factor() - 1.0).abs() < f64::EPSILON);
+        s.clone().set(2.0);
+        assert!((s.factor() - 2.0).abs() < f64::EPSILON);
     }
 }

@@ -144,3 +144,95 @@ async fn slowdown(adaptive: serde_json::Value, down_reason: &str) {
             > 0
     );
 }
+
+/// The default adaptive limit (`"adaptive": {}`, the knee), not told the pool's size: light
+/// load passes untouched from the cold start; under overload the limit settles near the
+/// pool's knee (4 connections) and admitted latency stays near the database's own; when every
+/// query gets 4x slower, the knee counted in flight stays where it was, so the limit does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
+async fn default_knee_settles_near_the_pool_and_follows_a_slower_database() {
+    require_envoy();
+    let pg = Postgres::start(50).unwrap();
+    // Four connections, 10 ms of database work per request: about 400 requests/s.
+    let upstream = PgUpstream::start(&pg.dsn(), 4, Duration::from_millis(10))
+        .await
+        .unwrap();
+    let config = json!({"max_inflight": 64, "adaptive": {}});
+    let envoy = Arc::new(
+        Envoy::start(&EnvoyConfig::new(upstream.addr()).with_filter(config.to_string())).unwrap(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let tracer = {
+        let (envoy, stop) = (Arc::clone(&envoy), Arc::clone(&stop));
+        std::thread::spawn(move || trace_limit(&envoy, &stop, Duration::from_millis(250)))
+    };
+    let addr = envoy.listener_addr();
+    let spec = |_| RequestSpec::get("/order");
+
+    let light = open_loop(addr, 150.0, Duration::from_secs(2), spec).await;
+    let flood = open_loop(addr, 800.0, Duration::from_secs(5), spec).await;
+    let at_knee = open_loop(addr, 800.0, Duration::from_secs(3), spec).await;
+    upstream.set_work(Duration::from_millis(40));
+    let slowed = open_loop(addr, 300.0, Duration::from_secs(5), spec).await;
+    stop.store(true, Ordering::SeqCst);
+    let trace = tracer.join().unwrap();
+
+    let (l, k, s) = (Summary::of(&light), admitted(&at_knee), admitted(&slowed));
+    eprintln!("knee: limit trace (ms, limit): {trace:?}");
+    eprintln!("light (150/s): all {l}");
+    eprintln!("flood (800/s): all {}", Summary::of(&flood));
+    eprintln!(
+        "at the knee (800/s): admitted {k}; all {}",
+        Summary::of(&at_knee)
+    );
+    eprintln!(
+        "4x slower (300/s): admitted {s}; all {}",
+        Summary::of(&slowed)
+    );
+    let stat = |name: &str| {
+        envoy
+            .wasm_stat(&format!("wipgate.adaptive.{name}"))
+            .unwrap_or(0)
+    };
+    eprintln!(
+        "estimates: no-load {} us, delivered {}/s, knee {}",
+        stat("no_load_latency_us"),
+        stat("delivery_rate_per_s"),
+        stat("knee_estimate")
+    );
+
+    assert!(
+        l.by_reason.is_empty() && l.status(200) == l.count,
+        "light load turned away from the cold start on: {l}"
+    );
+    // The knee of a pool of 4 behind an HTTP hop: a few in flight, far below the 64 allowed.
+    let window = |from: u128, to: u128| -> Vec<u64> {
+        trace
+            .iter()
+            .filter(|(ms, _)| (from..to).contains(ms))
+            .map(|(_, l)| *l)
+            .collect()
+    };
+    let settled = window(5_000, 10_000);
+    assert!(
+        settled.iter().all(|l| (3..=12).contains(l)),
+        "the limit did not settle near the knee: {trace:?}"
+    );
+    assert!(
+        k.p50 <= Duration::from_millis(30),
+        "admitted latency queued at the knee: {k}"
+    );
+    // Each query 4x slower, the pool still 4: the knee in flight does not move.
+    let slower = window(12_000, 15_000);
+    assert!(
+        slower.iter().all(|l| (3..=12).contains(l)),
+        "the limit left the knee when the database slowed down: {trace:?}"
+    );
+    assert!(
+        s.p50 <= Duration::from_millis(90),
+        "admitted latency queued after the slowdown: {s}"
+    );
+    assert!(stat("no_load_latency_us") > 0 && stat("delivery_rate_per_s") > 0);
+    assert!(stat("knee_estimate") >= 2);
+}
