@@ -223,6 +223,25 @@ impl Admitter {
                 self.seen_seq.set(report.limits_seq);
                 if let Some(window) = &report.window {
                     host.record(Event::WindowClosed(window));
+                    if let Some(reason) = window.change {
+                        let s = &window.sample;
+                        log::info!(
+                            "adaptive limit now {} ({}): {} finished in {} ms, {:.0}/s at {:.1} ms mean, peak {} in flight{}",
+                            window.limit,
+                            reason.as_str(),
+                            s.count,
+                            s.duration_ms,
+                            s.delivery_rate(),
+                            s.mean_us as f64 / 1e3,
+                            s.peak_inflight,
+                            window.estimates.map_or_else(String::new, |e| format!(
+                                "; knee {:.1} = {:.0}/s x {:.1} ms",
+                                e.knee,
+                                e.delivered_per_s,
+                                f64::from(e.no_load_us) / 1e3
+                            ))
+                        );
+                    }
                 }
                 if report.cas_retries > 0 {
                     host.record(Event::CasRetries(report.cas_retries));

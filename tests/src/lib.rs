@@ -12,6 +12,7 @@ pub mod pg_upstream;
 pub mod postgres;
 pub mod processes;
 pub mod summary;
+pub mod svg_chart;
 pub mod upstream;
 mod upstream_stats;
 pub mod wait;

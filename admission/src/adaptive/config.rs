@@ -69,13 +69,13 @@ pub struct AdaptiveConfig {
 
 mod defaults {
     pub fn queue_tolerance() -> f64 {
-        0.25
+        0.5
     }
     pub fn probe_every_windows() -> u16 {
-        48
+        24
     }
     pub fn memory_windows() -> u16 {
-        40
+        20
     }
     pub fn stable_windows() -> u16 {
         3
@@ -104,11 +104,12 @@ mod defaults {
 }
 
 impl AdaptiveConfig {
-    /// Length of one measurement window: as configured, else 250 ms for `knee` (a few of the
-    /// bottleneck's latencies, so it reacts within a second) and 1 s for the others.
+    /// Length of one measurement window: as configured, else 500 ms for `knee` (enough
+    /// requests to see through noise, two windows to react within a second) and 1 s for the
+    /// others.
     pub fn window_ms(&self) -> u64 {
         self.window_ms_set.unwrap_or(match self.algorithm {
-            Algorithm::Knee => 250,
+            Algorithm::Knee => 500,
             Algorithm::Aimd | Algorithm::Gradient => 1_000,
         })
     }

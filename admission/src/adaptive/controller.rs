@@ -222,6 +222,7 @@ mod tests {
             mean_us: p50,
             duration_ms: 1_000,
             peak_inflight: limit,
+            rejected: 10,
         }
     }
 
@@ -300,7 +301,7 @@ mod tests {
             let c = cfg(algorithm);
             let mut s = LimitState::cold(Bounds::new(min, max), algorithm);
             for (count, p50, errors, limited) in samples {
-                let sample = Sample { count, error_rate: errors, p50_us: p50, p90_us: p50, p99_us: p50, limited, mean_us: p50, duration_ms: 250, peak_inflight: max };
+                let sample = Sample { count, error_rate: errors, p50_us: p50, p90_us: p50, p99_us: p50, limited, mean_us: p50, duration_ms: 250, peak_inflight: max, rejected: u32::from(limited) * 10 };
                 s.update(&sample, &c, min, max);
                 prop_assert!(s.limit >= min && s.limit <= max, "{} not in {min}..={max}", s.limit);
             }

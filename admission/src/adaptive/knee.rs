@@ -201,6 +201,7 @@ impl Knee {
     /// later, this window measured the no-load latency, and the limit settles at the knee.
     fn drain(
         &mut self,
+        sample: &Sample,
         rate: f64,
         mean_us: f64,
         limit: u32,
@@ -208,6 +209,15 @@ impl Knee {
         bounds: Bounds,
     ) -> Assessment {
         let from = self.dropped_from;
+        if !sample.pressed() {
+            // The lower limit did not bind: demand is below it, so the slow windows were no
+            // queue of ours. Back to where it was.
+            self.dropped_from = 0;
+            self.drain_steps = 0;
+            self.was_slow = false;
+            self.until_probe = config.probe_every_windows;
+            return Assessment::Set(from, ChangeReason::Knee);
+        }
         let base_rate = f64::from(self.dropped_rate_mrps) / 1_000.0;
         let shrink = f64::from(limit) / f64::from(from.max(1));
         let fell = rate < base_rate * (1.0 - (1.0 - shrink) / 2.0);
@@ -229,13 +239,14 @@ impl Knee {
             self.drain_steps = self.drain_steps.saturating_add(1);
             return Assessment::Set((limit / 2).max(bounds.min), ChangeReason::Queue);
         }
-        // Below the knee (or at the floor): no queue here, so this is the no-load latency.
-        // The knee lies between here and the last step: back to the estimate, and probe on
-        // from there at once, finer.
+        // Below the knee (or at the floor): no queue here, so this is the no-load latency,
+        // and the last step above delivered what the bottleneck delivers now (the most
+        // delivered before may be from before it got slower). The knee lies between here
+        // and that step: back to the estimate, and probe on from there at once, finer.
         self.dropped_from = 0;
         self.drain_steps = 0;
         (self.no_load_us, self.no_load_age) = (micros(mean_us), 0);
-        self.observe(rate, mean_us, config);
+        (self.delivered_mrps, self.delivered_age) = (mrps(rate.max(base_rate)), 0);
         let settled = self.settle(limit, config);
         self.until_probe = 0;
         settled
@@ -306,9 +317,9 @@ impl LimitAlgorithm for Knee {
             return Assessment::Hold;
         }
         if self.dropped_from > 0 {
-            return self.drain(rate, mean_us, limit, config, bounds);
+            return self.drain(sample, rate, mean_us, limit, config, bounds);
         }
-        if self.phase == Phase::Fresh && sample.limited {
+        if self.phase == Phase::Fresh && sample.pressed() {
             // Demand beyond the ceiling before anything was known: this window was measured
             // in a crowd. Start low and measure.
             *self = Knee {
@@ -320,7 +331,11 @@ impl LimitAlgorithm for Knee {
         self.observe(rate, mean_us, config);
         let no_load = f64::from(self.no_load_us);
         let slow = mean_us > no_load * (1.0 + tolerance);
-        let queueing = slow && (self.was_slow || mean_us > no_load * (1.0 + 3.0 * tolerance));
+        // A queue of ours only where the limit binds: with demand below it, latency moves for
+        // reasons a lower limit would not change (and the rate would only show demand).
+        let queueing = sample.pressed()
+            && slow
+            && (self.was_slow || mean_us > no_load * (1.0 + 3.0 * tolerance));
         self.was_slow = slow;
         if self.phase == Phase::Fresh {
             self.phase = Phase::Steady;
@@ -330,19 +345,27 @@ impl LimitAlgorithm for Knee {
             _ if queueing => self.drop_for_queue(rate, limit),
             Phase::Startup => {
                 let base = f64::from(self.probe_base_mrps) / 1_000.0;
-                if sample.limited && (base == 0.0 || rate >= base * STARTUP_GREW) {
+                if sample.pressed() && (base == 0.0 || rate >= base * STARTUP_GREW) {
                     self.probe_base_mrps = mrps(rate).max(1);
                     Assessment::Set(limit.saturating_mul(2), ChangeReason::Probe)
                 } else {
-                    // Startup overshot the knee or demand ran out: probe finer from the knee.
+                    // Startup overshot the knee or demand ran out: back to the knee, and
+                    // probe finer from there at once (it lies below the last doubling).
                     self.phase = Phase::Steady;
-                    self.probe_base_mrps = 0;
-                    self.settle(limit, config)
+                    let settled = self.settle(limit, config);
+                    self.until_probe = 0;
+                    settled
                 }
             }
-            Phase::Fresh | Phase::Steady if !sample.limited => {
+            Phase::Fresh | Phase::Steady if !sample.pressed() => {
                 self.probe_base_mrps = 0;
-                self.headroom(sample, limit)
+                if sample.peak_inflight < limit {
+                    self.headroom(sample, limit)
+                } else {
+                    // At the limit now and then, with hardly any turned away: neither room
+                    // to spare nor pressure to act on.
+                    Assessment::Hold
+                }
             }
             Phase::Steady if self.probe_base_mrps > 0 => {
                 if self.probe_found_knee(rate, mean_us, limit) {

@@ -50,9 +50,17 @@ pub struct Sample {
     pub duration_ms: u64,
     /// The most requests in flight at once.
     pub peak_inflight: u32,
+    /// Requests turned away because the limit was full.
+    pub rejected: u32,
 }
 
 impl Sample {
+    /// Demand pressed on the limit: a share of requests was turned away (not a lone peak
+    /// touching the limit, which light Poisson traffic does now and then).
+    pub fn pressed(&self) -> bool {
+        u64::from(self.rejected) >= (self.count / 50).max(2)
+    }
+
     /// Requests finished per second: what the bottleneck delivered.
     pub fn delivery_rate(&self) -> f64 {
         self.count as f64 * 1_000.0 / self.duration_ms.max(1) as f64
@@ -86,6 +94,7 @@ impl Window {
             mean_us: self.latency_sum_us.checked_div(count).unwrap_or(0),
             duration_ms: now_ms.saturating_sub(self.start_ms).max(1),
             peak_inflight: self.peak_inflight,
+            rejected: self.rejected,
         }
     }
 }

@@ -149,8 +149,8 @@ impl Scenario {
             model,
             load: Box::new(move |_| load),
             slowdown: Box::new(|_| 1.0),
-            duration_s: 30.0,
-            warmup_s: 5.0,
+            duration_s: 40.0,
+            warmup_s: 10.0,
             config: config.to_owned(),
             seed: 7,
         }

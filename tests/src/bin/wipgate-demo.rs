@@ -1,17 +1,22 @@
-//! `make demo`: the same overload twice in front of a demo upstream of limited capacity,
-//! first through a bare Envoy, then through Envoy running `envoy/envoy.yaml` (wipgate synced
-//! with the control service, in memory). Halfway through the second run the noisy tenant's
-//! limit is lowered through the control service's REST API. Then a summary: what was
-//! admitted and rejected, overall and per tenant, what the upstream went through, and the
-//! noisy tenant before and after the change.
+//! `make demo`: the same overload three times in front of a demo upstream of limited
+//! capacity: through a bare Envoy; through Envoy running `envoy/envoy.yaml` (wipgate told the
+//! capacity, synced with the control service in memory; halfway through, the noisy tenant's
+//! limit is lowered through the control service's REST API); and through wipgate's default
+//! adaptive limit (`"adaptive": {}`), not told the capacity. Then a summary: what was admitted
+//! and rejected, overall and per tenant, what the upstream went through, the noisy tenant
+//! before and after the change, and a plot of the upstream's in-flight over time
+//! (`target/wipgate-demo.svg`).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::json;
 use wipgate_e2e::processes::ControlService;
+use wipgate_e2e::svg_chart::{line_chart, Line};
 use wipgate_e2e::upstream::UpstreamStats;
 use wipgate_e2e::{
     open_loop_with_timeout, wait_until, wait_until_async, Envoy, EnvoyConfig, Outcome, RequestSpec,
@@ -34,6 +39,12 @@ const NOISY_MAX_AFTER: u32 = 3;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The Envoy config the demo runs, as shipped.
 const ENVOY_YAML: &str = include_str!("../../../envoy/envoy.yaml");
+/// The adaptive run: a ceiling far above the capacity, and the default adaptive limit.
+const ADAPTIVE_MAX: u32 = 200;
+/// How often the upstream's in-flight (and the adaptive limit) is sampled for the plot.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// Where the plot goes.
+const PLOT: &str = "target/wipgate-demo.svg";
 
 struct Phase {
     name: String,
@@ -41,6 +52,41 @@ struct Phase {
     upstream_max: usize,
     upstream_max_of: BTreeMap<String, usize>,
     stats: Option<String>,
+    /// (seconds since the load started, in flight at the upstream, adaptive limit).
+    trace: Vec<(f64, usize, Option<u64>)>,
+}
+
+/// Samples the upstream's in-flight, and the adaptive limit when `envoy` is given, every
+/// `SAMPLE_EVERY` until the returned flag is set.
+struct Tracer {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<(f64, usize, Option<u64>)>>,
+}
+
+impl Tracer {
+    fn start(upstream: &Arc<UpstreamStats>, envoy: Option<Arc<Envoy>>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (upstream, flag) = (Arc::clone(upstream), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut trace = Vec::new();
+            // A sampler, bounded by the run (and a minute at most), not a wait.
+            while !flag.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(60) {
+                let limit = envoy
+                    .as_ref()
+                    .and_then(|e| e.wasm_stat("wipgate.adaptive.limit"));
+                trace.push((start.elapsed().as_secs_f64(), upstream.inflight(), limit));
+                std::thread::sleep(SAMPLE_EVERY);
+            }
+            trace
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> Vec<(f64, usize, Option<u64>)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap_or_default()
+    }
 }
 
 /// The noisy tenant around the limit change.
@@ -67,12 +113,16 @@ fn main() -> Result<()> {
         RUN.as_secs()
     );
     println!("  tenants:  {NOISY} sends 3 of every 4 requests, {SHOP} the 4th (x-tenant-id)");
-    println!("  wipgate:  envoy/envoy.yaml (max_inflight 16; noisy max 6; shop reserved 6), synced with wipgate-control");
+    println!("  wipgate:  envoy/envoy.yaml (told: max_inflight 16; noisy max 6; shop reserved 6), synced with wipgate-control");
+    println!("            and {{\"max_inflight\": {ADAPTIVE_MAX}, \"adaptive\": {{}}}}: not told the capacity, it finds the knee");
     let bare = runtime.block_on(bare_phase(rate))?;
     let (gated, change) = runtime.block_on(wipgate_phase(rate))?;
+    let adaptive = runtime.block_on(adaptive_phase(rate))?;
     println!();
-    print_table(&[bare, gated]);
+    let phases = [bare, gated, adaptive];
+    print_table(&phases);
     print_change(&change);
+    write_plot(&phases)?;
     Ok(())
 }
 
@@ -109,15 +159,108 @@ async fn bare_phase(rate: f64) -> Result<Phase> {
     cfg.route_timeout = CLIENT_TIMEOUT * 2;
     let mut envoy = Envoy::start(&cfg).context("starting the bare Envoy")?;
     eprintln!("  running: bare Envoy ...");
+    let tracer = Tracer::start(upstream.stats(), None);
     let outcomes = load(&envoy, rate).await;
+    let trace = tracer.finish();
     envoy.stop()?;
-    Ok(phase(
+    let mut bare = phase(
         "bare Envoy (no limit)",
         outcomes,
         &upstream,
         upstream.max_inflight(),
         None,
-    ))
+    );
+    bare.trace = trace;
+    Ok(bare)
+}
+
+/// The default adaptive limit, not told the upstream's capacity.
+async fn adaptive_phase(rate: f64) -> Result<Phase> {
+    let upstream = demo_upstream()?;
+    let config = json!({"max_inflight": ADAPTIVE_MAX, "adaptive": {}});
+    let mut cfg = EnvoyConfig::new(upstream.addr()).with_filter(config.to_string());
+    cfg.route_timeout = CLIENT_TIMEOUT * 2;
+    let envoy = Arc::new(Envoy::start(&cfg).context("starting Envoy with the adaptive limit")?);
+    eprintln!("  running: Envoy + wipgate adaptive ...");
+    let tracer = Tracer::start(upstream.stats(), Some(Arc::clone(&envoy)));
+    let outcomes = load(&envoy, rate).await;
+    let trace = tracer.finish();
+    let stat = |name: &str| {
+        envoy
+            .wasm_stat(&format!("wipgate.adaptive.{name}"))
+            .map_or_else(|| "-".to_owned(), |v| v.to_string())
+    };
+    let stats = Some(format!(
+        "adaptive limit {} (knee estimate {}, no-load latency {} us, delivered {}/s)",
+        stat("limit"),
+        stat("knee_estimate"),
+        stat("no_load_latency_us"),
+        stat("delivery_rate_per_s"),
+    ));
+    let mut adaptive = phase(
+        "wipgate adaptive",
+        outcomes,
+        &upstream,
+        upstream.max_inflight(),
+        stats,
+    );
+    adaptive.trace = trace;
+    if let Ok(mut envoy) = Arc::try_unwrap(envoy) {
+        envoy.stop()?;
+    }
+    Ok(adaptive)
+}
+
+/// The upstream's in-flight over time in each run, and the adaptive limit: an SVG file.
+fn write_plot(phases: &[Phase]) -> Result<()> {
+    let colors = ["#d62728", "#1f77b4", "#2ca02c"];
+    let mut lines: Vec<Line> = phases
+        .iter()
+        .zip(colors)
+        .map(|(p, color)| Line {
+            name: format!("{}: in flight at the upstream", p.name),
+            color,
+            dashed: false,
+            #[allow(clippy::cast_precision_loss)]
+            points: p.trace.iter().map(|(t, n, _)| (*t, *n as f64)).collect(),
+        })
+        .collect();
+    if let Some(adaptive) = phases.last() {
+        #[allow(clippy::cast_precision_loss)]
+        let limit: Vec<(f64, f64)> = adaptive
+            .trace
+            .iter()
+            .filter_map(|(t, _, l)| l.map(|l| (*t, l as f64)))
+            .collect();
+        lines.push(Line {
+            name: "wipgate adaptive: its limit".into(),
+            color: "#2ca02c",
+            dashed: true,
+            points: limit,
+        });
+    }
+    let run_s = RUN.as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    lines.push(Line {
+        name: format!("the upstream's capacity ({CAPACITY} at once)"),
+        color: "#7f7f7f",
+        dashed: true,
+        points: vec![(0.0, CAPACITY as f64), (run_s, CAPACITY as f64)],
+    });
+    #[allow(clippy::cast_precision_loss)]
+    let svg = line_chart(
+        &format!("{OVERLOAD:.0}x overload: requests in flight at the upstream"),
+        "seconds since the load started",
+        "in flight (clipped)",
+        (CAPACITY * 3) as f64,
+        &lines,
+    );
+    std::fs::write(PLOT, svg).with_context(|| format!("writing {PLOT}"))?;
+    println!(
+        "
+plot: {PLOT} (in flight at the upstream over time, each run; the adaptive limit dashed)"
+    );
+    Ok(())
 }
 
 async fn wipgate_phase(rate: f64) -> Result<(Phase, Change)> {
@@ -135,15 +278,18 @@ async fn wipgate_phase(rate: f64) -> Result<(Phase, Change)> {
         syncs(&envoy) >= 1
     })?;
     eprintln!("  running: Envoy + wipgate ...");
+    let tracer = Tracer::start(upstream.stats(), None);
     let (outcomes, change) = tokio::join!(
         load(&envoy, rate),
         change_midway(&envoy, &control, upstream.stats())
     );
+    let trace = tracer.finish();
     let change = change?;
     let stats = envoy_stats(&envoy);
     envoy.stop()?;
     let max = change.before.2.max(upstream.max_inflight());
-    let mut gated = phase("Envoy + wipgate", outcomes, &upstream, max, stats);
+    let mut gated = phase("wipgate told (16)", outcomes, &upstream, max, stats);
+    gated.trace = trace;
     gated
         .upstream_max_of
         .insert(NOISY.to_owned(), change.before.2.max(change.after.2));
@@ -228,6 +374,7 @@ fn phase(
             .map(|t| (t.to_owned(), upstream.max_inflight_of(t)))
             .into(),
         stats,
+        trace: Vec::new(),
     }
 }
 
