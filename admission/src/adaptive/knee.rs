@@ -8,21 +8,23 @@
 //! towards what is measured when `memory_windows` go by without confirming them), and the
 //! knee is their product.
 //!
-//! - **Queue.** A window slower than `no_load x (1 + queue_tolerance)` (two in a row, or one
-//!   far slower) drops the limit to what the measured rate needs without a queue,
+//! - **Queue.** A window in which demand pressed on the limit (rejections) and slower than
+//!   `no_load x (1 + queue_tolerance)` (two in a row, or one far slower) drops the limit to what the measured rate needs without a queue,
 //!   `rate x no_load` (the Vegas rule), by a quarter to a half. The windows after it are
 //!   judged by what the bottleneck delivers once the backlog admitted before the drop is
 //!   gone: as much with less in flight means the extra was queued, so the limit halves again
 //!   (drain); less in proportion means the limit went below the knee, so that window's latency
-//!   is the no-load latency, and the limit goes back to the knee and probes up from there. If
+//!   is the no-load latency, the step above shows what the bottleneck delivers now, and the
+//!   limit goes back to the knee and probes up from there. A drop that no longer binds goes
+//!   back. If
 //!   the very first step already delivers less in proportion, there was no queue but a slower
 //!   resource (a database whose every query got slower): its latency becomes the no-load
 //!   latency and the limit goes back where it was (`slower`).
 //! - **Probe.** With demand above the limit, the limit rises by a tenth per window (`probe`)
 //!   until more in flight stops delivering more while latency rises; then it settles at the
 //!   knee and the next probe waits `probe_every_windows`: probes are brief and rare.
-//! - **Headroom.** With demand below the limit, the limit keeps twice the peak in flight and
-//!   a quarter above the knee: light load is never turned away.
+//! - **Headroom.** With demand below the limit, the limit keeps twice the peak in flight plus
+//!   four, and a quarter above the knee: light load is never turned away.
 //! - **Cold start** at `max_inflight`: nothing is turned away while nothing is known. If the
 //!   very first window already needs more, the limit restarts low and doubles per window
 //!   while the delivered rate grows by a quarter (BBR's startup), then drains or probes.
