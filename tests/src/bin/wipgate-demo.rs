@@ -237,7 +237,8 @@ fn write_plot(phases: &[Phase]) -> Result<()> {
             .trace
             .iter()
             .filter(|(t, _, _)| *t <= RUN.as_secs_f64())
-            .filter_map(|(t, _, l)| l.map(|l| (*t, l as f64)))
+            // 0 until the first window closes: no limit to draw yet.
+            .filter_map(|(t, _, l)| l.filter(|l| *l > 0).map(|l| (*t, l as f64)))
             .collect();
         lines.push(Line {
             name: "wipgate adaptive: its limit".into(),
