@@ -77,12 +77,20 @@ impl Rejection {
         u32::from(self.reason.status())
     }
 
-    /// The reply headers, in the contract's names.
-    pub fn headers(&self) -> [(&'static str, String); 3] {
+    /// The reply headers, in the contract's names. `x-envoy-overloaded` (503) and
+    /// `x-envoy-ratelimited` (429) are what Envoy's router and Istio read to not retry into
+    /// the gate (Istio retries a 503 twice by default).
+    pub fn headers(&self) -> [(&'static str, String); 4] {
+        let envoy = if self.reason.status() == 503 {
+            "x-envoy-overloaded"
+        } else {
+            "x-envoy-ratelimited"
+        };
         [
             ("x-wipgate-reason", self.reason.as_str().to_owned()),
             ("retry-after", self.retry_after_s.max(1).to_string()),
             ("content-type", "application/json".to_owned()),
+            (envoy, "true".to_owned()),
         ]
     }
 
@@ -120,6 +128,18 @@ mod tests {
         assert!(headers.contains(&("retry-after", "2".to_owned())));
         assert!(headers.contains(&("x-wipgate-reason", "wip_limit".to_owned())));
         assert!(headers.contains(&("content-type", "application/json".to_owned())));
+        assert!(headers.contains(&("x-envoy-overloaded", "true".to_owned())));
+        let tenant = Rejection {
+            reason: RejectReason::TenantLimit,
+            ..r
+        };
+        assert!(tenant
+            .headers()
+            .contains(&("x-envoy-ratelimited", "true".to_owned())));
+        assert!(!tenant
+            .headers()
+            .iter()
+            .any(|(k, _)| *k == "x-envoy-overloaded"));
     }
 
     #[test]

@@ -27,6 +27,7 @@ fn assert_wip_limit_rejection(out: &Outcome, tenant: &str) {
     assert_eq!(out.status, Some(503), "{out:?}");
     assert_eq!(out.reason(), Some("wip_limit"), "{out:?}");
     assert_eq!(out.header("retry-after"), Some("2"), "{out:?}");
+    assert_eq!(out.header("x-envoy-overloaded"), Some("true"), "{out:?}");
     assert_eq!(
         out.header("content-type"),
         Some("application/json"),
