@@ -26,6 +26,47 @@ fn trace_limit(envoy: &Envoy, stop: &AtomicBool, every: Duration) -> Vec<(u128, 
     trace
 }
 
+/// A real database behind a pool of four connections (10 ms of work per request, about
+/// 400 requests/s), Envoy with `config` in front, and the adaptive limit traced.
+struct Rig {
+    _pg: Postgres,
+    upstream: PgUpstream,
+    envoy: Arc<Envoy>,
+    stop: Arc<AtomicBool>,
+    tracer: std::thread::JoinHandle<Vec<(u128, u64)>>,
+}
+
+impl Rig {
+    async fn start(config: &serde_json::Value) -> Self {
+        let pg = Postgres::start(50).unwrap();
+        let upstream = PgUpstream::start(&pg.dsn(), 4, Duration::from_millis(10))
+            .await
+            .unwrap();
+        let envoy = Arc::new(
+            Envoy::start(&EnvoyConfig::new(upstream.addr()).with_filter(config.to_string()))
+                .unwrap(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let tracer = {
+            let (envoy, stop) = (Arc::clone(&envoy), Arc::clone(&stop));
+            std::thread::spawn(move || trace_limit(&envoy, &stop, Duration::from_millis(250)))
+        };
+        Self {
+            _pg: pg,
+            upstream,
+            envoy,
+            stop,
+            tracer,
+        }
+    }
+
+    /// Stops tracing: (ms since start, limit) every 250 ms.
+    fn trace(self) -> Vec<(u128, u64)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.tracer.join().unwrap()
+    }
+}
+
 fn admitted(out: &[Outcome]) -> Summary {
     let ok: Vec<Outcome> = out.iter().filter(|o| o.is_success()).cloned().collect();
     Summary::of(&ok)
@@ -52,21 +93,13 @@ async fn gradient_limit_falls_when_the_database_slows_down() {
 /// Healthy, then the database 4x slower: the limit must have risen, then fallen, and
 /// admitted latency must stay near the database's own.
 async fn slowdown(adaptive: serde_json::Value, down_reason: &str) {
-    let pg = Postgres::start(50).unwrap();
-    // Four connections, 10 ms of database work per request: about 400 requests/s.
-    let upstream = PgUpstream::start(&pg.dsn(), 4, Duration::from_millis(10))
-        .await
-        .unwrap();
     let config = json!({"max_inflight": 64, "min_inflight": 2, "adaptive": adaptive});
-    let envoy = Arc::new(
-        Envoy::start(&EnvoyConfig::new(upstream.addr()).with_filter(config.to_string())).unwrap(),
+    let rig = Rig::start(&config).await;
+    let (envoy, upstream, addr) = (
+        Arc::clone(&rig.envoy),
+        &rig.upstream,
+        rig.envoy.listener_addr(),
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let tracer = {
-        let (envoy, stop) = (Arc::clone(&envoy), Arc::clone(&stop));
-        std::thread::spawn(move || trace_limit(&envoy, &stop, Duration::from_millis(250)))
-    };
-    let addr = envoy.listener_addr();
     let spec = |_| RequestSpec::get("/order");
 
     // Healthy: the limit ramps up from min_inflight while demand presses on it.
@@ -75,8 +108,7 @@ async fn slowdown(adaptive: serde_json::Value, down_reason: &str) {
     upstream.set_work(Duration::from_millis(40));
     let slowed = open_loop(addr, 300.0, Duration::from_secs(2), spec).await;
     let settled = open_loop(addr, 300.0, Duration::from_secs(4), spec).await;
-    stop.store(true, Ordering::SeqCst);
-    let trace = tracer.join().unwrap();
+    let trace = rig.trace();
 
     let (h, s, t) = (admitted(&healthy), admitted(&slowed), admitted(&settled));
     eprintln!("{down_reason}: limit trace (ms, limit): {trace:?}");
@@ -153,21 +185,12 @@ async fn slowdown(adaptive: serde_json::Value, down_reason: &str) {
 #[ignore = "needs Envoy"]
 async fn default_knee_settles_near_the_pool_and_follows_a_slower_database() {
     require_envoy();
-    let pg = Postgres::start(50).unwrap();
-    // Four connections, 10 ms of database work per request: about 400 requests/s.
-    let upstream = PgUpstream::start(&pg.dsn(), 4, Duration::from_millis(10))
-        .await
-        .unwrap();
-    let config = json!({"max_inflight": 64, "adaptive": {}});
-    let envoy = Arc::new(
-        Envoy::start(&EnvoyConfig::new(upstream.addr()).with_filter(config.to_string())).unwrap(),
+    let rig = Rig::start(&json!({"max_inflight": 64, "adaptive": {}})).await;
+    let (envoy, upstream, addr) = (
+        Arc::clone(&rig.envoy),
+        &rig.upstream,
+        rig.envoy.listener_addr(),
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let tracer = {
-        let (envoy, stop) = (Arc::clone(&envoy), Arc::clone(&stop));
-        std::thread::spawn(move || trace_limit(&envoy, &stop, Duration::from_millis(250)))
-    };
-    let addr = envoy.listener_addr();
     let spec = |_| RequestSpec::get("/order");
 
     let light = open_loop(addr, 150.0, Duration::from_secs(2), spec).await;
@@ -175,8 +198,7 @@ async fn default_knee_settles_near_the_pool_and_follows_a_slower_database() {
     let at_knee = open_loop(addr, 800.0, Duration::from_secs(3), spec).await;
     upstream.set_work(Duration::from_millis(40));
     let slowed = open_loop(addr, 300.0, Duration::from_secs(5), spec).await;
-    stop.store(true, Ordering::SeqCst);
-    let trace = tracer.join().unwrap();
+    let trace = rig.trace();
 
     let (l, k, s) = (Summary::of(&light), admitted(&at_knee), admitted(&slowed));
     eprintln!("knee: limit trace (ms, limit): {trace:?}");
