@@ -87,7 +87,8 @@ impl Admitter {
 
     /// Admits or rejects a request by its tenant and priority header values. A gate that
     /// cannot be read or written fails closed: the request is rejected as over the limit
-    /// rather than admitted unaccounted.
+    /// rather than admitted unaccounted (and counted as a gate error); so is one whose limits
+    /// were replaced by another worker three times while it was being decided.
     pub fn admit(
         &self,
         host: &impl Host,
@@ -109,6 +110,7 @@ impl Admitter {
                 &self.worker,
                 now_ms,
                 Some(self.loaded_seq.get()),
+                max,
                 |ledger| {
                     // The adaptive limit, when on, can only lower the configured (or fleet) one.
                     let limit = max.min(ledger.adaptive_limit().unwrap_or(u32::MAX));

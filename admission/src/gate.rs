@@ -39,6 +39,9 @@ pub enum Admission {
 pub struct Permit {
     worker: WorkerId,
     keys: Vec<PartitionKey>,
+    /// Taken under the gate's own key (after a move away from another build's record): a
+    /// permit gives its slot back only in the ledger it was taken from.
+    own_key: bool,
 }
 
 /// One worker VM's view of the gate: its ledger entry and the releases it still owes.
@@ -157,13 +160,16 @@ impl Gate {
     /// again whenever a concurrent write forces a retry. `limits_seq` is the allowance the
     /// caller's limits were built for: when the ledger announces a newer one, nothing is
     /// written and [`GateError::LimitsChanged`] says so (no request is decided under limits
-    /// another worker already replaced).
+    /// another worker already replaced). `ceiling` is the limit before the adaptive one (the
+    /// configured or fleet limit): a `wip_limit` rejection counts as demand above the adaptive
+    /// limit only when that limit is the one that binds.
     pub fn admit(
         &self,
         store: &impl SharedData,
         worker: &WorkerHandle,
         now_ms: u64,
         limits_seq: Option<u64>,
+        ceiling: u32,
         decide: impl Fn(&Ledger) -> Result<Vec<PartitionKey>, RejectReason>,
     ) -> Result<Report<Admission>, GateError> {
         let report = self.update(store, worker, now_ms, |ledger, current| {
@@ -179,7 +185,11 @@ impl Gate {
                 Ok(keys) => {
                     ledger.acquire(id, keys, now_ms);
                 }
-                Err(RejectReason::WipLimit) => ledger.note_rejected(),
+                Err(RejectReason::WipLimit)
+                    if ledger.adaptive_limit().is_some_and(|a| a <= ceiling) =>
+                {
+                    ledger.note_rejected();
+                }
                 Err(_) => {}
             }
             Ok((id, decision))
@@ -187,7 +197,11 @@ impl Gate {
         let (id, decision) = report.value;
         worker.current.set(Some(id));
         let value = match decision {
-            Ok(keys) => Admission::Admitted(Permit { worker: id, keys }),
+            Ok(keys) => Admission::Admitted(Permit {
+                worker: id,
+                keys,
+                own_key: worker.diverted.get(),
+            }),
             Err(reason) => Admission::Rejected(reason),
         };
         Ok(Report {
@@ -209,7 +223,7 @@ impl Gate {
         limit: u32,
         now_ms: u64,
     ) -> Result<Report<Admission>, GateError> {
-        self.admit(store, worker, now_ms, None, |ledger| {
+        self.admit(store, worker, now_ms, None, limit, |ledger| {
             if ledger.total() < u64::from(limit) {
                 Ok(Vec::new())
             } else {
@@ -297,8 +311,12 @@ impl Gate {
                 None => (Ledger::default(), false),
                 Some(Ok(ledger)) => (ledger, false),
                 Some(Err(LedgerError::Version(_))) if !worker.diverted.get() => {
-                    // Another build's record: never overwritten; this VM moves to its own key.
+                    // Another build's record: never overwritten; this VM moves to its own key,
+                    // where it registers anew. What it held there stays there: its permits
+                    // give nothing back in the new ledger.
                     worker.diverted.set(true);
+                    worker.current.set(None);
+                    worker.owed.borrow_mut().retain(|(p, _)| p.own_key);
                     diverted = true;
                     continue;
                 }
@@ -312,8 +330,10 @@ impl Gate {
                 adaptive.map_or(u32::MAX, |a| a.2),
                 now_ms,
             );
+            let own_key = worker.diverted.get();
             for (permit, finish) in worker.owed.borrow().iter() {
-                if ledger.release(permit.worker, &permit.keys, now_ms) {
+                if permit.own_key == own_key && ledger.release(permit.worker, &permit.keys, now_ms)
+                {
                     if let Some(f) = finish {
                         ledger.record_finish(f.latency_us, f.outcome);
                     }

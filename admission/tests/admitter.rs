@@ -125,6 +125,27 @@ fn another_builds_ledger_is_left_alone() {
 }
 
 #[test]
+fn a_permit_from_before_a_move_to_the_own_key_releases_nothing_there() {
+    let host = FakeHost::default();
+    let (a, b) = (
+        admitter(&host, r#"{"max_inflight": 5}"#),
+        admitter(&host, r#"{"max_inflight": 5}"#),
+    );
+    let old = admit(&a, &host, "t", 0).unwrap();
+    // Another build takes the key over with a record of its own format.
+    host.set(LEDGER_KEY, &[4u8, 0, 0, 0, 0], None).unwrap();
+    let held = admit(&b, &host, "t", 1_000).unwrap();
+    assert_eq!(b.inflight(&host), 1, "B registered in the own-key ledger");
+    // A moves too (its heartbeat meets the foreign record), then its old permit ends: it
+    // belongs to the record A can no longer read, so nothing of B's is given back.
+    a.heartbeat(&host, 1_500);
+    a.release(&host, old, None, 2_000);
+    assert_eq!(b.inflight(&host), 1);
+    b.release(&host, held, None, 3_000);
+    assert_eq!(b.inflight(&host), 0);
+}
+
+#[test]
 fn adaptive_limits_learn_from_released_requests() {
     let host = FakeHost::default();
     let a = admitter(

@@ -124,3 +124,19 @@ fn heavy_tailed_service_keeps_most_of_its_capacity() {
         r.goodput_per_s / cap
     );
 }
+
+#[test]
+fn slow_requests_behind_a_low_limit_still_move_it() {
+    // 200 ms per request: at a limit of 2, a 125 ms window finishes one request at most.
+    // Windows too thin to judge stay open until they are not.
+    let model = Model::Collapse {
+        c: 20,
+        service_us: 200_000.0,
+        slope: 2.0,
+    };
+    let s = Scenario::new(model, 10.0, DEFAULT);
+    let r = s.run();
+    describe("slow, 10x", &s, &r);
+    let late = r.limit_at(39.0).unwrap();
+    assert!((14..=26).contains(&late), "limit {late} at 39 s");
+}

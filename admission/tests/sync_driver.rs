@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 use serde_json::json;
 use wipgate_admission::fake_host::FakeHost;
-use wipgate_admission::sync::{load_allowance, SyncLease, LEASE_KEY};
+use wipgate_admission::sync::{load_allowance, SyncLease, ALLOWANCE_KEY, LEASE_KEY};
 use wipgate_admission::wire::SyncRequest;
 use wipgate_admission::{Admitter, Decision, GateConfig, SharedData, SyncDriver};
 
@@ -105,6 +105,52 @@ fn a_workers_first_request_after_a_new_allowance_is_decided_under_it() {
         "the allowance of 1 holds from B's first request on"
     );
     b.admitter.release(&host, held, None, 1_200_000);
+}
+
+#[test]
+fn fleet_rejections_are_not_read_as_demand_on_the_adaptive_limit() {
+    let host = FakeHost::default();
+    let config = r#"{"max_inflight": 50, "adaptive": {}, "control": {"cluster": "wipgate_control",
+        "interval_ms": 1000, "timeout_ms": 250, "stale_after_ms": 5000}}"#;
+    let config = GateConfig::parse(config.as_bytes()).unwrap();
+    let mut sync = SyncDriver::new(config.control.clone().unwrap(), "envoy-1".to_owned());
+    let admitter = Admitter::new(config, &host);
+    sync.on_tick(&host, &admitter, 0);
+    let token = host.calls()[0].token;
+    sync.on_response(&host, &admitter, token, Some(200), &reply(2), 10);
+    // Flood at the fleet share of 2 while the knee sits at its ceiling of 50.
+    let mut held = Vec::new();
+    for i in 0..40u64 {
+        if let Decision::Admitted(t) = admitter.admit(&host, Some(b"t"), None, 20_000 + i * 1_000) {
+            held.push(t);
+        }
+    }
+    assert_eq!(held.len(), 2);
+    for t in held {
+        admitter.release(&host, t, Some(200), 100_000);
+    }
+    // Two finished are too few to judge: the window closes when stretched to its end.
+    admitter.heartbeat(&host, 5_000);
+    let windows = host.windows();
+    assert!(!windows.is_empty());
+    assert!(
+        windows.iter().all(|w| w.sample.rejected == 0),
+        "the fleet share turned them away, not the adaptive limit"
+    );
+}
+
+#[test]
+fn a_corrupt_allowance_at_the_end_of_its_sequence_stores_nothing_and_does_not_panic() {
+    let host = FakeHost::default();
+    let mut a = worker(&host);
+    let corrupt = serde_json::json!({"seq": u64::MAX, "policy_version": 1, "max_inflight": 5,
+        "tenants": {}, "classes": {}, "valid_until_ms": 0, "degraded": false});
+    host.set(ALLOWANCE_KEY, corrupt.to_string().as_bytes(), None)
+        .unwrap();
+    a.tick(&host, 0);
+    a.answer(&host, Some(200), &reply(7), 10);
+    assert_eq!(host.stats().sync_failures["invalid"], 1);
+    assert_eq!(load_allowance(&host).unwrap().seq, u64::MAX);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The seam between the limit loop and the algorithms: each algorithm judges a closed window
-//! and may propose a lower limit; the loop ([`super::controller`]) owns what they share (errors
-//! pull the limit down first, increases wait for stability, the cold start ramps up).
+//! and says it was healthy, proposes a lower limit, or sets the limit itself (the knee); the
+//! loop ([`super::controller`]) owns what they share (errors pull the limit down first; for
+//! AIMD and gradient, increases wait for stability and the cold start ramps up).
 
 use super::aimd::Aimd;
 use super::config::{AdaptiveConfig, Algorithm};

@@ -6,13 +6,14 @@
 
 use super::algorithm::{AlgorithmState, Assessment, Bounds};
 use super::config::{AdaptiveConfig, Algorithm};
-use super::knee::Phase;
+use super::knee::{Phase, MIN_SAMPLES as KNEE_MIN_SAMPLES};
 use super::window::Sample;
 
 /// Why the limit last changed (the `wipgate.adaptive.reason.<reason>` gauge).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeReason {
-    /// Started at `min_inflight`.
+    /// Started: AIMD and gradient at `min_inflight`, the knee at `max_inflight` (and again
+    /// low when a flood met it before anything was measured).
     ColdStart,
     /// Healthy windows with demand above the limit.
     Increase,
@@ -28,8 +29,8 @@ pub enum ChangeReason {
     Probe,
     /// Knee: requests queued at the bottleneck; lowered to what the delivered rate needs.
     Queue,
-    /// Knee: the no-load latency itself rose (a slower resource, not a queue): back to the
-    /// knee at the new latency.
+    /// Knee: the no-load latency itself rose (a slower resource, not a queue): the limit goes
+    /// back to where it was before the drop, the new latency becomes the no-load latency.
     Slower,
 }
 
@@ -128,6 +129,12 @@ impl LimitState {
             AlgorithmState::Knee(k) if k.phase != Phase::Steady => (config.window_ms() / 4).max(50),
             _ => config.window_ms(),
         }
+    }
+
+    /// Whether a window with `finished` requests is too thin for the algorithm to judge and
+    /// should stay open longer (the knee needs a few; the others judge any window).
+    pub fn wants_more(&self, finished: u64) -> bool {
+        matches!(self.algorithm, AlgorithmState::Knee(_)) && finished < KNEE_MIN_SAMPLES
     }
 
     /// Feeds one closed window; returns the reason when the limit changed. Errors pull the

@@ -120,8 +120,10 @@ pub struct Knee {
 /// Whether a window measured the backlog admitted under a higher limit rather than this one
 /// (Little's law: its mean in flight is well above the limit). Such a window says nothing
 /// about the limit in force.
-fn backlog(rate: f64, mean_us: f64, limit: u32) -> bool {
-    rate * mean_us / 1e6 > f64::from(limit) * 1.1
+/// Judged on the median latency, so a few long requests (a long poll) finishing in a window
+/// do not make it look like a backlog; the margin covers the histogram's bucket width (19%).
+fn backlog(rate: f64, p50_us: f64, limit: u32) -> bool {
+    rate * p50_us / 1e6 > f64::from(limit) * 1.25
 }
 
 /// What the knee algorithm believes, for gauges.
@@ -290,8 +292,8 @@ impl Knee {
     /// lower a far higher limit (so a sudden flood meets a limit near the knee), never
     /// below twice the peak.
     fn headroom(&self, sample: &Sample, limit: u32) -> Assessment {
-        let want =
-            ((self.knee() * HEADROOM).ceil() as u32).max(sample.peak_inflight.saturating_mul(2));
+        let peaks = sample.peak_inflight.saturating_mul(2).saturating_add(4);
+        let want = ((self.knee() * HEADROOM).ceil() as u32).max(peaks);
         if want > limit || limit / 2 > want {
             Assessment::Set(want, ChangeReason::Knee)
         } else {
@@ -315,7 +317,7 @@ impl LimitAlgorithm for Knee {
         let mean_us = sample.mean_us.max(1) as f64;
         // Few samples are noisy: widen the tolerance as 1/sqrt(n) below 64 samples.
         let tolerance = config.queue_tolerance * (64.0 / sample.count as f64).sqrt().max(1.0);
-        if backlog(rate, mean_us, limit) {
+        if backlog(rate, sample.p50_us as f64, limit) {
             return Assessment::Hold;
         }
         if self.dropped_from > 0 {

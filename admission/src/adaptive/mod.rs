@@ -1,8 +1,8 @@
 //! Adaptive limits: the limit follows the constraint's measured health. Latencies and
 //! outcomes of admitted requests are accumulated Envoy-wide in the ledger per window; when a
 //! window closes, the limit loop ([`controller`]) and the configured [`LimitAlgorithm`]
-//! (AIMD or gradient, one file each) move the limit within `min_inflight` … `max_inflight`.
-//! It rises only after a stable stretch and falls at once.
+//! (the knee, the default, AIMD or gradient, one file each) move the limit within
+//! `min_inflight` … `max_inflight`. Errors pull it down at once, whatever the algorithm.
 
 pub mod aimd;
 pub mod algorithm;

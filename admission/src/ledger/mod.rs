@@ -56,6 +56,10 @@ impl WorkerEntry {
     }
 }
 
+/// A window that has too few finished requests for its algorithm stays open up to this
+/// many times its length.
+const MAX_WINDOW_STRETCH: u64 = 20;
+
 /// At most this many worker entries; bounds the record whatever happens to the VMs.
 pub const MAX_WORKERS: usize = 1024;
 
@@ -116,8 +120,8 @@ impl Ledger {
         self.adaptive.as_ref().map(|(state, _)| state.limit)
     }
 
-    /// Turns adaptive limits on (cold start at `min`) or off, and closes the current window
-    /// when it is over, moving the limit within `min ..= max`.
+    /// Turns adaptive limits on (cold start as the algorithm starts) or off, and closes the
+    /// current window when it is over, moving the limit within `min ..= max`.
     pub fn roll_adaptive(
         &mut self,
         config: Option<&AdaptiveConfig>,
@@ -138,7 +142,18 @@ impl Ledger {
                 },
             )
         });
-        if now_ms < window.start_ms.saturating_add(state.window_ms(config)) {
+        let length = state.window_ms(config);
+        if now_ms < window.start_ms.saturating_add(length) {
+            return None;
+        }
+        if state.wants_more(window.latency.count())
+            && now_ms
+                < window
+                    .start_ms
+                    .saturating_add(length.saturating_mul(MAX_WINDOW_STRETCH))
+        {
+            // Too few finished requests to judge (a low limit in front of slow requests):
+            // the window stays open, its rate still measured over its real length.
             return None;
         }
         let sample = window.sample(state.limit, now_ms);

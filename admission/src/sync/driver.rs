@@ -3,14 +3,14 @@
 //! failed call keeps the last good allowance and hands the unsent counts to the next report.
 
 use super::{
-    accept_reply, build_report, load_allowance, Allowance, Reported, SyncFailure, SyncLease,
-    ALLOWANCE_KEY, LEASE_KEY, SYNC_PATH,
+    accept_reply, build_report, Allowance, Reported, SyncFailure, SyncLease, ALLOWANCE_KEY,
+    LEASE_KEY, SYNC_PATH,
 };
 use crate::admitter::Admitter;
 use crate::config::ControlConfig;
 use crate::host::{Callout, Event, Host};
 use crate::log_limit::LogLimit;
-use crate::SharedData;
+use crate::{CasError, SharedData};
 
 /// This VM's call under way.
 #[derive(Debug)]
@@ -121,22 +121,22 @@ impl SyncDriver {
         let Some(pending) = self.pending.take_if(|p| p.token == token) else {
             return;
         };
-        let seq = load_allowance(host).map_or(0, |a| a.seq) + 1;
         let accepted = accept_reply(
             status,
             body,
             &self.instance,
             admitter.config(),
             self.control.stale_after_ms,
-            seq,
+            0,
             now_ms,
         );
         match accepted {
             Ok(allowance) => {
-                if store_allowance(host, &allowance) {
+                let degraded = allowance.degraded;
+                if let Some(seq) = store_allowance(host, allowance) {
                     admitter.publish_limits(host, seq, now_ms);
                     host.record(Event::Synced(Ok(())));
-                    if allowance.degraded && self.log.allow(now_ms) {
+                    if degraded && self.log.allow(now_ms) {
                         log::warn!(
                             "the control service answered from its last known state (degraded)"
                         );
@@ -171,8 +171,22 @@ impl SyncDriver {
     }
 }
 
-fn store_allowance(store: &impl SharedData, allowance: &Allowance) -> bool {
-    serde_json::to_vec(allowance).is_ok_and(|json| store.set(ALLOWANCE_KEY, &json, None).is_ok())
+/// Stores `allowance` as the next in sequence (compare-and-swap, so two VMs that both got a
+/// reply never store two allowances under one `seq`); its `seq`, or `None` if it could not.
+fn store_allowance(store: &impl SharedData, mut allowance: Allowance) -> Option<u64> {
+    for _ in 0..3 {
+        let (bytes, cas) = store.get(ALLOWANCE_KEY).ok()?;
+        let current: Option<Allowance> = bytes.and_then(|b| serde_json::from_slice(&b).ok());
+        // A seq at its end (only a corrupt record can hold one) stores nothing.
+        allowance.seq = current.map_or(0, |a| a.seq).checked_add(1)?;
+        let json = serde_json::to_vec(&allowance).ok()?;
+        match store.set(ALLOWANCE_KEY, &json, cas) {
+            Ok(()) => return Some(allowance.seq),
+            Err(CasError::Mismatch) => continue,
+            Err(CasError::Host(_)) => return None,
+        }
+    }
+    None
 }
 
 fn write_lease(store: &impl SharedData, lease: &SyncLease, cas: Option<u32>) -> bool {

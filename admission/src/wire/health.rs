@@ -29,7 +29,10 @@ impl ResourceHealth {
             Self::Degraded { limit_percent } => {
                 let percent = u64::from(limit_percent.clamp(1, 100));
                 let scaled = u64::from(limit) * percent / 100;
-                u32::try_from(scaled).unwrap_or(limit).max(1)
+                // A positive share never scales to nothing; a share of 0 stays 0.
+                u32::try_from(scaled)
+                    .unwrap_or(limit)
+                    .max(u32::from(limit > 0))
             }
             Self::Ok | Self::Saturated => limit,
         }
@@ -47,6 +50,7 @@ mod tests {
         assert_eq!(d, ResourceHealth::Degraded { limit_percent: 50 });
         assert_eq!(d.scale(10), 5);
         assert_eq!(d.scale(1), 1);
+        assert_eq!(d.scale(0), 0, "a share of none stays none");
         assert_eq!(
             serde_json::to_string(&ResourceHealth::Saturated).unwrap(),
             r#"{"state":"saturated"}"#
