@@ -80,6 +80,14 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, y_max: f64, lines: 
         H / 2.0,
         escape(y_label)
     );
+    #[allow(clippy::cast_precision_loss)]
+    let legend_h = 18.0 * lines.len() as f64 + 8.0;
+    let _ = write!(
+        svg,
+        r#"<rect x="{}" y="{}" width="300" height="{legend_h}" fill="white" fill-opacity="0.85"/>"#,
+        W - RIGHT - 306.0,
+        TOP - 4.0
+    );
     for (i, line) in lines.iter().enumerate() {
         let path: Vec<String> = line
             .points

@@ -6,6 +6,7 @@
 
 use super::algorithm::{AlgorithmState, Assessment, Bounds};
 use super::config::{AdaptiveConfig, Algorithm};
+use super::knee::Phase;
 use super::window::Sample;
 
 /// Why the limit last changed (the `wipgate.adaptive.reason.<reason>` gauge).
@@ -116,6 +117,16 @@ impl LimitState {
             reason: ChangeReason::ColdStart,
             slow_start: true,
             algorithm: AlgorithmState::fresh(algorithm),
+        }
+    }
+
+    /// How long the window now being measured lasts: the configured length, shorter while
+    /// the knee algorithm knows nothing yet (a flood at the start fills the ceiling only
+    /// that long).
+    pub fn window_ms(&self, config: &AdaptiveConfig) -> u64 {
+        match self.algorithm {
+            AlgorithmState::Knee(k) if k.phase != Phase::Steady => (config.window_ms() / 4).max(50),
+            _ => config.window_ms(),
         }
     }
 

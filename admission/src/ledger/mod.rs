@@ -138,7 +138,7 @@ impl Ledger {
                 },
             )
         });
-        if now_ms < window.start_ms.saturating_add(config.window_ms()) {
+        if now_ms < window.start_ms.saturating_add(state.window_ms(config)) {
             return None;
         }
         let sample = window.sample(state.limit, now_ms);

@@ -39,8 +39,9 @@ const NOISY_MAX_AFTER: u32 = 3;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The Envoy config the demo runs, as shipped.
 const ENVOY_YAML: &str = include_str!("../../../envoy/envoy.yaml");
-/// The adaptive run: a ceiling far above the capacity, and the default adaptive limit.
-const ADAPTIVE_MAX: u32 = 200;
+/// The adaptive run: a ceiling such as the database pool (4x what the upstream serves at
+/// once), and the default adaptive limit.
+const ADAPTIVE_MAX: u32 = 64;
 /// How often the upstream's in-flight (and the adaptive limit) is sampled for the plot.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// Where the plot goes.
@@ -222,7 +223,12 @@ fn write_plot(phases: &[Phase]) -> Result<()> {
             color,
             dashed: false,
             #[allow(clippy::cast_precision_loss)]
-            points: p.trace.iter().map(|(t, n, _)| (*t, *n as f64)).collect(),
+            points: p
+                .trace
+                .iter()
+                .filter(|(t, _, _)| *t <= RUN.as_secs_f64())
+                .map(|(t, n, _)| (*t, *n as f64))
+                .collect(),
         })
         .collect();
     if let Some(adaptive) = phases.last() {
@@ -230,7 +236,9 @@ fn write_plot(phases: &[Phase]) -> Result<()> {
         let limit: Vec<(f64, f64)> = adaptive
             .trace
             .iter()
-            .filter_map(|(t, _, l)| l.map(|l| (*t, l as f64)))
+            .filter(|(t, _, _)| *t <= RUN.as_secs_f64())
+            // 0 until the first window closes: no limit to draw yet.
+            .filter_map(|(t, _, l)| l.filter(|l| *l > 0).map(|l| (*t, l as f64)))
             .collect();
         lines.push(Line {
             name: "wipgate adaptive: its limit".into(),
