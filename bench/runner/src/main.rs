@@ -140,8 +140,13 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let json_path = args.out.join("results.json");
-    std::fs::write(&json_path, results.to_json()?)
+    let json = results.to_json()?;
+    std::fs::write(&json_path, &json)
         .with_context(|| format!("writing {}", json_path.display()))?;
+    // The report is rendered from the file as written, as `--render` would: a float read back
+    // may differ from the measured one in its last bit, and a figure on a rounding boundary
+    // would then print differently.
+    let results = Results::parse(&json)?;
     let md_path = args.out.join("report.md");
     std::fs::write(&md_path, report::render(&results))
         .with_context(|| format!("writing {}", md_path.display()))?;
