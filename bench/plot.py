@@ -84,11 +84,18 @@ def shape(sw, out):
     plt.close(fig)
 
 
-def knee_band(ax, knee, band, t_end):
+def knee_band(ax, knee, band, t_end, limits):
+    """The true knee and its band; the y axis stops at 4x the knee so the band stays
+    readable (a limit above it, e.g. adaptive_concurrency's first samples, is clipped)."""
     ax.axhline(knee, color=KNEE_COLOR, ls="--", lw=1, label=f"true knee ({knee})")
     ax.axhspan(knee * (1 - band), knee * (1 + band), color=KNEE_COLOR, alpha=0.08,
                label=f"knee ± {band * 100:.0f}%")
     ax.set_xlim(0, t_end)
+    top = 4 * knee
+    ax.set_ylim(0, top)
+    if any(v > top for v in limits):
+        ax.text(0.01, 0.97, f"clipped at {top}", transform=ax.transAxes, va="top", fontsize=8,
+                color="grey")
 
 
 def shift(r, out):
@@ -111,7 +118,7 @@ def shift(r, out):
     b.set_yscale("log")
     b.axhline(sh["knee"], color=KNEE_COLOR, ls="--", lw=1)
     b.set_ylabel("upstream in flight (100 ms mean, log)")
-    knee_band(c, sh["knee"], sh["band"], end)
+    knee_band(c, sh["knee"], sh["band"], end, [v for s in sh["setups"] for v in s["run"]["limit"]])
     c.set_ylabel("limit (sampled every 100 ms)")
     c.set_xlabel("seconds since the load started")
     c.legend(fontsize=8, loc="upper right")
@@ -136,7 +143,8 @@ def steady(r, out):
             run = s["run"]
             ax.step(run["limit_t"], run["limit"], where="post", color=COLORS.get(s["name"]),
                     label=f"{s['name']} (goodput {s['goodput']:.2f})")
-        knee_band(ax, st["knee"], st["band"], st["run_s"])
+        knee_band(ax, st["knee"], st["band"], st["run_s"],
+                  [v for s in st["setups"] for v in s["run"]["limit"]])
         ax.set_ylabel("limit")
         ax.set_title(f"{st['title']} at {st['mult']:g}x")
         ax.grid(alpha=0.3)
