@@ -107,12 +107,16 @@ demo: prereqs filter
 	  cargo run --release --quiet -p wipgate-e2e --bin wipgate-demo
 
 ## ---- benchmarks -----------------------------------------------------------------------
-# bench/report.md (+ results.json, PNGs): overhead, overload and noisy-tenant scenarios of
-# wipgate beside bare Envoy, a pass-through wasm filter and Envoy's own protections.
+# bench/report.md (+ results.json, PNGs): wipgate's overhead beside bare Envoy and a
+# pass-through wasm filter; every protection (none, Envoy's circuit breaker and
+# adaptive_concurrency, wipgate static and adaptive) in front of bottlenecks of several shapes,
+# one of them a real PostgreSQL whose capacity pgbench measures; a noisy tenant. About 25 min.
 bench: prereqs filter bench-control bench-wipgate
 
 .PHONY: bench-control bench-wipgate
 bench-wipgate: prereqs filter
+	$(call need_postgres)
+	$(call need,pgbench,postgresql)
 	cargo build --release --target wasm32-wasip1 -p passthrough-filter
 	cargo build --release -p wipgate-bench
 	@$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null || \

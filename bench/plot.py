@@ -1,8 +1,10 @@
 """Draws the benchmark plots from bench/results.json (written by `wipgate-bench`).
 
 Usage: python bench/plot.py [RESULTS_JSON [OUT_DIR]]   (`make bench` runs it)
-Writes overhead.png, overload_summary.png, overload_timeseries_3x.png,
-overload_timeseries_5x.png and noisy_tenant.png next to the results.
+Writes overhead.png, shape_<key>.png per bottleneck shape (goodput, admitted p99 and
+rejections by offered load, every setup), shift.png (the capacity shift over time, limits
+against the true knee), steady.png (limits at steady overload against the knee) and
+noisy_tenant.png next to the results.
 """
 
 import json
@@ -23,8 +25,7 @@ COLORS = {
 }
 
 
-def present(setups):
-    return [s for s in setups if not s.get("missing")]
+KNEE_COLOR = "#444444"
 
 
 def overhead(r, out):
@@ -53,65 +54,111 @@ def overhead(r, out):
     plt.close(fig)
 
 
-def overload_summary(r, out):
-    ol = r["overload"]
+def shape(sw, out):
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
-    for s in present(ol["setups"]):
+    for s in sw["setups"]:
         m = [p["mult"] for p in s["points"]]
         col = COLORS.get(s["name"])
         a.plot(m, [p["goodput"] for p in s["points"]], "o-", color=col, label=s["name"])
-        b.plot(m, [max(p["ok_p99_ms"], 1e-3) for p in s["points"]], "o-", color=col, label=s["name"])
+        ok = [(p["mult"], p["ok_p99_ms"]) for p in s["points"] if p["ok"] > 0]
+        b.plot([x for x, _ in ok], [max(v, 1e-3) for _, v in ok], "o-", color=col, label=s["name"])
         c.plot(m, [p["reject_rate"] * 100 for p in s["points"]], "o-", color=col, label=s["name"])
     a.axhline(0.95, ls=":", color="grey")
     a.set_title("goodput (fraction of capacity)")
-    a.set_ylim(0, 1.1)
+    a.set_ylim(0, 1.15)
     b.set_yscale("log")
-    b.set_title("p99 latency of successes (ms, log)")
+    b.set_title("admitted p99 (ms, log)")
     c.set_title("rejected (% of sent)")
     for ax in (a, b, c):
+        ax.set_xscale("log")
+        ticks = sw["multipliers"]
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}x" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("offered load (x capacity)")
         ax.grid(alpha=0.3)
     a.legend(fontsize=8)
-    fig.suptitle("Overload: bottleneck with congestion collapse past C"
-                 " (wipgate adaptive: missing, not implemented yet)")
+    fig.suptitle(f"{sw['title']}: capacity {sw['capacity_rps']:.0f} req/s, C = {sw['c']}")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "overload_summary.png"), dpi=110)
+    fig.savefig(os.path.join(out, f"shape_{sw['key']}.png"), dpi=110)
     plt.close(fig)
 
 
-def overload_timeseries(r, out, mult):
-    ol = r["overload"]
-    fig, (a, b) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
-    for s in present(ol["setups"]):
-        p = next((p for p in s["points"] if abs(p["mult"] - mult) < 1e-9), None)
-        if p is None:
-            continue
-        ser = p["series"]
+def knee_band(ax, knee, band, t_end, limits):
+    """The true knee and its band; the y axis stops at 4x the knee so the band stays
+    readable (a limit above it, e.g. adaptive_concurrency's first samples, is clipped)."""
+    ax.axhline(knee, color=KNEE_COLOR, ls="--", lw=1, label=f"true knee ({knee})")
+    ax.axhspan(knee * (1 - band), knee * (1 + band), color=KNEE_COLOR, alpha=0.08,
+               label=f"knee ± {band * 100:.0f}%")
+    ax.set_xlim(0, t_end)
+    top = 4 * knee
+    ax.set_ylim(0, top)
+    if any(v > top for v in limits):
+        ax.text(0.01, 0.97, f"clipped at {top}", transform=ax.transAxes, va="top", fontsize=8,
+                color="grey")
+
+
+def shift(r, out):
+    sh = r["shift"]
+    fig, (a, b, c) = plt.subplots(3, 1, figsize=(11, 10), sharex=True)
+    end = sh["run_s"]
+    for s in sh["setups"]:
+        run = s["run"]
         col = COLORS.get(s["name"])
-        a.plot(ser["t"], ser["goodput"], color=col, label=s["name"])
-        pts = [(t, v) for t, v in zip(ser["t"], ser["ok_p99_ms"]) if v is not None]
-        if pts:
-            b.plot([t for t, _ in pts], [v for _, v in pts], color=col, label=s["name"])
-    a.axhline(1.0, ls=":", color="grey")
-    a.set_ylabel("goodput (x capacity), by completion")
+        a.plot(run["t"], run["goodput"], color=col, lw=1, label=s["name"])
+        b.plot(run["t"], [max(v, 0.1) for v in run["inflight"]], color=col, lw=1, label=s["name"])
+        if run["limit"]:
+            c.step(run["limit_t"], run["limit"], where="post", color=col, label=s["name"])
+    cap = 1 / sh["slowdown"]
+    a.step([0, sh["slow_from_s"], sh["slow_to_s"], end], [1, cap, 1, 1], where="post",
+           color="grey", ls=":", label="capacity")
+    a.set_ylabel("goodput (x capacity before the shift)")
     a.set_ylim(0, 1.3)
-    a.legend(fontsize=8, loc="upper right")
+    a.legend(fontsize=8, loc="upper right", ncol=2)
     b.set_yscale("log")
-    b.set_ylabel("p99 of successes (ms, log), by send time")
-    b.set_xlabel("seconds since the start of the open loop (100 ms buckets)")
-    for ax in (a, b):
-        ax.axvline(ol["point_s"], ls="--", color="grey")
+    b.axhline(sh["knee"], color=KNEE_COLOR, ls="--", lw=1)
+    b.set_ylabel("upstream in flight (100 ms mean, log)")
+    knee_band(c, sh["knee"], sh["band"], end, [v for s in sh["setups"] for v in s["run"]["limit"]])
+    c.set_ylabel("limit (sampled every 100 ms)")
+    c.set_xlabel("seconds since the load started")
+    c.legend(fontsize=8, loc="upper right")
+    for ax in (a, b, c):
+        for x in (sh["slow_from_s"], sh["slow_to_s"]):
+            ax.axvline(x, color="grey", ls="--", lw=1)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Overload at {mult:g}x capacity over time ({ol['capacity_rps'] * mult:.0f} req/s"
-                 f" for {ol['point_s']:g} s; dashed: load stops)")
+    fig.suptitle(f"c. Capacity shift: collapsing bottleneck at {sh['mult']:g}x, service time x"
+                 f"{sh['slowdown']:g} from {sh['slow_from_s']:g} s to {sh['slow_to_s']:g} s")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, f"overload_timeseries_{mult:g}x.png"), dpi=110)
+    fig.savefig(os.path.join(out, "shift.png"), dpi=110)
+    plt.close(fig)
+
+
+def steady(r, out):
+    shapes = r["steady"]
+    if not shapes:
+        return
+    fig, axes = plt.subplots(len(shapes), 1, figsize=(11, 3.6 * len(shapes)), squeeze=False)
+    for ax, st in zip(axes[:, 0], shapes):
+        for s in st["setups"]:
+            run = s["run"]
+            ax.step(run["limit_t"], run["limit"], where="post", color=COLORS.get(s["name"]),
+                    label=f"{s['name']} (goodput {s['goodput']:.2f})")
+        knee_band(ax, st["knee"], st["band"], st["run_s"],
+                  [v for s in st["setups"] for v in s["run"]["limit"]])
+        ax.set_ylabel("limit")
+        ax.set_title(f"{st['title']} at {st['mult']:g}x")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right")
+    axes[-1, 0].set_xlabel("seconds since the load started (limit sampled every 100 ms)")
+    fig.suptitle("Steady overload: moving limits against the true knee")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "steady.png"), dpi=110)
     plt.close(fig)
 
 
 def noisy(r, out):
     n = r["noisy"]
-    setups = present(n["setups"])
+    setups = n["setups"]
     tenants = [t["tenant"] for t in setups[0]["tenants"]] if setups else []
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.2))
     w = 0.8 / max(len(setups), 1)
@@ -130,8 +177,7 @@ def noisy(r, out):
     b.set_yscale("log")
     b.set_title("p99 of successes per tenant (ms, log)")
     a.legend(fontsize=8, loc="upper center", ncol=2)
-    fig.suptitle(f"Noisy tenant: {n['rate']:.0f} req/s in all, 1 tenant at 10x"
-                 " (wipgate adaptive: missing)")
+    fig.suptitle(f"Noisy tenant: {n['rate']:.0f} req/s in all, 1 tenant at 10x")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "noisy_tenant.png"), dpi=110)
     plt.close(fig)
@@ -143,9 +189,10 @@ def main():
     with open(path) as f:
         r = json.load(f)
     overhead(r, out)
-    overload_summary(r, out)
-    for mult in (3.0, 5.0):
-        overload_timeseries(r, out, mult)
+    for sw in r["sweeps"]:
+        shape(sw, out)
+    shift(r, out)
+    steady(r, out)
     noisy(r, out)
     print(f"plots written to {out}")
 

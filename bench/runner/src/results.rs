@@ -18,16 +18,22 @@ pub struct Results {
     pub runner_wall_s: f64,
     /// What the figures were measured on.
     pub machine: Machine,
-    /// wipgate's plugin configuration (JSON text) in the overload scenario.
-    pub wipgate_static: String,
-    /// The same with adaptive limits.
+    /// wipgate's adaptive configuration (JSON text), the same in every shape: not told C.
     pub wipgate_adaptive: String,
-    /// wipgate's configuration in the noisy-tenant scenario.
+    /// wipgate's configurations in the noisy-tenant scenario, static and adaptive.
     pub wipgate_tenants: String,
+    /// See `wipgate_tenants`.
+    pub wipgate_tenants_adaptive: String,
     /// The overhead scenario.
     pub overhead: Overhead,
-    /// The overload scenario.
-    pub overload: Overload,
+    /// Every setup at multiples of each bottleneck's capacity, one entry per shape.
+    pub sweeps: Vec<Sweep>,
+    /// The capacity shift: the bottleneck's service time doubles mid-run, then returns.
+    pub shift: Shift,
+    /// Steady overload, limit traced, one entry per shape.
+    pub steady: Vec<Steady>,
+    /// A fresh Envoy at half the capacity.
+    pub cold_start: ColdStart,
     /// The noisy-tenant scenario.
     pub noisy: Noisy,
 }
@@ -118,20 +124,105 @@ pub struct Generator {
     pub overflow: usize,
 }
 
-/// Overload: each setup at multiples of a bottleneck's capacity.
+/// A bottleneck the setups protect, with its parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Bottleneck {
+    /// Up to `knee` in flight each request takes `base_ms`; beyond, a request that finds n
+    /// in flight takes `base_ms × (1 + slope × (n − knee) / knee)`, at most `max_service_ms`.
+    Collapse {
+        /// In flight up to which the service time is the base one.
+        knee: usize,
+        /// The base service time, in ms.
+        base_ms: f64,
+        /// How much slower per `knee` requests beyond it.
+        slope: f64,
+        /// The longest service time, in ms.
+        max_service_ms: f64,
+    },
+    /// A pool of `capacity`, each request `service_ms`; the rest wait in a FIFO queue.
+    Queue {
+        /// Requests served at once.
+        capacity: usize,
+        /// Each one's service time, in ms.
+        service_ms: f64,
+    },
+    /// A pool of `capacity`; lognormal service times of median `median_ms` and `sigma`.
+    HeavyTail {
+        /// Requests served at once.
+        capacity: usize,
+        /// The median service time, in ms.
+        median_ms: f64,
+        /// The lognormal's sigma (1: p99/p50 about 10).
+        sigma: f64,
+    },
+    /// A real PostgreSQL: each request a transaction on one of `rows` hot rows through a
+    /// pool of `pool` connections, holding its row for `work_ms`.
+    Postgres {
+        /// Connections of the upstream's pool.
+        pool: usize,
+        /// Hot rows the transactions pick from at random.
+        rows: u32,
+        /// The transaction's work while it holds its row, in ms.
+        work_ms: f64,
+        /// The database's capacity, measured by pgbench itself.
+        pgbench: Pgbench,
+    },
+}
+
+impl Default for Bottleneck {
+    fn default() -> Self {
+        Self::Queue {
+            capacity: 0,
+            service_ms: 0.0,
+        }
+    }
+}
+
+/// pgbench on the hot-rows transaction at each client count.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Overload {
-    /// The bottleneck's capacity, requests per second.
+pub struct Pgbench {
+    /// The `-f` script, the upstream's transaction statement for statement.
+    pub script: String,
+    /// One run's length, in seconds (`-T`).
+    pub duration_s: f64,
+    /// One per client count, in order.
+    pub runs: Vec<PgbenchRun>,
+    /// The best transactions per second: the shape's capacity.
+    pub best_tps: f64,
+    /// The client count at the best: the C told to the circuit breaker and wipgate static.
+    pub best_clients: usize,
+}
+
+/// One pgbench run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PgbenchRun {
+    /// `-c`.
+    pub clients: usize,
+    /// Transactions per second (pgbench's, without the initial connection time).
+    pub tps: f64,
+    /// pgbench's average latency, in ms.
+    pub latency_ms: f64,
+}
+
+/// Every setup at multiples of one bottleneck's capacity.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    /// Its key (file names, lookups): `collapse`, `queue`, `heavy_tail`, `postgres`.
+    pub key: String,
+    /// Its heading in the report and the plots.
+    pub title: String,
+    /// The bottleneck.
+    pub bottleneck: Bottleneck,
+    /// Its capacity, requests per second.
     pub capacity_rps: f64,
-    /// Requests in flight up to which its service time is the base one.
-    pub knee: usize,
-    /// That base service time, in ms.
-    pub base_ms: f64,
-    /// How much slower per `knee` requests beyond it.
-    pub slope: f64,
-    /// The longest service time, in ms.
-    pub max_service_ms: f64,
+    /// The in-flight count told to the circuit breaker and wipgate static.
+    pub c: usize,
+    /// wipgate static's configuration (JSON text).
+    pub wipgate_static: String,
     /// One point's open loop, in seconds.
     pub point_s: f64,
     /// When the client gives up on a request, in seconds.
@@ -139,25 +230,23 @@ pub struct Overload {
     /// The offered loads, as multiples of capacity.
     pub multipliers: Vec<f64>,
     /// One entry per setup, in the report's order.
-    pub setups: Vec<OverloadSetup>,
+    pub setups: Vec<SweepSetup>,
 }
 
-/// One setup of the overload scenario.
+/// One setup of a sweep.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OverloadSetup {
+pub struct SweepSetup {
     /// Its name in the report and the plots.
     pub name: String,
-    /// Not implemented, so not run (`points` is empty).
-    pub missing: bool,
     /// One per multiple of capacity.
-    pub points: Vec<OverloadPoint>,
+    pub points: Vec<Point>,
 }
 
 /// One setup at one offered load.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OverloadPoint {
+pub struct Point {
     /// The offered load, as a multiple of capacity.
     pub mult: f64,
     /// Requests sent.
@@ -168,7 +257,7 @@ pub struct OverloadPoint {
     pub rejected: usize,
     /// Everything else (timeouts, errors).
     pub failed: usize,
-    /// 2xx answers per second, as a fraction of capacity.
+    /// 2xx answers completed while the load ran, per second, as a fraction of capacity.
     pub goodput: f64,
     /// Latency percentiles of the 2xx answers, in ms.
     pub ok_p50_ms: f64,
@@ -186,28 +275,175 @@ pub struct OverloadPoint {
     pub generator: Generator,
     /// The most requests in flight at the bottleneck.
     pub upstream_max_inflight: usize,
-    /// The point over time.
-    pub series: Series,
 }
 
-/// One point over time, in buckets of 100 ms.
+/// One setup's open loop over time, in buckets.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Series {
-    /// Each bucket's start, in seconds.
+pub struct Timeline {
+    /// Requests sent.
+    pub sent: usize,
+    /// 2xx answers.
+    pub ok: usize,
+    /// 429 and 503 answers.
+    pub rejected: usize,
+    /// Everything else.
+    pub failed: usize,
+    /// How well the generator kept the schedule.
+    pub generator: Generator,
+    /// Each bucket's start, in seconds from the start of the load.
     pub t: Vec<f64>,
-    /// 2xx answers completed in the bucket, per second, as a fraction of capacity.
+    /// 2xx answers completed in the bucket, per second, as a fraction of the bottleneck's
+    /// (unslowed) capacity.
     pub goodput: Vec<f64>,
-    /// p99 of the 2xx answers sent in the bucket, in ms; `None` where there were none.
-    pub ok_p99_ms: Vec<Option<f64>>,
     /// Rejections sent in the bucket, per second.
     pub rejected_per_s: Vec<f64>,
+    /// Requests in flight at the bottleneck, the bucket's mean (sampled every 10 ms).
+    pub inflight: Vec<f64>,
+    /// When the limit was sampled, in seconds; empty for a setup without a moving limit.
+    pub limit_t: Vec<f64>,
+    /// The limit then (wipgate's `wipgate.adaptive.limit`, or adaptive_concurrency's
+    /// `gradient_controller.concurrency_limit`).
+    pub limit: Vec<f64>,
+}
+
+/// The capacity shift.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shift {
+    /// The bottleneck (the collapsing one).
+    pub bottleneck: Bottleneck,
+    /// Its capacity before and after the slow phase, requests per second.
+    pub capacity_rps: f64,
+    /// The true knee in flight (the slowdown does not move it: every request takes longer).
+    pub knee: usize,
+    /// The offered load, as a multiple of `capacity_rps`.
+    pub mult: f64,
+    /// The whole run, in seconds.
+    pub run_s: f64,
+    /// The service time is multiplied by `slowdown` from here...
+    pub slow_from_s: f64,
+    /// ... to here, in seconds from the start.
+    pub slow_to_s: f64,
+    /// The multiplier.
+    pub slowdown: f64,
+    /// "Within the knee" means within this fraction of it.
+    pub band: f64,
+    /// The length of a bucket of the time series, in seconds.
+    pub bucket_s: f64,
+    /// One per setup, in the report's order.
+    pub setups: Vec<ShiftSetup>,
+}
+
+/// One setup through the capacity shift.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShiftSetup {
+    /// Its name in the report and the plots.
+    pub name: String,
+    /// Goodput before, during and after the slow phase, each as a fraction of the capacity
+    /// of that phase.
+    pub goodput_phases: Vec<f64>,
+    /// From the slowdown until the bottleneck's in-flight count is within the band of the
+    /// knee and stays there to the end of the slow phase, in seconds; `None`: never.
+    pub back_after_change_s: Option<f64>,
+    /// The same from the recovery to the end of the run.
+    pub back_after_recovery_s: Option<f64>,
+    /// Direction reversals of the limit over the run; `None` without a moving limit.
+    pub reversals: Option<usize>,
+    /// The run over time.
+    pub run: Timeline,
+}
+
+/// Steady overload of one shape.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Steady {
+    /// The sweep's key of this shape.
+    pub key: String,
+    /// Its heading.
+    pub title: String,
+    /// Its capacity, requests per second.
+    pub capacity_rps: f64,
+    /// The true knee in flight.
+    pub knee: usize,
+    /// The offered load, as a multiple of capacity.
+    pub mult: f64,
+    /// The run, in seconds.
+    pub run_s: f64,
+    /// "Within the knee" means within this fraction of it.
+    pub band: f64,
+    /// The first seconds of the run, while the limit leaves where the warm-up left it, are
+    /// not steady: `within_band_settled` leaves them out.
+    pub settle_s: f64,
+    /// The length of a bucket of the time series, in seconds.
+    pub bucket_s: f64,
+    /// The setups with a moving limit.
+    pub setups: Vec<SteadySetup>,
+}
+
+/// One setup at steady overload.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SteadySetup {
+    /// Its name in the report and the plots.
+    pub name: String,
+    /// 2xx answers per second over the run, as a fraction of capacity.
+    pub goodput: f64,
+    /// Share of the limit's samples within the band of the knee, over the whole run.
+    pub within_band: f64,
+    /// The same after the first `settle_s` seconds.
+    pub within_band_settled: f64,
+    /// Direction reversals of the limit over the run.
+    pub reversals: usize,
+    /// The limit's mean over the run.
+    pub limit_mean: f64,
+    /// The run over time.
+    pub run: Timeline,
+}
+
+/// A fresh Envoy at half the capacity.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColdStart {
+    /// The sweep's key of the bottleneck.
+    pub key: String,
+    /// Its capacity, requests per second.
+    pub capacity_rps: f64,
+    /// The offered load, as a multiple of capacity.
+    pub mult: f64,
+    /// The run, in seconds.
+    pub run_s: f64,
+    /// Requests sent one by one before the run (V8 compiles the paths they take).
+    pub warm_requests: usize,
+    /// The length of a bucket of the time series, in seconds.
+    pub bucket_s: f64,
+    /// One per setup, in the report's order.
+    pub setups: Vec<ColdSetup>,
+}
+
+/// One setup from a cold start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColdSetup {
+    /// Its name in the report and the plots.
+    pub name: String,
+    /// Requests sent in each whole second of the run.
+    pub sent_by_second: Vec<usize>,
+    /// Requests rejected in each.
+    pub rejected_by_second: Vec<usize>,
+    /// The run over time.
+    pub run: Timeline,
 }
 
 /// The noisy-tenant scenario.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Noisy {
+    /// The bottleneck's capacity (the collapsing one), requests per second.
+    pub capacity_rps: f64,
+    /// The open loop, in seconds.
+    pub run_s: f64,
     /// All tenants together, requests per second.
     pub rate: f64,
     /// Each normal tenant's rate.
@@ -224,16 +460,12 @@ pub struct Noisy {
 pub struct NoisySetup {
     /// Its name in the report and the plots.
     pub name: String,
-    /// Not implemented, so not run (no tenants, no generator).
-    pub missing: bool,
     /// One per tenant, in `scenarios::TENANTS` order.
     pub tenants: Vec<TenantResult>,
-    /// How well the generator kept the schedule; absent for a missing setup.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generator: Option<Generator>,
-    /// The most requests in flight at the bottleneck; absent for a missing setup.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream_max_inflight: Option<usize>,
+    /// How well the generator kept the schedule.
+    pub generator: Generator,
+    /// The most requests in flight at the bottleneck.
+    pub upstream_max_inflight: usize,
 }
 
 /// One tenant of the noisy-tenant scenario.
@@ -296,8 +528,18 @@ mod tests {
     fn the_checked_in_results_parse_and_write_back_field_for_field() {
         let (text, results) = checked_in();
         assert_eq!(results.overhead.setups.len(), 3);
-        assert_eq!(results.overload.setups.len(), 5);
+        let keys: Vec<&str> = results.sweeps.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["collapse", "queue", "heavy_tail", "postgres"]);
+        for s in &results.sweeps {
+            assert_eq!(s.setups.len(), 5, "{}", s.key);
+        }
+        assert_eq!(results.shift.setups.len(), 5);
+        assert_eq!(results.cold_start.setups.len(), 5);
         assert_eq!(results.noisy.setups.len(), 5);
+        assert!(matches!(
+            results.sweeps[3].bottleneck,
+            Bottleneck::Postgres { .. }
+        ));
         // Same names, same nesting, integers as integers: what plot.py reads is unchanged.
         let original: serde_json::Value = serde_json::from_str(&text).unwrap();
         let written: serde_json::Value = serde_json::from_str(&results.to_json().unwrap()).unwrap();
@@ -310,9 +552,12 @@ mod tests {
         let misspelt = text.replacen("\"goodput\":", "\"godput\":", 1);
         let err = Results::parse(&misspelt).unwrap_err().to_string();
         assert!(err.contains("godput"), "{err}");
-        let missing = text.replacen("\"knee\": 10,", "", 1);
+        let missing = text.replacen("\"slow_from_s\":", "\"slow_since_s\":", 1);
         assert_ne!(missing, text);
         let err = Results::parse(&missing).unwrap_err().to_string();
-        assert!(err.contains("overload") && err.contains("knee"), "{err}");
+        assert!(
+            err.contains("shift") && err.contains("slow_since_s"),
+            "{err}"
+        );
     }
 }

@@ -1,19 +1,20 @@
-//! The three scenarios: overhead on an unconstrained upstream, overload of a bottleneck
-//! that collapses past its knee, and a noisy tenant. Each starts its own upstream and Envoy
-//! per measurement and returns its figures as the types of `results.json` (`results.rs`);
-//! `report.rs` turns them into Markdown.
+//! The scenarios' shared parts (timing, Envoy per setup, warm-up, turning an open loop
+//! into figures) and the two scenarios that are not about bottleneck shapes: overhead on an
+//! unconstrained upstream, and a noisy tenant. The shapes are in `sweeps.rs` (every setup at
+//! multiples of capacity) and `timelines.rs` (runs traced over time).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use wipgate_e2e::{wait_until_async, Envoy, RequestSpec, Upstream};
+use wipgate_e2e::{wait_until_async, Envoy, RequestSpec, Slowdown, Upstream, UpstreamStats};
 
 use crate::gen::{self, Kind, OpenLoopRun};
 use crate::results::{
-    Generator, Noisy, NoisySetup, Overhead, OverheadSetup, Overload, OverloadPoint, OverloadSetup,
-    Series, TenantResult,
+    Generator, Noisy, NoisySetup, Overhead, OverheadSetup, Point, TenantResult, Timeline,
 };
-use crate::setup::{self, Setup, Wasm};
+use crate::setup::{self, Setup, Shape, Wasm};
+use crate::trace::{bucket_means, Samples};
 
 /// How long each part runs; `quick` shortens everything for a smoke run.
 #[derive(Debug, Clone, Copy)]
@@ -26,10 +27,26 @@ pub struct Timing {
     pub fixed: Duration,
     /// Fixed-rate repetitions per setup (interleaved; latencies pooled).
     pub fixed_reps: usize,
-    /// One overload point.
+    /// One point of a sweep, and the noisy-tenant run.
     pub point: Duration,
     /// The client gives up on a request this long after its intended send time.
     pub client_timeout: Duration,
+    /// The offered loads of a sweep, as multiples of capacity.
+    pub multipliers: &'static [f64],
+    /// The capacity shift's whole run ...
+    pub shift_run: Duration,
+    /// ... the service time doubles here ...
+    pub shift_from: Duration,
+    /// ... and returns here.
+    pub shift_to: Duration,
+    /// The steady-overload run.
+    pub steady_run: Duration,
+    /// The cold-start run.
+    pub cold_run: Duration,
+    /// One pgbench run.
+    pub pgbench_run: Duration,
+    /// pgbench's client counts.
+    pub pgbench_clients: &'static [usize],
 }
 
 impl Timing {
@@ -42,8 +59,16 @@ impl Timing {
                 closed_reps: 1,
                 fixed: Duration::from_secs(1),
                 fixed_reps: 1,
-                point: Duration::from_secs(2),
+                point: Duration::from_millis(1500),
                 client_timeout: Duration::from_secs(1),
+                multipliers: &[0.5, 3.0],
+                shift_run: Duration::from_secs(6),
+                shift_from: Duration::from_secs(2),
+                shift_to: Duration::from_secs(4),
+                steady_run: Duration::from_secs(3),
+                cold_run: Duration::from_secs(2),
+                pgbench_run: Duration::from_secs(1),
+                pgbench_clients: &[1, 4, 16],
             }
         } else {
             Self {
@@ -53,6 +78,14 @@ impl Timing {
                 fixed_reps: 2,
                 point: Duration::from_secs(5),
                 client_timeout: Duration::from_secs(2),
+                multipliers: &MULTIPLIERS,
+                shift_run: Duration::from_secs(25),
+                shift_from: Duration::from_secs(8),
+                shift_to: Duration::from_secs(16),
+                steady_run: Duration::from_secs(20),
+                cold_run: Duration::from_secs(10),
+                pgbench_run: Duration::from_secs(5),
+                pgbench_clients: &[1, 2, 4, 8, 16, 32, 64],
             }
         }
     }
@@ -61,22 +94,25 @@ impl Timing {
 /// Keep-alive connections of the closed loop.
 pub const CLOSED_CONNS: usize = 32;
 /// The open loop's cap on connections open at once.
-const MAX_GEN_CONNS: usize = 6_000;
+pub const MAX_GEN_CONNS: usize = 6_000;
 /// Width of a time-series bucket.
-const BUCKET: Duration = Duration::from_millis(100);
+pub const BUCKET: Duration = Duration::from_millis(100);
 /// Offered load as multiples of the bottleneck's capacity.
-pub const MULTIPLIERS: [f64; 5] = [0.5, 1.0, 2.0, 3.0, 5.0];
+pub const MULTIPLIERS: [f64; 6] = [0.5, 1.0, 2.0, 3.0, 5.0, 10.0];
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn ms(d: Duration) -> f64 {
+/// A duration in milliseconds.
+#[must_use]
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn start_envoy(setup: &Setup, upstream: &Upstream, wasm: &Wasm, name: &str) -> Result<Envoy> {
-    Envoy::start(&setup.envoy_config(upstream.addr(), wasm))
+/// A fresh Envoy for `setup` in front of `upstream`.
+pub fn start_envoy(setup: &Setup, upstream: SocketAddr, wasm: &Wasm, name: &str) -> Result<Envoy> {
+    Envoy::start(&setup.envoy_config(upstream, wasm))
         .with_context(|| format!("starting Envoy for {name}"))
 }
 
@@ -100,7 +136,7 @@ pub async fn overhead(wasm: &Wasm, timing: Timing) -> Result<Overhead> {
     ];
     let mut envoys = Vec::new();
     for (name, setup) in &setups {
-        envoys.push(start_envoy(setup, &upstream, wasm, name)?);
+        envoys.push(start_envoy(setup, upstream.addr(), wasm, name)?);
     }
     // Warm up every path (V8 tiers, connection pools) before measuring.
     for envoy in &envoys {
@@ -199,7 +235,9 @@ fn median(v: &[f64]) -> f64 {
     s.get(s.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn generator(run: &OpenLoopRun) -> Generator {
+/// How well the generator kept `run`'s schedule.
+#[must_use]
+pub fn generator(run: &OpenLoopRun) -> Generator {
     Generator {
         intended_rate: run.intended_rate,
         actual_rate: run.actual_rate,
@@ -211,40 +249,16 @@ fn generator(run: &OpenLoopRun) -> Generator {
     }
 }
 
-/// The overload setups, by name; `None` is a setup that is not implemented yet.
-#[must_use]
-pub fn overload_setups(
-    wipgate_config: &str,
-    wipgate_adaptive: &str,
-) -> Vec<(&'static str, Option<Setup>)> {
-    vec![
-        ("no protection", Some(Setup::Bare)),
-        (
-            "Envoy circuit breaker",
-            Some(Setup::CircuitBreaker(setup::KNEE)),
-        ),
-        ("Envoy adaptive_concurrency", Some(Setup::Adaptive)),
-        (
-            "wipgate static",
-            Some(Setup::Wipgate(wipgate_config.to_owned())),
-        ),
-        (
-            "wipgate adaptive",
-            Some(Setup::Wipgate(wipgate_adaptive.to_owned())),
-        ),
-    ]
-}
-
 /// One point: an open-loop run at `mult` times `capacity` for `window`, against a
 /// bottleneck that held at most `upstream_max_inflight` at once.
-fn summarize(
+#[must_use]
+pub fn point(
     run: &OpenLoopRun,
     capacity: f64,
     window: Duration,
     mult: f64,
     upstream_max_inflight: usize,
-    series: Series,
-) -> OverloadPoint {
+) -> Point {
     let ok: Vec<Duration> = lat(run, Kind::Ok, None);
     let rejected: Vec<Duration> = lat(run, Kind::Rejected, None);
     let total = run.recs.len();
@@ -256,9 +270,9 @@ fn summarize(
             n as f64 / total as f64
         }
     };
-    #[allow(clippy::cast_precision_loss)]
-    let goodput = ok.len() as f64 / window.as_secs_f64() / capacity;
-    OverloadPoint {
+    // Answers completed while the load runs: a backlog served after it stops adds nothing.
+    let goodput = goodput_between(run, Duration::ZERO, window, capacity);
+    Point {
         mult,
         sent: total,
         ok: ok.len(),
@@ -273,7 +287,6 @@ fn summarize(
         rej_rtt_p99_ms: ms(gen::percentile(&rtt(run, Kind::Rejected), 99.0)),
         generator: generator(run),
         upstream_max_inflight,
-        series,
     }
 }
 
@@ -293,15 +306,36 @@ fn lat(run: &OpenLoopRun, kind: Kind, group: Option<usize>) -> Vec<Duration> {
         .collect()
 }
 
-/// Goodput (by completion time, as a fraction of capacity), p99 of successes and
-/// rejections per second (by intended send time), per 100 ms bucket.
-fn series(run: &OpenLoopRun, capacity: f64, span: Duration) -> Series {
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let n = (span.as_secs_f64() / BUCKET.as_secs_f64()).ceil() as usize;
+/// 2xx answers completed in `[from, to)` of `run`, per second, as a fraction of `capacity`.
+#[must_use]
+pub fn goodput_between(run: &OpenLoopRun, from: Duration, to: Duration, capacity: f64) -> f64 {
+    let n = run
+        .recs
+        .iter()
+        .filter(|r| r.kind == Kind::Ok && (from..to).contains(&(r.due + r.latency)))
+        .count();
+    let span = to.saturating_sub(from).as_secs_f64();
+    if span <= 0.0 || capacity <= 0.0 {
+        return 0.0;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let g = n as f64 / span / capacity;
+    g
+}
+
+/// `run` over `span` in buckets: goodput by completion time (a fraction of `capacity`),
+/// rejections by send time, the bottleneck's mean in-flight, and the limit's samples.
+#[must_use]
+pub fn timeline(
+    run: &OpenLoopRun,
+    capacity: f64,
+    span: Duration,
+    inflight: &Samples,
+    limit: &Samples,
+) -> Timeline {
+    let bucket = BUCKET.as_secs_f64();
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let n = (span.as_secs_f64() / bucket).ceil() as usize;
     let bucket_of = |d: Duration| {
         #[allow(clippy::cast_possible_truncation)]
         let b = (d.as_nanos() / BUCKET.as_nanos()) as usize;
@@ -309,56 +343,59 @@ fn series(run: &OpenLoopRun, capacity: f64, span: Duration) -> Series {
     };
     let mut done_ok = vec![0usize; n];
     let mut rejected = vec![0usize; n];
-    let mut ok_lat: Vec<Vec<Duration>> = vec![Vec::new(); n];
     for r in &run.recs {
-        let sent = bucket_of(r.due);
         match r.kind {
             Kind::Ok => {
                 if let Some(b) = done_ok.get_mut(bucket_of(r.due + r.latency)) {
                     *b += 1;
                 }
-                if let Some(b) = ok_lat.get_mut(sent) {
-                    b.push(r.latency);
-                }
             }
             Kind::Rejected => {
-                if let Some(b) = rejected.get_mut(sent) {
+                if let Some(b) = rejected.get_mut(bucket_of(r.due)) {
                     *b += 1;
                 }
             }
             Kind::Failed => {}
         }
     }
-    let per_s = 1.0 / BUCKET.as_secs_f64();
+    let per_s = 1.0 / bucket;
+    let ok = run.recs.iter().filter(|r| r.kind == Kind::Ok).count();
+    let rej = run.recs.iter().filter(|r| r.kind == Kind::Rejected).count();
     #[allow(clippy::cast_precision_loss)]
-    let goodput: Vec<f64> = done_ok
-        .iter()
-        .map(|&c| c as f64 * per_s / capacity)
-        .collect();
-    let p99: Vec<Option<f64>> = ok_lat
-        .iter()
-        .map(|l| (!l.is_empty()).then(|| ms(gen::percentile(l, 99.0))))
-        .collect();
-    #[allow(clippy::cast_precision_loss)]
-    let rej: Vec<f64> = rejected.iter().map(|&c| c as f64 * per_s).collect();
-    #[allow(clippy::cast_precision_loss)]
-    let t: Vec<f64> = (0..n).map(|i| i as f64 * BUCKET.as_secs_f64()).collect();
-    Series {
-        t,
-        goodput,
-        ok_p99_ms: p99,
-        rejected_per_s: rej,
+    Timeline {
+        sent: run.recs.len(),
+        ok,
+        rejected: rej,
+        failed: run.recs.len() - ok - rej,
+        generator: generator(run),
+        t: (0..n).map(|i| i as f64 * bucket).collect(),
+        goodput: done_ok
+            .iter()
+            .map(|&c| c as f64 * per_s / capacity)
+            .collect(),
+        rejected_per_s: rejected.iter().map(|&c| c as f64 * per_s).collect(),
+        inflight: bucket_means(inflight, bucket, n),
+        limit_t: limit.iter().map(|&(t, _)| t).collect(),
+        limit: limit.iter().map(|&(_, v)| v).collect(),
     }
 }
 
-/// Before a measured point: capacity's rate for half a second (V8 compiles the paths it
-/// takes, Envoy opens its upstream connections, adaptive_concurrency measures its minimum
-/// RTT), then up to 10 s for the upstream to drain, and its gauges reset.
-async fn warm_up(envoy: &Envoy, upstream: &Upstream) {
+/// The warm-up's load, as a multiple of capacity: normal operation, no overload.
+pub const WARM_LOAD: f64 = 0.5;
+/// The warm-up's length: three of wipgate's default adaptive windows (500 ms), and far more
+/// than adaptive_concurrency's 50-request minimum-RTT measurement.
+pub const WARM: Duration = Duration::from_millis(1500);
+
+/// Before a measured run: half the bottleneck's `capacity` for 1.5 s (V8 compiles the paths
+/// it takes, Envoy opens its upstream connections, adaptive_concurrency measures its minimum
+/// RTT, and the adaptive limits learn the bottleneck at normal load, as a proxy in service
+/// has when overload arrives; the cold start has a run of its own), then up to 10 s for the
+/// upstream to drain, and its gauges reset.
+pub async fn warm_up(envoy: &Envoy, stats: &UpstreamStats, capacity: f64) {
     let _ = gen::open_loop(
         envoy.listener_addr(),
-        setup::capacity_rps(),
-        Duration::from_millis(500),
+        capacity * WARM_LOAD,
+        WARM,
         Duration::from_secs(2),
         MAX_GEN_CONNS,
         |_| (RequestSpec::get("/"), 0),
@@ -366,73 +403,10 @@ async fn warm_up(envoy: &Envoy, upstream: &Upstream) {
     .await;
     // Still busy after 10 s: measured all the same, the figures will show it.
     let _ = wait_until_async(Duration::from_secs(10), "the upstream to drain", || {
-        upstream.inflight() == 0
+        stats.inflight() == 0
     })
     .await;
-    upstream.reset_stats();
-}
-
-/// Overload: each setup at each multiple of capacity, open loop, a fresh bottleneck and
-/// Envoy per point.
-pub async fn overload(
-    wasm: &Wasm,
-    timing: Timing,
-    wipgate_config: &str,
-    wipgate_adaptive: &str,
-) -> Result<Overload> {
-    let capacity = setup::capacity_rps();
-    let mut out = Vec::new();
-    for (name, setup) in overload_setups(wipgate_config, wipgate_adaptive) {
-        let Some(setup) = setup else {
-            out.push(OverloadSetup {
-                name: name.to_owned(),
-                missing: true,
-                points: Vec::new(),
-            });
-            continue;
-        };
-        let mut points = Vec::new();
-        for mult in MULTIPLIERS {
-            eprintln!("overload: {name} at {mult}x capacity");
-            let upstream = setup::bottleneck()?;
-            let envoy = start_envoy(&setup, &upstream, wasm, name)?;
-            warm_up(&envoy, &upstream).await;
-            let run = gen::open_loop(
-                envoy.listener_addr(),
-                capacity * mult,
-                timing.point,
-                timing.client_timeout,
-                MAX_GEN_CONNS,
-                |_| (RequestSpec::get("/"), 0),
-            )
-            .await;
-            drop(envoy);
-            points.push(summarize(
-                &run,
-                capacity,
-                timing.point,
-                mult,
-                upstream.max_inflight(),
-                series(&run, capacity, timing.point + timing.client_timeout),
-            ));
-        }
-        out.push(OverloadSetup {
-            name: name.to_owned(),
-            missing: false,
-            points,
-        });
-    }
-    Ok(Overload {
-        capacity_rps: capacity,
-        knee: setup::KNEE,
-        base_ms: ms(setup::BASE),
-        slope: setup::SLOPE,
-        max_service_ms: ms(setup::MAX_SERVICE),
-        point_s: timing.point.as_secs_f64(),
-        client_timeout_s: timing.client_timeout.as_secs_f64(),
-        multipliers: MULTIPLIERS.to_vec(),
-        setups: out,
-    })
+    stats.reset();
 }
 
 /// The noisy tenant and four normal ones.
@@ -451,29 +425,23 @@ pub fn tenant_of(i: usize) -> usize {
     }
 }
 
-/// Noisy tenant: one tenant at 10x the others' rate, total 1.4x capacity.
+/// Noisy tenant: one tenant at 10x the others' rate, total 1.4x capacity, on the
+/// collapsing bottleneck.
 pub async fn noisy(
     wasm: &Wasm,
     timing: Timing,
     wipgate_config: &str,
     wipgate_adaptive: &str,
 ) -> Result<Noisy> {
-    let capacity = setup::capacity_rps();
+    let shape = Shape::Collapse;
+    let capacity = shape.capacity_rps();
     let rate = capacity * NORMAL_SHARE * 14.0;
     let mut out = Vec::new();
-    for (name, setup) in overload_setups(wipgate_config, wipgate_adaptive) {
-        let Some(setup) = setup else {
-            out.push(NoisySetup {
-                name: name.to_owned(),
-                missing: true,
-                ..NoisySetup::default()
-            });
-            continue;
-        };
+    for (name, setup) in setup::setups(setup::KNEE, wipgate_config, wipgate_adaptive) {
         eprintln!("noisy tenant: {name}");
-        let upstream = setup::bottleneck()?;
-        let envoy = start_envoy(&setup, &upstream, wasm, name)?;
-        warm_up(&envoy, &upstream).await;
+        let upstream = shape.start(&Slowdown::default())?;
+        let envoy = start_envoy(&setup, upstream.addr(), wasm, name)?;
+        warm_up(&envoy, upstream.stats(), capacity).await;
         let run = gen::open_loop(
             envoy.listener_addr(),
             rate,
@@ -513,13 +481,14 @@ pub async fn noisy(
             .collect();
         out.push(NoisySetup {
             name: name.to_owned(),
-            missing: false,
             tenants,
-            generator: Some(generator(&run)),
-            upstream_max_inflight: Some(upstream.max_inflight()),
+            generator: generator(&run),
+            upstream_max_inflight: upstream.max_inflight(),
         });
     }
     Ok(Noisy {
+        capacity_rps: capacity,
+        run_s: timing.point.as_secs_f64(),
         rate,
         normal_rate: capacity * NORMAL_SHARE,
         noisy_rate: capacity * NORMAL_SHARE * 10.0,

@@ -1,45 +1,201 @@
 //! What runs in front of the upstream in each configuration the benchmarks compare, and
-//! the bottleneck upstream they protect.
+//! the bottlenecks they protect.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
-use wipgate_e2e::{Collapse, EnvoyConfig, Upstream, UpstreamOptions};
+use wipgate_e2e::pg_upstream::PgUpstream;
+use wipgate_e2e::{Collapse, EnvoyConfig, Slowdown, Upstream, UpstreamOptions, UpstreamStats};
+
+use crate::results::Bottleneck;
 
 /// Environment variable naming the pass-through filter's `.wasm` (the Makefile sets it).
 pub const PASSTHROUGH_ENV: &str = "WIPGATE_PASSTHROUGH_WASM";
 
-/// The bottleneck: up to `KNEE` requests in flight each takes `BASE`; beyond, each takes
-/// longer in proportion (see [`Collapse`]), so its capacity is `KNEE / BASE`.
+/// The in-process bottlenecks' C: the collapsing one's knee, the pools' size.
 pub const KNEE: usize = 10;
-/// The bottleneck's service time at or below its knee.
+/// Their service time at or below the knee (the median of the heavy-tailed one).
 pub const BASE: Duration = Duration::from_millis(25);
-/// Service time grows by this many `BASE`s per `KNEE` requests beyond the knee.
+/// Collapse: service time grows by this many `BASE`s per `KNEE` requests beyond the knee.
 pub const SLOPE: f64 = 2.0;
-/// The longest a request to the bottleneck takes.
+/// Collapse: the longest a request takes.
 pub const MAX_SERVICE: Duration = Duration::from_secs(5);
+/// Heavy tail: the lognormal's sigma (p99/p50 about 10).
+pub const SIGMA: f64 = 1.0;
+/// PostgreSQL: connections of the upstream's pool.
+pub const PG_POOL: usize = 64;
+/// PostgreSQL: hot rows the transactions pick from.
+pub const PG_ROWS: u32 = 4;
+/// PostgreSQL: the transaction's work while it holds its row.
+pub const PG_WORK: Duration = Duration::from_millis(10);
+/// wipgate's adaptive ceiling: far above any C here, so it has to find the knee itself.
+pub const ADAPTIVE_MAX: usize = 200;
 
-/// The bottleneck's capacity in requests per second.
+/// The setups' names, in the report's order.
+pub const NO_PROTECTION: &str = "no protection";
+/// See [`NO_PROTECTION`].
+pub const CIRCUIT_BREAKER: &str = "Envoy circuit breaker";
+/// See [`NO_PROTECTION`].
+pub const ENVOY_ADAPTIVE: &str = "Envoy adaptive_concurrency";
+/// See [`NO_PROTECTION`].
+pub const WIPGATE_STATIC: &str = "wipgate static";
+/// See [`NO_PROTECTION`].
+pub const WIPGATE_ADAPTIVE: &str = "wipgate adaptive";
+
+/// wipgate static at `c`.
 #[must_use]
-pub fn capacity_rps() -> f64 {
-    #[allow(clippy::cast_precision_loss)]
-    let knee = KNEE as f64;
-    knee / BASE.as_secs_f64()
+pub fn wipgate_static(c: usize) -> String {
+    json!({"max_inflight": c}).to_string()
 }
 
-/// The bottleneck upstream (congestion collapse past `KNEE`).
-pub fn bottleneck() -> Result<Upstream> {
-    Upstream::start(UpstreamOptions {
-        service_time: BASE,
-        collapse: Some(Collapse {
-            knee: KNEE,
-            slope: SLOPE,
-            max_service: MAX_SERVICE,
-        }),
-        ..UpstreamOptions::default()
-    })
+/// wipgate adaptive with the default algorithm (the knee), not told C.
+#[must_use]
+pub fn wipgate_adaptive() -> String {
+    json!({"max_inflight": ADAPTIVE_MAX, "adaptive": {}}).to_string()
+}
+
+/// The five setups side by side, the circuit breaker and wipgate static told `c`.
+#[must_use]
+pub fn setups(
+    c: usize,
+    wipgate_static: &str,
+    wipgate_adaptive: &str,
+) -> Vec<(&'static str, Setup)> {
+    vec![
+        (NO_PROTECTION, Setup::Bare),
+        (CIRCUIT_BREAKER, Setup::CircuitBreaker(c)),
+        (ENVOY_ADAPTIVE, Setup::Adaptive),
+        (WIPGATE_STATIC, Setup::Wipgate(wipgate_static.to_owned())),
+        (
+            WIPGATE_ADAPTIVE,
+            Setup::Wipgate(wipgate_adaptive.to_owned()),
+        ),
+    ]
+}
+
+/// One of the in-process bottleneck shapes (the test upstream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Congestion collapse past `KNEE` (see [`Collapse`]).
+    Collapse,
+    /// A pool of `KNEE`, `BASE` each, a FIFO queue past it: throughput flat, latency grows.
+    Queue,
+    /// A pool of `KNEE`, lognormal service times of median `BASE` and sigma `SIGMA`.
+    HeavyTail,
+}
+
+impl Shape {
+    /// The sweep's key.
+    #[must_use]
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::Collapse => "collapse",
+            Self::Queue => "queue",
+            Self::HeavyTail => "heavy_tail",
+        }
+    }
+
+    /// Its heading.
+    #[must_use]
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Collapse => "a. Collapsing past C",
+            Self::Queue => "b. Pure queue",
+            Self::HeavyTail => "d. Heavy-tailed service times",
+        }
+    }
+
+    /// Its parameters, as the results record them.
+    #[must_use]
+    pub fn bottleneck(self) -> Bottleneck {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        match self {
+            Self::Collapse => Bottleneck::Collapse {
+                knee: KNEE,
+                base_ms: ms(BASE),
+                slope: SLOPE,
+                max_service_ms: ms(MAX_SERVICE),
+            },
+            Self::Queue => Bottleneck::Queue {
+                capacity: KNEE,
+                service_ms: ms(BASE),
+            },
+            Self::HeavyTail => Bottleneck::HeavyTail {
+                capacity: KNEE,
+                median_ms: ms(BASE),
+                sigma: SIGMA,
+            },
+        }
+    }
+
+    /// Its capacity in requests per second: C over the mean service time (a lognormal's
+    /// mean is its median times e^(sigma²/2)).
+    #[must_use]
+    pub fn capacity_rps(self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let knee = KNEE as f64;
+        let mean = match self {
+            Self::Collapse | Self::Queue => BASE.as_secs_f64(),
+            Self::HeavyTail => BASE.as_secs_f64() * (SIGMA * SIGMA / 2.0).exp(),
+        };
+        knee / mean
+    }
+
+    /// A fresh upstream of this shape; `slowdown` multiplies its service times.
+    pub fn start(self, slowdown: &Slowdown) -> Result<Upstream> {
+        let mut opts = UpstreamOptions {
+            service_time: BASE,
+            slowdown: slowdown.clone(),
+            ..UpstreamOptions::default()
+        };
+        match self {
+            Self::Collapse => {
+                opts.collapse = Some(Collapse {
+                    knee: KNEE,
+                    slope: SLOPE,
+                    max_service: MAX_SERVICE,
+                });
+            }
+            Self::Queue => opts.capacity = Some(KNEE),
+            Self::HeavyTail => {
+                opts.capacity = Some(KNEE);
+                opts.lognormal_sigma = SIGMA;
+            }
+        }
+        Upstream::start(opts)
+    }
+}
+
+/// What the benchmarks need of an upstream: where it listens and its in-flight gauges.
+pub trait Backend: Send + Sync {
+    /// Where it listens.
+    fn addr(&self) -> SocketAddr;
+    /// Its gauges.
+    fn stats(&self) -> Arc<UpstreamStats>;
+}
+
+impl Backend for Upstream {
+    fn addr(&self) -> SocketAddr {
+        Upstream::addr(self)
+    }
+
+    fn stats(&self) -> Arc<UpstreamStats> {
+        Arc::clone(Upstream::stats(self))
+    }
+}
+
+impl Backend for Arc<PgUpstream> {
+    fn addr(&self) -> SocketAddr {
+        PgUpstream::addr(self)
+    }
+
+    fn stats(&self) -> Arc<UpstreamStats> {
+        Arc::clone(PgUpstream::stats(self))
+    }
 }
 
 /// One configuration of Envoy.
@@ -51,7 +207,7 @@ pub enum Setup {
     Passthrough,
     /// Envoy + wipgate (V8) with this plugin configuration.
     Wipgate(String),
-    /// Envoy's cluster circuit breaker: this many connections, requests and pending.
+    /// Envoy's cluster circuit breaker told C: this many connections, requests and pending.
     CircuitBreaker(usize),
     /// Envoy's adaptive_concurrency filter (gradient controller).
     Adaptive,
@@ -141,5 +297,18 @@ impl Setup {
             Self::Adaptive => cfg.filters_after = vec![adaptive_concurrency_filter()],
         }
         cfg
+    }
+
+    /// The stat that holds this setup's moving limit, if it has one: matched by suffix in
+    /// Envoy's `/stats` (adaptive_concurrency's carries the listener's stat prefix).
+    #[must_use]
+    pub fn limit_stat(&self) -> Option<&'static str> {
+        match self {
+            Self::Wipgate(config) if config.contains("\"adaptive\"") => {
+                Some("wasmcustom.wipgate.adaptive.limit")
+            }
+            Self::Adaptive => Some("adaptive_concurrency.gradient_controller.concurrency_limit"),
+            _ => None,
+        }
     }
 }
