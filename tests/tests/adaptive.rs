@@ -3,28 +3,14 @@
 //! recovers.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use wipgate_e2e::pg_upstream::PgUpstream;
 use wipgate_e2e::postgres::Postgres;
+use wipgate_e2e::sampler::Sampler;
 use wipgate_e2e::{open_loop, require_envoy, Envoy, EnvoyConfig, Outcome, RequestSpec, Summary};
-
-/// Samples the adaptive limit every `every` until stopped: (ms since start, limit).
-fn trace_limit(envoy: &Envoy, stop: &AtomicBool, every: Duration) -> Vec<(u128, u64)> {
-    let start = Instant::now();
-    let mut trace = Vec::new();
-    while !stop.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(60) {
-        if let Some(limit) = envoy.wasm_stat("wipgate.adaptive.limit") {
-            trace.push((start.elapsed().as_millis(), limit));
-        }
-        // A sampler, not a wait: the trace is the limit at a steady beat.
-        std::thread::sleep(every);
-    }
-    trace
-}
 
 /// A real database behind a pool of four connections (10 ms of work per request, about
 /// 400 requests/s), Envoy with `config` in front, and the adaptive limit traced.
@@ -32,8 +18,7 @@ struct Rig {
     _pg: Postgres,
     upstream: PgUpstream,
     envoy: Arc<Envoy>,
-    stop: Arc<AtomicBool>,
-    tracer: std::thread::JoinHandle<Vec<(u128, u64)>>,
+    tracer: Sampler<u64>,
 }
 
 impl Rig {
@@ -46,24 +31,28 @@ impl Rig {
             Envoy::start(&EnvoyConfig::new(upstream.addr()).with_filter(config.to_string()))
                 .unwrap(),
         );
-        let stop = Arc::new(AtomicBool::new(false));
         let tracer = {
-            let (envoy, stop) = (Arc::clone(&envoy), Arc::clone(&stop));
-            std::thread::spawn(move || trace_limit(&envoy, &stop, Duration::from_millis(250)))
+            let envoy = Arc::clone(&envoy);
+            Sampler::start(Instant::now(), Duration::from_millis(250), move || {
+                envoy.wasm_stat("wipgate.adaptive.limit")
+            })
         };
         Self {
             _pg: pg,
             upstream,
             envoy,
-            stop,
             tracer,
         }
     }
 
     /// Stops tracing: (ms since start, limit) every 250 ms.
     fn trace(self) -> Vec<(u128, u64)> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.tracer.join().unwrap()
+        let ms = |t: f64| (t * 1e3) as u128;
+        self.tracer
+            .finish()
+            .into_iter()
+            .map(|(t, l)| (ms(t), l))
+            .collect()
     }
 }
 

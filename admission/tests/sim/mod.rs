@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 
 use wipgate_admission::fake_host::FakeHost;
 use wipgate_admission::{Admitter, Decision, GateConfig, Ticket};
@@ -170,7 +170,6 @@ impl Scenario {
         let mut done: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();
         let mut tickets: Vec<Option<(Ticket, f64)>> = Vec::new();
         let mut servers_free_at: Vec<f64> = Vec::new();
-        let mut queue_waiting: VecDeque<()> = VecDeque::new();
         let mut inflight = 0usize;
         let mut run = Run::default();
         let mut next_arrival = 0.0f64;
@@ -272,7 +271,6 @@ impl Scenario {
                 last_limit = windows;
             }
         }
-        let _ = queue_waiting.pop_front();
         run.goodput_per_s = completed_after_warmup as f64 / (self.duration_s - self.warmup_s);
         run.latencies_us.sort_by(f64::total_cmp);
         run

@@ -1,16 +1,14 @@
 //! Samplers that run beside an open loop on threads of their own: the bottleneck's
 //! in-flight count every 10 ms (an atomic read), and a moving limit every 100 ms from
 //! Envoy's admin `/stats` (wipgate's `wipgate.adaptive.limit` gauge, or
-//! adaptive_concurrency's). Threads, not tasks: the runtime is busy with the load, and a
-//! sampler that lags would smear the series.
+//! adaptive_concurrency's), each a harness [`Sampler`].
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use wipgate_e2e::blocking_http;
+use wipgate_e2e::sampler::Sampler;
 use wipgate_e2e::UpstreamStats;
 
 /// How often the in-flight count is read.
@@ -19,17 +17,13 @@ const INFLIGHT_EVERY: Duration = Duration::from_millis(10);
 pub const LIMIT_EVERY: Duration = Duration::from_millis(100);
 /// The longest one admin call may take before the sample is skipped.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(1);
-/// The longest a sampler runs, whatever happens to the run it samples.
-const MAX_TRACE: Duration = Duration::from_secs(120);
-
 /// Samples as (seconds since the start, value).
 pub type Samples = Vec<(f64, f64)>;
 
 /// Running samplers; [`Tracer::finish`] stops them and returns what they read.
 pub struct Tracer {
-    stop: Arc<AtomicBool>,
-    inflight: JoinHandle<Samples>,
-    limit: Option<JoinHandle<Samples>>,
+    inflight: Sampler<f64>,
+    limit: Option<Sampler<f64>>,
 }
 
 /// A gauge ending in `suffix`, from `/stats?format=json&filter=limit` on `admin`.
@@ -44,30 +38,6 @@ fn read_limit(admin: SocketAddr, suffix: &str) -> Option<f64> {
     })
 }
 
-fn sample(
-    start: Instant,
-    stop: &AtomicBool,
-    every: Duration,
-    mut read: impl FnMut() -> Option<f64>,
-) -> Samples {
-    let mut out = Vec::new();
-    let mut next = start;
-    while !stop.load(Ordering::SeqCst) && start.elapsed() < MAX_TRACE {
-        if let Some(v) = read() {
-            out.push((start.elapsed().as_secs_f64(), v));
-        }
-        // A steady beat: the next sample is due `every` after the last one was due.
-        next += every;
-        let now = Instant::now();
-        if next > now {
-            std::thread::sleep(next - now);
-        } else {
-            next = now;
-        }
-    }
-    out
-}
-
 impl Tracer {
     /// Starts sampling `stats`' in-flight count and, with `limit` (Envoy's admin address and
     /// the stat's suffix), the limit; times count from `start`.
@@ -77,39 +47,19 @@ impl Tracer {
         stats: Arc<UpstreamStats>,
         limit: Option<(SocketAddr, &'static str)>,
     ) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let inflight = {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                #[allow(clippy::cast_precision_loss)]
-                sample(start, &stop, INFLIGHT_EVERY, || {
-                    Some(stats.inflight() as f64)
-                })
-            })
-        };
+        #[allow(clippy::cast_precision_loss)]
+        let inflight = Sampler::start(start, INFLIGHT_EVERY, move || Some(stats.inflight() as f64));
         let limit = limit.map(|(admin, suffix)| {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                sample(start, &stop, LIMIT_EVERY, || read_limit(admin, suffix))
-            })
+            Sampler::start(start, LIMIT_EVERY, move || read_limit(admin, suffix))
         });
-        Self {
-            stop,
-            inflight,
-            limit,
-        }
+        Self { inflight, limit }
     }
 
     /// Stops the samplers: (in-flight samples, limit samples).
     #[must_use]
     pub fn finish(self) -> (Samples, Samples) {
-        self.stop.store(true, Ordering::SeqCst);
-        let inflight = self.inflight.join().unwrap_or_default();
-        let limit = self
-            .limit
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default();
-        (inflight, limit)
+        let limit = self.limit.map(Sampler::finish).unwrap_or_default();
+        (self.inflight.finish(), limit)
     }
 }
 

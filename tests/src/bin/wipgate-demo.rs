@@ -8,14 +8,13 @@
 //! (`target/wipgate-demo.svg`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::json;
 use wipgate_e2e::processes::ControlService;
+use wipgate_e2e::sampler::Sampler;
 use wipgate_e2e::svg_chart::{line_chart, Line};
 use wipgate_e2e::upstream::UpstreamStats;
 use wipgate_e2e::{
@@ -58,36 +57,23 @@ struct Phase {
 }
 
 /// Samples the upstream's in-flight, and the adaptive limit when `envoy` is given, every
-/// `SAMPLE_EVERY` until the returned flag is set.
-struct Tracer {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<(f64, usize, Option<u64>)>>,
+/// `SAMPLE_EVERY`.
+fn tracer(
+    upstream: &Arc<UpstreamStats>,
+    envoy: Option<Arc<Envoy>>,
+) -> Sampler<(usize, Option<u64>)> {
+    let upstream = Arc::clone(upstream);
+    Sampler::start(Instant::now(), SAMPLE_EVERY, move || {
+        let limit = envoy
+            .as_ref()
+            .and_then(|e| e.wasm_stat("wipgate.adaptive.limit"));
+        Some((upstream.inflight(), limit))
+    })
 }
 
-impl Tracer {
-    fn start(upstream: &Arc<UpstreamStats>, envoy: Option<Arc<Envoy>>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (upstream, flag) = (Arc::clone(upstream), Arc::clone(&stop));
-        let thread = std::thread::spawn(move || {
-            let start = Instant::now();
-            let mut trace = Vec::new();
-            // A sampler, bounded by the run (and a minute at most), not a wait.
-            while !flag.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(60) {
-                let limit = envoy
-                    .as_ref()
-                    .and_then(|e| e.wasm_stat("wipgate.adaptive.limit"));
-                trace.push((start.elapsed().as_secs_f64(), upstream.inflight(), limit));
-                std::thread::sleep(SAMPLE_EVERY);
-            }
-            trace
-        });
-        Self { stop, thread }
-    }
-
-    fn finish(self) -> Vec<(f64, usize, Option<u64>)> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().unwrap_or_default()
-    }
+/// What a tracer read, flattened for the plot.
+fn flatten(samples: Vec<(f64, (usize, Option<u64>))>) -> Vec<(f64, usize, Option<u64>)> {
+    samples.into_iter().map(|(t, (n, l))| (t, n, l)).collect()
 }
 
 /// The noisy tenant around the limit change.
@@ -160,9 +146,9 @@ async fn bare_phase(rate: f64) -> Result<Phase> {
     cfg.route_timeout = CLIENT_TIMEOUT * 2;
     let mut envoy = Envoy::start(&cfg).context("starting the bare Envoy")?;
     eprintln!("  running: bare Envoy ...");
-    let tracer = Tracer::start(upstream.stats(), None);
+    let tracer = tracer(upstream.stats(), None);
     let outcomes = load(&envoy, rate).await;
-    let trace = tracer.finish();
+    let trace = flatten(tracer.finish());
     envoy.stop()?;
     let mut bare = phase(
         "bare Envoy (no limit)",
@@ -183,9 +169,9 @@ async fn adaptive_phase(rate: f64) -> Result<Phase> {
     cfg.route_timeout = CLIENT_TIMEOUT * 2;
     let envoy = Arc::new(Envoy::start(&cfg).context("starting Envoy with the adaptive limit")?);
     eprintln!("  running: Envoy + wipgate adaptive ...");
-    let tracer = Tracer::start(upstream.stats(), Some(Arc::clone(&envoy)));
+    let tracer = tracer(upstream.stats(), Some(Arc::clone(&envoy)));
     let outcomes = load(&envoy, rate).await;
-    let trace = tracer.finish();
+    let trace = flatten(tracer.finish());
     let stat = |name: &str| {
         envoy
             .wasm_stat(&format!("wipgate.adaptive.{name}"))
@@ -286,12 +272,12 @@ async fn wipgate_phase(rate: f64) -> Result<(Phase, Change)> {
         syncs(&envoy) >= 1
     })?;
     eprintln!("  running: Envoy + wipgate ...");
-    let tracer = Tracer::start(upstream.stats(), None);
+    let tracer = tracer(upstream.stats(), None);
     let (outcomes, change) = tokio::join!(
         load(&envoy, rate),
         change_midway(&envoy, &control, upstream.stats())
     );
-    let trace = tracer.finish();
+    let trace = flatten(tracer.finish());
     let change = change?;
     let stats = envoy_stats(&envoy);
     envoy.stop()?;
