@@ -20,6 +20,7 @@ fn admit(a: &Admitter, host: &FakeHost, tenant: &str, now_us: u64) -> Result<Tic
     match a.admit(host, Some(tenant.as_bytes()), None, now_us) {
         Decision::Admitted(t) => Ok(t),
         Decision::Rejected(r) => Err(r.reason),
+        Decision::Waiting => panic!("admit() never queues"),
     }
 }
 
@@ -49,7 +50,7 @@ fn admits_up_to_the_limit_and_counts_every_decision_under_its_label() {
             );
             assert_eq!(r.retry_after_s, 1);
         }
-        Decision::Admitted(_) => panic!("over the limit of 3"),
+        Decision::Admitted(_) | Decision::Waiting => panic!("over the limit of 3, no queue"),
     }
     let stats = host.stats();
     assert_eq!(

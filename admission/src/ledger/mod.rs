@@ -9,11 +9,13 @@
 
 mod codec;
 mod partition_key;
+mod waiters;
 
 use std::collections::BTreeMap;
 
 pub use codec::{LedgerError, FORMAT_VERSION, LEDGER_KEY};
 pub use partition_key::PartitionKey;
+pub use waiters::{Grant, Seat, Waiter};
 
 use crate::adaptive::knee::KneeEstimates;
 use crate::adaptive::{
@@ -73,6 +75,10 @@ pub struct Ledger {
     entries: Vec<WorkerEntry>,
     /// The adaptive limit's state and the window being measured, when `adaptive` is on.
     adaptive: Option<(LimitState, Window)>,
+    /// Requests waiting for a slot (the bounded queue), oldest first.
+    waiters: Vec<Waiter>,
+    /// Slots handed to waiters, not yet picked up by their VM.
+    grants: Vec<Grant>,
 }
 
 /// A window that closed during a ledger change: what it measured, and the limit after it.
@@ -254,6 +260,7 @@ impl Ledger {
     /// Drops the entries not seen for `lease_ms` and returns how many slots they held.
     pub fn expire(&mut self, now_ms: u64, lease_ms: u64) -> u64 {
         let mut reclaimed = 0;
+        let before = self.entries.len();
         self.entries.retain(|e| {
             let alive = now_ms.saturating_sub(e.last_seen_ms) < lease_ms;
             if !alive {
@@ -261,6 +268,9 @@ impl Ledger {
             }
             alive
         });
+        if self.entries.len() != before {
+            self.forget_waiters_of_the_dead();
+        }
         reclaimed
     }
 }
