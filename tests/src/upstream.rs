@@ -31,7 +31,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Semaphore};
 
-pub use crate::upstream_stats::{InflightGuard, TenantGauges, UpstreamStats};
+pub use crate::upstream_stats::{InflightGuard, Span, TenantGauges, UpstreamStats};
 
 /// The longest `x-delay-ms` honoured.
 const MAX_DELAY: Duration = Duration::from_secs(600);
@@ -77,20 +77,10 @@ impl Slowdown {
     }
 }
 
-/// exp(sigma * N(0, 1)) from a small shared generator (xorshift64*, Box-Muller): the upstream
-/// needs a heavy tail, not cryptographic randomness.
+/// exp(sigma * N(0, 1)) from the shared generator (Box-Muller): the upstream needs a heavy
+/// tail, not cryptographic randomness.
 fn lognormal_factor(state: &AtomicU64, sigma: f64) -> f64 {
-    let next = || {
-        let mut x = state.load(Ordering::Relaxed);
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        state.store(x, Ordering::Relaxed);
-        #[allow(clippy::cast_precision_loss)]
-        let u = ((x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-        u
-    };
-    let (u1, u2) = (next(), next());
+    let (u1, u2) = (crate::rng::unit(state), crate::rng::unit(state));
     let normal = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
     (sigma * normal).exp()
 }
@@ -225,6 +215,7 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
 async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
+    conn: u64,
 ) -> Result<Response<GuardedBody>, DeliberateReset> {
     if req.uri().path() == "/__stats" {
         let body = shared.stats.to_json().to_string();
@@ -236,7 +227,7 @@ async fn handle(
         return Ok(resp);
     }
     let tenant = header(&req, "x-tenant-id").unwrap_or_default();
-    let guard = shared.stats.enter(tenant);
+    let guard = shared.stats.enter_on(tenant, conn);
     let delay = header(&req, "x-delay-ms")
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map_or(Duration::ZERO, |ms| {
@@ -302,6 +293,7 @@ pub async fn serve(
         rng: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
     });
     tokio::pin!(shutdown);
+    let mut conns = 0u64;
     loop {
         let accepted = tokio::select! {
             () = &mut shutdown => return,
@@ -314,8 +306,10 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let shared = Arc::clone(&shared);
+        conns += 1;
+        let conn = conns;
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, Arc::clone(&shared)));
+            let svc = service_fn(move |req| handle(req, Arc::clone(&shared), conn));
             // Errors here are client aborts and deliberate resets: nothing to report.
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)

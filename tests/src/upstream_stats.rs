@@ -1,10 +1,12 @@
 //! Exact concurrency gauges of the test upstream, overall and per tenant: a request counts
 //! from its arrival until its response is sent or its connection is gone, through a guard
-//! whose `Drop` is the only way out.
+//! whose `Drop` is the only way out. On demand, the same guard records each request's stay
+//! (arrival, departure, connection), so a benchmark can see the upstream's idle gaps.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use serde_json::{json, Value};
 
@@ -19,6 +21,19 @@ pub struct TenantGauges {
     pub total: u64,
 }
 
+/// One request's stay at the upstream, recorded between [`UpstreamStats::record_spans`] and
+/// [`UpstreamStats::take_spans`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    /// The connection it came on (numbered in accept order from 1; 0: not known).
+    pub conn: u64,
+    /// When the upstream had its headers.
+    pub start: Instant,
+    /// When it stopped counting in flight: its response handed to hyper whole (or its
+    /// connection gone).
+    pub end: Instant,
+}
+
 /// The upstream's counters. Shared by every connection task and the test.
 #[derive(Debug, Default)]
 pub struct UpstreamStats {
@@ -27,6 +42,8 @@ pub struct UpstreamStats {
     total: AtomicU64,
     resets: AtomicU64,
     tenants: Mutex<BTreeMap<String, TenantGauges>>,
+    /// `Some` while recording: the spans of the requests that ended since.
+    spans: Mutex<Option<Vec<Span>>>,
 }
 
 impl UpstreamStats {
@@ -40,6 +57,12 @@ impl UpstreamStats {
     /// Counts a request in; it stays in flight until the guard is dropped.
     #[must_use]
     pub fn enter(self: &Arc<Self>, tenant: &str) -> InflightGuard {
+        self.enter_on(tenant, 0)
+    }
+
+    /// [`Self::enter`] for a request that came on connection `conn`.
+    #[must_use]
+    pub fn enter_on(self: &Arc<Self>, tenant: &str, conn: u64) -> InflightGuard {
         self.total.fetch_add(1, Ordering::SeqCst);
         let now = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_inflight.fetch_max(now, Ordering::SeqCst);
@@ -53,7 +76,26 @@ impl UpstreamStats {
         InflightGuard {
             stats: Arc::clone(self),
             tenant: tenant.to_owned(),
+            conn,
+            start: Instant::now(),
         }
+    }
+
+    fn spans(&self) -> MutexGuard<'_, Option<Vec<Span>>> {
+        self.spans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts recording every request that ends from now on (afresh if already recording).
+    pub fn record_spans(&self) {
+        *self.spans() = Some(Vec::new());
+    }
+
+    /// Stops recording: the spans recorded, in the order the requests ended.
+    #[must_use]
+    pub fn take_spans(&self) -> Vec<Span> {
+        self.spans().take().unwrap_or_default()
     }
 
     /// Counts a deliberate reset (`x-reset: 1`).
@@ -137,10 +179,19 @@ impl UpstreamStats {
 pub struct InflightGuard {
     stats: Arc<UpstreamStats>,
     tenant: String,
+    conn: u64,
+    start: Instant,
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
+        if let Some(spans) = self.stats.spans().as_mut() {
+            spans.push(Span {
+                conn: self.conn,
+                start: self.start,
+                end: Instant::now(),
+            });
+        }
         {
             let mut tenants = self.stats.tenants();
             if let Some(t) = tenants.get_mut(&self.tenant) {
@@ -179,5 +230,21 @@ mod tests {
         drop(b);
         assert_eq!((s.inflight(), s.tenant("acme").inflight), (0, 0));
         assert_eq!(s.to_json()["max_inflight"], 1);
+    }
+
+    #[test]
+    fn spans_are_recorded_only_between_record_and_take() {
+        let s = Arc::new(UpstreamStats::default());
+        drop(s.enter_on("", 1));
+        s.record_spans();
+        let a = s.enter_on("", 2);
+        let b = s.enter_on("", 3);
+        drop(b);
+        drop(a);
+        let spans = s.take_spans();
+        assert_eq!(spans.iter().map(|x| x.conn).collect::<Vec<_>>(), [3, 2]);
+        assert!(spans.iter().all(|x| x.start <= x.end));
+        drop(s.enter(""));
+        assert!(s.take_spans().is_empty(), "recording stopped at take");
     }
 }
