@@ -3,11 +3,13 @@
 //! sends its next request when the last one is answered) for maximum throughput, and an
 //! open loop (constant arrival rate, latency counted from the intended send time, so a slow
 //! server cannot hide its queueing) that takes an idle connection from a pool, or opens a
-//! new one, for every request. The open loop records its own send lag, so the report can
-//! show that it kept the rate it was asked for.
+//! new one, for every request. The open loop's arrivals are evenly spaced or Poisson, and
+//! its clients may honour `retry-after` (a rejected request is sent again that many seconds
+//! later). It records its own send lag, so the report can show that it kept the rate it was
+//! asked for.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,6 +63,11 @@ pub struct Rec {
     pub kind: Kind,
     /// The caller's group (a tenant's index), from the spec function.
     pub group: usize,
+    /// 0 for a request's first attempt; n for its n-th retry (its `due` is then when the
+    /// client sent it again: the rejection plus its `retry-after`).
+    pub attempt: u32,
+    /// The answer's `retry-after`, if it had one.
+    pub retry_after: Option<Duration>,
 }
 
 /// An open loop's requests and how well the generator kept its schedule.
@@ -185,16 +192,34 @@ enum Miss {
     Other,
 }
 
-/// One request on a pooled connection: its status and its round trip (from handing it
-/// to a ready connection to the end of the answer).
-async fn one(pool: &Pool, spec: &RequestSpec) -> Result<(u16, Duration), Miss> {
+/// What one exchange on a pooled connection answered.
+struct Answer {
+    status: u16,
+    /// From handing the request to a ready connection to the end of the answer.
+    rtt: Duration,
+    /// The answer's `retry-after` in seconds (the delay form; decimals accepted).
+    retry_after: Option<Duration>,
+}
+
+/// One request on a pooled connection.
+async fn one(pool: &Pool, spec: &RequestSpec) -> Result<Answer, Miss> {
     let mut conn = pool.get().await?;
     let t0 = Instant::now();
     match request_on(&mut conn.sender, pool.addr, spec).await {
-        Ok((status, _, _)) => {
+        Ok((status, headers, _)) => {
             let rtt = t0.elapsed();
             pool.put(conn);
-            Ok((status, rtt))
+            let retry_after = headers
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64);
+            Ok(Answer {
+                status,
+                rtt,
+                retry_after,
+            })
         }
         Err(_) => Err(Miss::Other),
     }
@@ -209,15 +234,52 @@ struct Dispatch {
     first_last: Option<(Instant, Instant)>,
 }
 
+/// When the open loop's requests are due.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arrivals {
+    /// Request `i` at `i / rate`.
+    Even,
+    /// A Poisson process of `rate` (exponential gaps), reproducible from `seed` (not 0).
+    Poisson {
+        /// The generator's seed.
+        seed: u64,
+    },
+}
+
+/// Clients that honour `retry-after`: a request answered 429 or 503 with a `retry-after` is
+/// sent again that long after the answer, as the server said (jitter included, if the server
+/// adds any), at most `max_retries` times, and never once due after `until` (from the start
+/// of the loop): the client gives up then.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retry {
+    /// Retries of one request at most.
+    pub max_retries: u32,
+    /// No retry is due after this.
+    pub until: Duration,
+}
+
+/// An open loop's shape.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenLoop {
+    /// First attempts per second.
+    pub rate: f64,
+    /// How long first attempts are sent.
+    pub duration: Duration,
+    /// Each attempt gives up this long after its due time (its connection is closed then).
+    pub timeout: Duration,
+    /// Connections open at once at most.
+    pub max_conns: usize,
+    /// Evenly spaced or Poisson.
+    pub arrivals: Arrivals,
+    /// Whether rejected requests come back after their `retry-after`.
+    pub retry: Option<Retry>,
+}
+
 /// A constant arrival rate for `duration`: request `i` is due at `i / rate` s and sent
 /// then on an idle keep-alive connection (or a new one, at most `max_conns` open), whether
 /// or not earlier ones have finished. Each request gives up `timeout` after its due time
 /// (its connection is closed then). `spec_fn(i)` gives request `i` and its group. Returns
 /// once every request has an outcome: by `duration + timeout` at the latest.
-///
-/// The schedule is kept by a dedicated OS thread that sleeps until each due time (the
-/// kernel's timers are precise to tens of microseconds, tokio's only to a millisecond) and
-/// spawns the request onto the runtime.
 pub async fn open_loop(
     addr: SocketAddr,
     rate: f64,
@@ -226,6 +288,94 @@ pub async fn open_loop(
     max_conns: usize,
     spec_fn: impl Fn(usize) -> (RequestSpec, usize) + Send + 'static,
 ) -> OpenLoopRun {
+    let shape = OpenLoop {
+        rate,
+        duration,
+        timeout,
+        max_conns,
+        arrivals: Arrivals::Even,
+        retry: None,
+    };
+    open_loop_with(addr, shape, spec_fn).await
+}
+
+/// One request from its due time: its attempts, each with its outcome (more than one only
+/// when `retry` sends it again after a rejection).
+async fn attempts(
+    pool: Arc<Pool>,
+    spec: RequestSpec,
+    group: usize,
+    start: Instant,
+    first_due: Instant,
+    timeout: Duration,
+    retry: Option<Retry>,
+) -> (Vec<Rec>, usize) {
+    let mut recs = Vec::new();
+    let mut overflows = 0;
+    let mut due = first_due;
+    // Each round sends one attempt; `attempt` grows every round and is capped by the retry
+    // policy, so the loop is bounded.
+    for attempt in 0u32.. {
+        if attempt > 0 {
+            // A retry, seconds later (the first attempt is spawned at its due time: a timer
+            // would only add tokio's millisecond granularity to it).
+            tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+        }
+        let deadline = tokio::time::Instant::from_std(due + timeout);
+        let answer = tokio::time::timeout_at(deadline, one(&pool, &spec)).await;
+        let latency = due.elapsed();
+        let (kind, rtt, retry_after) = match answer {
+            Ok(Ok(a)) => (Kind::of_status(a.status), a.rtt, a.retry_after),
+            Ok(Err(Miss::Overflow)) => {
+                overflows += 1;
+                (Kind::Failed, latency, None)
+            }
+            Ok(Err(Miss::Other)) | Err(_) => (Kind::Failed, latency, None),
+        };
+        recs.push(Rec {
+            due: due.saturating_duration_since(start),
+            latency,
+            rtt,
+            kind,
+            group,
+            attempt,
+            retry_after,
+        });
+        let next = match (retry, retry_after) {
+            (Some(p), Some(after)) if kind == Kind::Rejected && attempt < p.max_retries => {
+                Instant::now() + after
+            }
+            _ => break,
+        };
+        if retry.is_some_and(|p| next.saturating_duration_since(start) > p.until) {
+            break;
+        }
+        due = next;
+    }
+    (recs, overflows)
+}
+
+/// An open loop of `shape`: first attempts due by its arrivals (request `i`, from
+/// `spec_fn(i)` with its group), each sent then on an idle keep-alive connection (or a new
+/// one, at most `max_conns` open) whether or not earlier ones have finished; each attempt
+/// gives up `timeout` after its due time. Returns once every request has an outcome.
+///
+/// The schedule is kept by a dedicated OS thread that sleeps until each due time (the
+/// kernel's timers are precise to tens of microseconds, tokio's only to a millisecond) and
+/// spawns the request onto the runtime; retries, seconds later, are timed by tokio.
+pub async fn open_loop_with(
+    addr: SocketAddr,
+    shape: OpenLoop,
+    spec_fn: impl Fn(usize) -> (RequestSpec, usize) + Send + 'static,
+) -> OpenLoopRun {
+    let OpenLoop {
+        rate,
+        duration,
+        timeout,
+        max_conns,
+        arrivals,
+        retry,
+    } = shape;
     let pool = Arc::new(Pool::new(addr, max_conns));
     let mut run = OpenLoopRun {
         recs: Vec::new(),
@@ -251,9 +401,20 @@ pub async fn open_loop(
                 lags: Vec::new(),
                 first_last: None,
             };
+            let rng = match arrivals {
+                Arrivals::Poisson { seed } => AtomicU64::new(seed.max(1)),
+                Arrivals::Even => AtomicU64::new(1),
+            };
+            let mut offset = Duration::ZERO;
             for i in 0..MAX_OPEN_LOOP_REQUESTS {
-                #[allow(clippy::cast_precision_loss)]
-                let offset = interval.mul_f64(i as f64);
+                if i > 0 {
+                    offset += match arrivals {
+                        Arrivals::Even => interval,
+                        Arrivals::Poisson { .. } => {
+                            Duration::from_secs_f64(wipgate_e2e::rng::exponential_s(&rng, rate))
+                        }
+                    };
+                }
                 if offset >= duration {
                     break;
                 }
@@ -267,24 +428,7 @@ pub async fn open_loop(
                 d.first_last = Some(d.first_last.map_or((sent, sent), |(f, _)| (f, sent)));
                 let (spec, group) = spec_fn(i);
                 let pool = Arc::clone(&thread_pool);
-                let task = handle.spawn(async move {
-                    let deadline = tokio::time::Instant::from_std(due + timeout);
-                    let answer = tokio::time::timeout_at(deadline, one(&pool, &spec)).await;
-                    let latency = due.elapsed();
-                    let (kind, rtt, overflow) = match answer {
-                        Ok(Ok((status, rtt))) => (Kind::of_status(status), rtt, false),
-                        Ok(Err(Miss::Overflow)) => (Kind::Failed, latency, true),
-                        Ok(Err(Miss::Other)) | Err(_) => (Kind::Failed, latency, false),
-                    };
-                    let rec = Rec {
-                        due: due.saturating_duration_since(start),
-                        latency,
-                        rtt,
-                        kind,
-                        group,
-                    };
-                    (rec, overflow)
-                });
+                let task = handle.spawn(attempts(pool, spec, group, start, due, timeout, retry));
                 if tx.send(task).is_err() {
                     break;
                 }
@@ -299,9 +443,9 @@ pub async fn open_loop(
         tasks.push(task);
     }
     for task in tasks {
-        if let Ok((rec, overflow)) = task.await {
-            run.recs.push(rec);
-            run.gen_overflow += usize::from(overflow);
+        if let Ok((recs, overflows)) = task.await {
+            run.recs.extend(recs);
+            run.gen_overflow += overflows;
         }
     }
     // The channel closed, so the thread is past its loop: joining it is immediate.
