@@ -3,8 +3,8 @@
 Usage: python bench/plot.py [RESULTS_JSON [OUT_DIR]]   (`make bench` runs it)
 Writes overhead.png, shape_<key>.png per bottleneck shape (goodput, admitted p99 and
 rejections by offered load, every setup), shift.png (the capacity shift over time, limits
-against the true knee), steady.png (limits at steady overload against the knee) and
-noisy_tenant.png next to the results.
+against the true knee), steady.png (limits at steady overload against the knee),
+noisy_tenant.png and, when the bounded wait was measured, queue.png next to the results.
 """
 
 import json
@@ -22,6 +22,10 @@ COLORS = {
     "Envoy adaptive_concurrency": "#9467bd",
     "wipgate static": "#2ca02c",
     "wipgate adaptive": "#17becf",
+    "Envoy circuit breaker + pending queue": "#ff7f0e",
+    "wipgate static, no queue": "#8c564b",
+    "wipgate static + queue": "#2ca02c",
+    "wipgate adaptive + queue": "#17becf",
 }
 
 
@@ -183,6 +187,77 @@ def noisy(r, out):
     plt.close(fig)
 
 
+def queue(r, out):
+    """The bounded wait: Poisson goodput and admitted p99 by load, the noisy tenant's normal
+    tenants, and retries offered against the spare capacity over time."""
+    q = r.get("queue")
+    if not q:
+        return
+    sw = q["poisson"]
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    (a, b), (c, d) = axes
+    unloaded = None
+    for s in sw["setups"]:
+        pts = s["points"]
+        if s["name"] == "no protection":
+            unloaded = next((p["ok_p99_ms"] for p in pts if abs(p["mult"] - 0.5) < 1e-9), None)
+            continue
+        col = COLORS.get(s["name"])
+        m = [p["mult"] for p in pts]
+        a.plot(m, [p["goodput"] for p in pts], "o-", color=col, label=s["name"])
+        ok = [(p["mult"], p["ok_p99_ms"]) for p in pts if p["ok"] > 0]
+        b.plot([x for x, _ in ok], [v for _, v in ok], "o-", color=col, label=s["name"])
+    a.axhline(0.97, ls=":", color="grey", label="0.97 (2x-10x target)")
+    a.axhline(0.95, ls="--", color="grey", lw=0.8, label="0.95 (1x target)")
+    a.set_ylim(0, 1.1)
+    a.set_title("goodput (fraction of capacity), Poisson arrivals")
+    if unloaded is not None:
+        b.axhline(unloaded + q["timeout_ms"], ls=":", color="grey",
+                  label=f"unloaded p99 + timeout_ms ({unloaded + q['timeout_ms']:.0f} ms)")
+    b.set_yscale("log")
+    b.set_title("admitted p99 (ms, log)")
+    for ax in (a, b):
+        ax.set_xscale("log")
+        ax.set_xticks(sw["multipliers"])
+        ax.set_xticklabels([f"{t:g}x" for t in sw["multipliers"]])
+        ax.minorticks_off()
+        ax.set_xlabel("offered load (x capacity)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    n = q["noisy"]
+    setups = n["setups"]
+    tenants = [t["tenant"] for t in setups[0]["tenants"]] if setups else []
+    w = 0.8 / max(len(setups), 1)
+    for k, s in enumerate(setups):
+        xs = [i + (k - (len(setups) - 1) / 2) * w for i in range(len(tenants))]
+        c.bar(xs, [t["success"] * 100 for t in s["tenants"]], w, color=COLORS.get(s["name"]),
+              label=s["name"])
+    c.axhline(99, ls=":", color="grey")
+    c.set_xticks(range(len(tenants)))
+    c.set_xticklabels(tenants)
+    c.set_ylim(0, 130)
+    c.set_title("noisy tenant, no tenants configuration: success per tenant (%)")
+    c.legend(fontsize=7, loc="upper center", ncol=2)
+    c.grid(alpha=0.3, axis="y")
+    rt = q["retry"]
+    for s in rt["setups"]:
+        col = COLORS.get(s["name"])
+        t = [x + rt["bucket_s"] / 2 for x in s["t"]]
+        d.plot(t, s["retries_per_s"], "o-", color=col, ms=3, label=f"{s['name']}: retries offered")
+        d.plot(t, s["spare_per_s"], ":", color=col, label=f"{s['name']}: spare capacity")
+    d.axvline(rt["run_s"], color="grey", ls="--", lw=1)
+    d.set_xlabel("seconds since the load started (first attempts stop at the dashed line)")
+    d.set_ylabel("requests per second")
+    d.set_title(f"{rt['mult']:g}x overload, clients honour retry-after (max {rt['max_retries']} retries)")
+    d.legend(fontsize=7)
+    d.grid(alpha=0.3)
+    fig.suptitle(f"Bounded wait: timeout_ms {q['timeout_ms']}, collapsing bottleneck, "
+                 f"C = {sw['c']}, {sw['capacity_rps']:.0f} req/s")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "queue.png"), dpi=110)
+    plt.close(fig)
+
+
 def main():
     path = sys.argv[1] if len(sys.argv) > 1 else "bench/results.json"
     out = sys.argv[2] if len(sys.argv) > 2 else os.path.dirname(path) or "."
@@ -194,6 +269,7 @@ def main():
     shift(r, out)
     steady(r, out)
     noisy(r, out)
+    queue(r, out)
     print(f"plots written to {out}")
 
 

@@ -5,7 +5,9 @@
 //! of `targets.rs`) into the output directory; `bench/plot.py` draws the PNGs from
 //! `results.json`.
 //!
-//! Usage: `wipgate-bench [--out DIR] [--quick]` (`--quick`: a short smoke run). Needs
+//! Usage: `wipgate-bench [--out DIR] [--quick] [--only queue]` (`--quick`: a short smoke
+//! run; `--only queue`: only the bounded wait's section, `queue.rs`, merged into the
+//! results already in `DIR/results.json`, the other sections kept as they are). Needs
 //! `WIPGATE_ENVOY`, the two `.wasm` files (see `setup::Wasm::locate`), PostgreSQL's
 //! `initdb`/`pg_ctl` and `pgbench`.
 //! `wipgate-bench --render DIR` only rewrites `DIR/report.md` from `DIR/results.json`.
@@ -13,6 +15,7 @@
 mod analysis;
 mod gen;
 mod pgbench;
+mod queue;
 mod report;
 mod results;
 mod scenarios;
@@ -53,13 +56,17 @@ struct Args {
     out: PathBuf,
     quick: bool,
     render_only: bool,
+    only_queue: bool,
 }
+
+const USAGE: &str = "usage: wipgate-bench [--out DIR] [--quick] [--only queue] | --render DIR";
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         out: PathBuf::from("bench"),
         quick: false,
         render_only: false,
+        only_queue: false,
     };
     let mut it = std::env::args().skip(1);
     // Each round consumes at least one argument, so the loop is bounded by argv.
@@ -71,9 +78,11 @@ fn parse_args() -> Result<Args> {
                 args.out = PathBuf::from(it.next().context("--render needs a directory")?);
                 args.render_only = true;
             }
-            other => {
-                bail!("unknown argument {other:?}; usage: wipgate-bench [--out DIR] [--quick] | --render DIR")
-            }
+            "--only" => match it.next().as_deref() {
+                Some("queue") => args.only_queue = true,
+                other => bail!("--only takes `queue`, not {other:?}; {USAGE}"),
+            },
+            other => bail!("unknown argument {other:?}; {USAGE}"),
         }
     }
     Ok(args)
@@ -94,13 +103,24 @@ fn main() -> Result<()> {
         return render_only(&args.out);
     }
     wipgate_e2e::envoy::envoy_binary().context("run the benchmarks with `make bench`")?;
-    let wasm = setup::Wasm::locate()?;
+    let wasm = setup::Wasm::locate(!args.only_queue)?;
     let timing = Timing::new(args.quick);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     let started = Instant::now();
+    if args.only_queue {
+        // The other sections stay as the last full run left them.
+        let json_path = args.out.join("results.json");
+        let mut results = if json_path.exists() {
+            Results::load(&json_path)?
+        } else {
+            Results::default()
+        };
+        results.queue = Some(runtime.block_on(queue::run(&wasm, timing, args.quick))?);
+        return write(&args.out, &results, started);
+    }
     let adaptive = setup::wipgate_adaptive();
     let results = runtime.block_on(async {
         let overhead = scenarios::overhead(&wasm, timing).await?;
@@ -118,10 +138,11 @@ fn main() -> Result<()> {
         let noisy = scenarios::noisy(
             &wasm,
             timing,
-            &wipgate_tenants(),
-            &wipgate_tenants_adaptive(),
+            setup::setups(setup::KNEE, &wipgate_tenants(), &wipgate_tenants_adaptive()),
+            gen::Arrivals::Even,
         )
         .await?;
+        let queue = queue::run(&wasm, timing, args.quick).await?;
         anyhow::Ok(Results {
             quick: args.quick,
             runner_wall_s: started.elapsed().as_secs_f64(),
@@ -135,11 +156,16 @@ fn main() -> Result<()> {
             steady,
             cold_start,
             noisy,
+            queue: Some(queue),
         })
     })?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let json_path = args.out.join("results.json");
+    write(&args.out, &results, started)
+}
+
+/// Writes `results.json` and the report rendered from it into `out`.
+fn write(out: &std::path::Path, results: &Results, started: Instant) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let json_path = out.join("results.json");
     let json = results.to_json()?;
     std::fs::write(&json_path, &json)
         .with_context(|| format!("writing {}", json_path.display()))?;
@@ -147,7 +173,7 @@ fn main() -> Result<()> {
     // may differ from the measured one in its last bit, and a figure on a rounding boundary
     // would then print differently.
     let results = Results::parse(&json)?;
-    let md_path = args.out.join("report.md");
+    let md_path = out.join("report.md");
     std::fs::write(&md_path, report::render(&results))
         .with_context(|| format!("writing {}", md_path.display()))?;
     println!(

@@ -77,6 +77,9 @@ pub fn render(r: &Results) -> String {
     steady(&mut out, r);
     cold_start(&mut out, r);
     noisy(&mut out, r);
+    if let Some(q) = &r.queue {
+        queue(&mut out, q);
+    }
     generator(&mut out, r);
     method(&mut out, r);
     out
@@ -374,6 +377,16 @@ fn sweep(out: &mut String, s: &Sweep, adaptive: &str) {
     matrix(out, s, "rejected", |p| {
         format!("{:.1}%", p.reject_rate * 100.0)
     });
+    every_point(out, s);
+    let _ = writeln!(
+        out,
+        "![{}: goodput and admitted p99 by offered load](shape_{}.png)\n",
+        s.title, s.key
+    );
+}
+
+/// Every figure of every point of `s`, folded.
+fn every_point(out: &mut String, s: &Sweep) {
     let _ = writeln!(
         out,
         "<details><summary>Every figure of {}</summary>\n",
@@ -407,11 +420,6 @@ fn sweep(out: &mut String, s: &Sweep, adaptive: &str) {
         }
     }
     let _ = writeln!(out, "\n</details>\n");
-    let _ = writeln!(
-        out,
-        "![{}: goodput and admitted p99 by offered load](shape_{}.png)\n",
-        s.title, s.key
-    );
 }
 
 fn secs(v: Option<f64>) -> String {
@@ -591,11 +599,23 @@ fn noisy(out: &mut String, r: &Results) {
         r.wipgate_tenants,
         r.wipgate_tenants_adaptive,
     );
+    tenant_table(out, n);
+    let _ = writeln!(out, "\n![per-tenant success](noisy_tenant.png)\n");
+}
+
+/// Per setup and tenant: success rate and p99 of its successes (and, where measured, the
+/// goodput of all tenants together).
+fn tenant_table(out: &mut String, n: &crate::results::Noisy) {
     let tenants = crate::scenarios::TENANTS;
+    let with_goodput = n.setups.iter().any(|x| x.goodput.is_some());
     let mut head = String::from("| setup |");
     let mut rule = String::from("|---|");
     for t in tenants {
         let _ = write!(head, " {t} |");
+        rule.push_str("---|");
+    }
+    if with_goodput {
+        head.push_str(" goodput, all tenants |");
         rule.push_str("---|");
     }
     let _ = writeln!(out, "{head}\n{rule}");
@@ -609,9 +629,183 @@ fn noisy(out: &mut String, r: &Results) {
                 t.ok_p99_ms
             );
         }
+        if with_goodput {
+            let g = x
+                .goodput
+                .map_or_else(|| "—".to_owned(), |g| format!("{g:.2}"));
+            let _ = write!(row, " {g} |");
+        }
         let _ = writeln!(out, "{row}");
     }
-    let _ = writeln!(out, "\n![per-tenant success](noisy_tenant.png)\n");
+}
+
+fn queue(out: &mut String, q: &crate::results::QueueBench) {
+    let sw = &q.poisson;
+    let _ = writeln!(out, "## Bounded wait (issue 14)\n");
+    let _ =
+        writeln!(
+        out,
+        "Measured {} ({:.0} s{}), possibly later than the sections above: `make bench-queue` runs \
+         this section alone and keeps the others. The collapsing bottleneck of shape a (C = {}, \
+         {:.0} req/s); every arrival process here is Poisson (seed {:#x}: the same schedule for \
+         every setup at one load). Four setups:\n",
+        q.machine.date,
+        q.runner_wall_s,
+        if q.quick { ", a `--quick` smoke run" } else { "" },
+        sw.c,
+        sw.capacity_rps,
+        q.seed
+    );
+    for x in &q.setups {
+        let _ = writeln!(out, "- **{}**: `{}`", x.name, x.config);
+    }
+    let _ = writeln!(
+        out,
+        "\nEnvoy's circuit breaker waits in the upstream connection pool's pending queue \
+         (FIFO): `max_pending_requests` is what the bottleneck serves in {} ms, so a full queue \
+         drains within the wait wipgate allows. Envoy has no timeout for the pending queue \
+         alone; the route timeout, which covers the wait and the service together, is the \
+         nearest, set to {} ms plus two service times (a request cut by it is answered 504 and \
+         counts as failed). wipgate's queue keeps `max_waiting` and `order` at their defaults \
+         (1000, fifo). Unloaded p99: no protection's admitted p99 at 0.5x with Poisson arrivals \
+         ({}).\n",
+        q.timeout_ms,
+        q.timeout_ms,
+        crate::targets::unloaded_p99(sw)
+            .map_or_else(|| "not measured".to_owned(), |u| format!("{u:.1} ms")),
+    );
+    let all = crate::targets::evaluate_queue(q);
+    let n_met = all.iter().filter(|t| t.met).count();
+    let _ = writeln!(out, "| target | this run | |\n|---|---|---|");
+    for t in &all {
+        let _ = writeln!(out, "| {} | {} | {} |", t.what, t.figure, met(t.met));
+    }
+    let _ = writeln!(out, "\n{n_met} of {} targets met.\n", all.len());
+    let _ = writeln!(out, "![bounded wait](queue.png)\n");
+    let _ = writeln!(out, "### Poisson arrivals\n");
+    let _ = writeln!(
+        out,
+        "As a sweep point above (fresh Envoy and upstream, warm-up, {} s per point, client \
+         timeout {} s), with Poisson arrivals; \"no protection\" only at 0.5x. Goodput counts 2xx \
+         answers completed while the load runs.\n",
+        sw.point_s, sw.client_timeout_s
+    );
+    matrix(out, sw, "goodput (of capacity)", |p| {
+        format!("{:.2}", p.goodput)
+    });
+    matrix(out, sw, "admitted p99", |p| {
+        if p.ok > 0 {
+            format!("{:.1} ms", p.ok_p99_ms)
+        } else {
+            "—".to_owned()
+        }
+    });
+    matrix(out, sw, "rejected (failed)", |p| {
+        format!("{:.1}% ({})", p.reject_rate * 100.0, p.failed)
+    });
+    every_point(out, sw);
+    let n = &q.noisy;
+    let _ = writeln!(out, "### Noisy tenant, no `tenants` configuration\n");
+    let _ = writeln!(
+        out,
+        "As the noisy-tenant scenario above (tenant `noisy` {:.0} req/s, `t1`…`t4` {:.0} req/s \
+         each, {:.1}x capacity in all, {} s), Poisson arrivals, and no per-tenant configuration \
+         in any setup: what the wait's fairness does by itself.\n",
+        n.noisy_rate,
+        n.normal_rate,
+        n.rate / n.capacity_rps,
+        n.run_s
+    );
+    tenant_table(out, n);
+    let h = &q.handoff;
+    let _ = writeln!(out, "\n### Hand-off between workers\n");
+    let _ = writeln!(
+        out,
+        "Envoy with {} workers and `exact_balance` (connections spread evenly over them), wipgate \
+         at a limit of 1 with a standing queue: `{}`, {} closed-loop client connections (two per \
+         worker: one request in service, three waiting), an upstream that answers in {} ms, {} s. \
+         The upstream records when it has each request's headers and when hyper has taken its \
+         whole response; the figure is the upstream's idle gap between one request's end and the \
+         next one's start. At a limit of 1 each next request is a waiter woken by the release of \
+         the last one: the gap holds Envoy reading the end of the response on one worker, the \
+         release and the hand-off in the shared ledger and queue, the waiter's worker woken \
+         (`on_queue_ready`) and its request resumed, and Envoy writing it to its upstream \
+         connection and the upstream reading it. A next request on the other worker's upstream \
+         connection is a hand-off across workers; on the same one, within a worker. The \
+         baseline: the same Envoy and wipgate without a queue (`{}`), one client that sends its \
+         next request the moment it has the answer: the gap is then the path's own cost (the \
+         answer out to the client and the next request in), with no wait and no hand-off.\n",
+        h.workers, h.queue_config, h.conns, h.service_ms, h.run_s, h.baseline_config
+    );
+    let _ = writeln!(
+        out,
+        "| upstream idle gap | count | p50 | p99 | max |\n|---|---|---|---|---|"
+    );
+    for (what, g) in [
+        ("queue: hand-off across workers", &h.cross_worker),
+        ("queue: hand-off within a worker", &h.same_worker),
+        ("no queue, one client: the path alone", &h.baseline),
+    ] {
+        let _ = writeln!(
+            out,
+            "| {what} | {} | {:.0} µs | {:.0} µs | {:.0} µs |",
+            g.count, g.p50_us, g.p99_us, g.max_us
+        );
+    }
+    let r = &q.retry;
+    let _ = writeln!(out, "\n### Retry-After under sustained overload\n");
+    let _ = writeln!(
+        out,
+        "First attempts at {}x capacity ({:.0} req/s, Poisson) for {} s, from clients that honour \
+         `retry-after`: a rejected request is sent again the header's seconds after its answer \
+         (jittered only if the header is), at most {} times, and not after {} s (the client gives \
+         up). Per second: retries offered against the spare capacity (capacity minus the 2xx \
+         answers completed that second). The wipgate setups with the wait only: Envoy's circuit \
+         breaker sends no `retry-after`.\n",
+        r.mult,
+        r.capacity_rps * r.mult,
+        r.run_s,
+        r.max_retries,
+        r.until_s
+    );
+    let _ = writeln!(
+        out,
+        "| setup | first attempts | retries | ok | rejected | failed | retry-after median / max |\n|---|---|---|---|---|---|---|"
+    );
+    for x in &r.setups {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {:.0} s / {:.0} s |",
+            x.name,
+            x.fresh,
+            x.retries,
+            x.ok,
+            x.rejected,
+            x.failed,
+            x.retry_after_p50_s,
+            x.retry_after_max_s
+        );
+    }
+    let mut head = String::from("\n| second |");
+    let mut rule = String::from("|---|");
+    for x in &r.setups {
+        let _ = write!(head, " {}: retries / spare per s |", x.name);
+        rule.push_str("---|");
+    }
+    let _ = writeln!(out, "{head}\n{rule}");
+    let seconds = r.setups.iter().map(|x| x.t.len()).max().unwrap_or(0);
+    for i in 0..seconds {
+        let mut row = format!("| {i}–{} |", i + 1);
+        for x in &r.setups {
+            let cell = match (x.retries_per_s.get(i), x.spare_per_s.get(i)) {
+                (Some(a), Some(b)) => format!("{a:.0} / {b:.0}"),
+                _ => "—".to_owned(),
+            };
+            let _ = write!(row, " {cell} |");
+        }
+        let _ = writeln!(out, "{row}");
+    }
+    let _ = writeln!(out);
 }
 
 fn gen_row(out: &mut String, what: &str, g: &Generator) {
@@ -640,7 +834,13 @@ fn generator(out: &mut String, r: &Results) {
          tokio runtime. Below, for every open-loop run: the intended rate, the rate actually \
          sent (between the first and last send), how late it dispatched requests behind \
          schedule (its own lag, p99 and worst), the most connections it held, and requests it \
-         could not send for lack of a connection.\n"
+         could not send for lack of a connection.{}\n",
+        if r.queue.is_some() {
+            " The bounded wait's runs send at the same mean rate with Poisson (exponential) \
+             gaps instead; their lag is measured against that schedule."
+        } else {
+            ""
+        }
     );
     let mut worst_dev: f64 = 0.0;
     let mut worst_lag: f64 = 0.0;
@@ -697,6 +897,34 @@ fn generator(out: &mut String, r: &Results) {
             &x.generator,
             &mut rows,
         );
+    }
+    if let Some(q) = &r.queue {
+        for x in &q.poisson.setups {
+            for p in &x.points {
+                track(
+                    &format!("bounded wait, Poisson: {} {}x", x.name, p.mult),
+                    &p.generator,
+                    &mut rows,
+                );
+            }
+        }
+        for x in &q.noisy.setups {
+            track(
+                &format!("bounded wait, noisy tenant: {}", x.name),
+                &x.generator,
+                &mut rows,
+            );
+        }
+        for x in &q.retry.setups {
+            track(
+                &format!(
+                    "bounded wait, retrying clients (first attempts): {}",
+                    x.name
+                ),
+                &x.generator,
+                &mut rows,
+            );
+        }
     }
     let _ = writeln!(
         out,

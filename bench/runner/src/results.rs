@@ -36,6 +36,9 @@ pub struct Results {
     pub cold_start: ColdStart,
     /// The noisy-tenant scenario.
     pub noisy: Noisy,
+    /// The bounded wait (issue 14): absent from a run that did not measure it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueBench>,
 }
 
 /// What the figures were measured on.
@@ -466,6 +469,10 @@ pub struct NoisySetup {
     pub generator: Generator,
     /// The most requests in flight at the bottleneck.
     pub upstream_max_inflight: usize,
+    /// 2xx answers of all tenants completed while the load ran, per second, as a fraction of
+    /// capacity (absent from results written before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goodput: Option<f64>,
 }
 
 /// One tenant of the noisy-tenant scenario.
@@ -486,6 +493,137 @@ pub struct TenantResult {
     pub success: f64,
     /// p99 of its 2xx answers, in ms.
     pub ok_p99_ms: f64,
+}
+
+/// The bounded wait (issue 14), measured by `wipgate-bench --only queue` or as part of the
+/// full run: its four setups side by side.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueBench {
+    /// What this section was measured on, and when (it may be newer than the rest).
+    pub machine: Machine,
+    /// How long this section took, in seconds.
+    pub runner_wall_s: f64,
+    /// A `--quick` smoke run of this section.
+    pub quick: bool,
+    /// The wait's `timeout_ms` in every wipgate setup with a queue.
+    pub timeout_ms: u64,
+    /// Each setup's configuration, in the report's order.
+    pub setups: Vec<QueueSetup>,
+    /// The Poisson arrivals' seed (the same schedule for every setup at one load).
+    pub seed: u64,
+    /// Every setup at multiples of capacity, Poisson arrivals; "no protection" at 0.5x only
+    /// (the unloaded p99).
+    pub poisson: Sweep,
+    /// The noisy tenant, no `tenants` configuration, Poisson arrivals.
+    pub noisy: Noisy,
+    /// The hand-off from a release on one worker to a waiter on another.
+    pub handoff: Handoff,
+    /// Clients that honour `retry-after` under sustained overload.
+    pub retry: RetryAfter,
+}
+
+/// One setup of the bounded-wait section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSetup {
+    /// Its name in the report and the plots.
+    pub name: String,
+    /// What it runs: wipgate's JSON, or the circuit breaker's thresholds and route timeout.
+    pub config: String,
+}
+
+/// The upstream's idle gaps at a limit of 1.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handoff {
+    /// Envoy's worker threads.
+    pub workers: u32,
+    /// The upstream's service time, in ms.
+    pub service_ms: f64,
+    /// Closed-loop client connections with the queue (spread over the workers).
+    pub conns: usize,
+    /// Each measured run, in seconds.
+    pub run_s: f64,
+    /// wipgate's configuration with the queue.
+    pub queue_config: String,
+    /// Its configuration for the baseline (no queue, one client).
+    pub baseline_config: String,
+    /// With the queue: gaps where the next request came on the other worker's upstream
+    /// connection (the hand-off across workers).
+    pub cross_worker: Gaps,
+    /// With the queue: gaps where it came on the same worker.
+    pub same_worker: Gaps,
+    /// Without a queue, one client sending its next request the moment it has the answer.
+    pub baseline: Gaps,
+}
+
+/// A distribution of gaps.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gaps {
+    /// Gaps measured.
+    pub count: usize,
+    /// Percentiles, in µs.
+    pub p50_us: f64,
+    /// See `p50_us`.
+    pub p99_us: f64,
+    /// See `p50_us`.
+    pub max_us: f64,
+}
+
+/// Clients that honour `retry-after` under sustained overload.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryAfter {
+    /// The bottleneck's capacity (the collapsing one), requests per second.
+    pub capacity_rps: f64,
+    /// First attempts, as a multiple of capacity (Poisson).
+    pub mult: f64,
+    /// How long first attempts arrive, in seconds.
+    pub run_s: f64,
+    /// Retries continue until this, in seconds from the start (then clients give up).
+    pub until_s: f64,
+    /// Retries of one request at most.
+    pub max_retries: u32,
+    /// The length of a bucket of the time series, in seconds.
+    pub bucket_s: f64,
+    /// The setups measured.
+    pub setups: Vec<RetrySetup>,
+}
+
+/// One setup under retrying clients.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySetup {
+    /// Its name in the report and the plots.
+    pub name: String,
+    /// First attempts sent.
+    pub fresh: usize,
+    /// Retries sent.
+    pub retries: usize,
+    /// Attempts answered 2xx.
+    pub ok: usize,
+    /// Attempts answered 429 or 503.
+    pub rejected: usize,
+    /// Attempts that failed otherwise.
+    pub failed: usize,
+    /// The `retry-after` values the clients were given, in seconds: median and largest.
+    pub retry_after_p50_s: f64,
+    /// See `retry_after_p50_s`.
+    pub retry_after_max_s: f64,
+    /// Each bucket's start, in seconds from the start.
+    pub t: Vec<f64>,
+    /// First attempts sent in the bucket, per second.
+    pub fresh_per_s: Vec<f64>,
+    /// Retries sent in the bucket, per second.
+    pub retries_per_s: Vec<f64>,
+    /// 2xx answers completed in the bucket, per second.
+    pub ok_per_s: Vec<f64>,
+    /// What the bottleneck had left: capacity minus `ok_per_s`, at least 0.
+    pub spare_per_s: Vec<f64>,
+    /// How well the generator kept the first attempts' schedule.
+    pub generator: Generator,
 }
 
 impl Results {

@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use wipgate_e2e::{wait_until_async, Envoy, RequestSpec, Slowdown, Upstream, UpstreamStats};
 
-use crate::gen::{self, Kind, OpenLoopRun};
+use crate::gen::{self, Arrivals, Kind, OpenLoop, OpenLoopRun};
 use crate::results::{
     Generator, Noisy, NoisySetup, Overhead, OverheadSetup, Point, TenantResult, Timeline,
 };
-use crate::setup::{self, Setup, Shape, Wasm};
+use crate::setup::{Setup, Shape, Wasm};
 use crate::trace::{bucket_means, Samples};
 
 /// How long each part runs; `quick` shortens everything for a smoke run.
@@ -47,6 +47,12 @@ pub struct Timing {
     pub pgbench_run: Duration,
     /// pgbench's client counts.
     pub pgbench_clients: &'static [usize],
+    /// The bounded wait's hand-off measurement, each of its two runs.
+    pub handoff_run: Duration,
+    /// The bounded wait under retrying clients: how long first attempts arrive ...
+    pub retry_run: Duration,
+    /// ... and how much longer retries may come.
+    pub retry_tail: Duration,
 }
 
 impl Timing {
@@ -69,6 +75,9 @@ impl Timing {
                 cold_run: Duration::from_secs(2),
                 pgbench_run: Duration::from_secs(1),
                 pgbench_clients: &[1, 4, 16],
+                handoff_run: Duration::from_secs(1),
+                retry_run: Duration::from_secs(3),
+                retry_tail: Duration::from_secs(2),
             }
         } else {
             Self {
@@ -86,6 +95,9 @@ impl Timing {
                 cold_run: Duration::from_secs(10),
                 pgbench_run: Duration::from_secs(5),
                 pgbench_clients: &[1, 2, 4, 8, 16, 32, 64],
+                handoff_run: Duration::from_secs(3),
+                retry_run: Duration::from_secs(15),
+                retry_tail: Duration::from_secs(5),
             }
         }
     }
@@ -426,28 +438,32 @@ pub fn tenant_of(i: usize) -> usize {
 }
 
 /// Noisy tenant: one tenant at 10x the others' rate, total 1.4x capacity, on the
-/// collapsing bottleneck.
+/// collapsing bottleneck, in front of each of `setups`, arrivals as `arrivals`.
 pub async fn noisy(
     wasm: &Wasm,
     timing: Timing,
-    wipgate_config: &str,
-    wipgate_adaptive: &str,
+    setups: Vec<(&'static str, Setup)>,
+    arrivals: Arrivals,
 ) -> Result<Noisy> {
     let shape = Shape::Collapse;
     let capacity = shape.capacity_rps();
     let rate = capacity * NORMAL_SHARE * 14.0;
     let mut out = Vec::new();
-    for (name, setup) in setup::setups(setup::KNEE, wipgate_config, wipgate_adaptive) {
+    for (name, setup) in setups {
         eprintln!("noisy tenant: {name}");
         let upstream = shape.start(&Slowdown::default())?;
         let envoy = start_envoy(&setup, upstream.addr(), wasm, name)?;
         warm_up(&envoy, upstream.stats(), capacity).await;
-        let run = gen::open_loop(
+        let run = gen::open_loop_with(
             envoy.listener_addr(),
-            rate,
-            timing.point,
-            timing.client_timeout,
-            MAX_GEN_CONNS,
+            OpenLoop {
+                rate,
+                duration: timing.point,
+                timeout: timing.client_timeout,
+                max_conns: MAX_GEN_CONNS,
+                arrivals,
+                retry: None,
+            },
             |i| {
                 let t = tenant_of(i);
                 (RequestSpec::get("/").tenant(TENANTS[t]), t)
@@ -484,6 +500,12 @@ pub async fn noisy(
             tenants,
             generator: generator(&run),
             upstream_max_inflight: upstream.max_inflight(),
+            goodput: Some(goodput_between(
+                &run,
+                Duration::ZERO,
+                timing.point,
+                capacity,
+            )),
         });
     }
     Ok(Noisy {

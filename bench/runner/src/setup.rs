@@ -46,6 +46,17 @@ pub const WIPGATE_STATIC: &str = "wipgate static";
 /// See [`NO_PROTECTION`].
 pub const WIPGATE_ADAPTIVE: &str = "wipgate adaptive";
 
+/// The bounded wait's setups (issue 14), in the report's order.
+pub const CIRCUIT_BREAKER_PENDING: &str = "Envoy circuit breaker + pending queue";
+/// See [`CIRCUIT_BREAKER_PENDING`].
+pub const WIPGATE_NO_QUEUE: &str = "wipgate static, no queue";
+/// See [`CIRCUIT_BREAKER_PENDING`].
+pub const WIPGATE_STATIC_QUEUE: &str = "wipgate static + queue";
+/// See [`CIRCUIT_BREAKER_PENDING`].
+pub const WIPGATE_ADAPTIVE_QUEUE: &str = "wipgate adaptive + queue";
+/// The bounded wait's `timeout_ms`: the issue's (and the key's default) 50 ms.
+pub const QUEUE_TIMEOUT_MS: u64 = 50;
+
 /// wipgate static at `c`.
 #[must_use]
 pub fn wipgate_static(c: usize) -> String {
@@ -56,6 +67,67 @@ pub fn wipgate_static(c: usize) -> String {
 #[must_use]
 pub fn wipgate_adaptive() -> String {
     json!({"max_inflight": ADAPTIVE_MAX, "adaptive": {}}).to_string()
+}
+
+/// wipgate static at `c` with the bounded wait (`timeout_ms`; `max_waiting` and `order`
+/// left at their defaults, 1000 and fifo).
+#[must_use]
+pub fn wipgate_static_queue(c: usize, timeout_ms: u64) -> String {
+    json!({"max_inflight": c, "queue": {"timeout_ms": timeout_ms}}).to_string()
+}
+
+/// [`wipgate_adaptive`] with the bounded wait, as [`wipgate_static_queue`].
+#[must_use]
+pub fn wipgate_adaptive_queue(timeout_ms: u64) -> String {
+    json!({"max_inflight": ADAPTIVE_MAX, "adaptive": {}, "queue": {"timeout_ms": timeout_ms}})
+        .to_string()
+}
+
+/// Envoy's pending queue sized like a wait of `timeout_ms` in front of a bottleneck of
+/// `capacity_rps`: as many as it serves in that time, so a full queue drains within it.
+#[must_use]
+pub fn pending_for(capacity_rps: f64, timeout_ms: u64) -> usize {
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    let n = (capacity_rps * timeout_ms as f64 / 1e3).ceil() as usize;
+    n.max(1)
+}
+
+/// Envoy has no timeout for the pending queue alone: the route timeout, which covers the
+/// wait and the service, is the nearest. `timeout_ms` plus two service times at the knee
+/// cuts only requests that waited well past `timeout_ms`.
+#[must_use]
+pub fn pending_route_timeout(timeout_ms: u64) -> Duration {
+    Duration::from_millis(timeout_ms) + 2 * BASE
+}
+
+/// The bounded wait's four setups in front of a bottleneck of `capacity_rps` (C = `c`):
+/// Envoy's circuit breaker told C with its pending queue, wipgate static at C without and
+/// with the queue, and wipgate adaptive (not told C) with it.
+#[must_use]
+pub fn queue_setups(c: usize, capacity_rps: f64, timeout_ms: u64) -> Vec<(&'static str, Setup)> {
+    vec![
+        (
+            CIRCUIT_BREAKER_PENDING,
+            Setup::CircuitBreakerPending {
+                c,
+                pending: pending_for(capacity_rps, timeout_ms),
+                route_timeout: pending_route_timeout(timeout_ms),
+            },
+        ),
+        (WIPGATE_NO_QUEUE, Setup::Wipgate(wipgate_static(c))),
+        (
+            WIPGATE_STATIC_QUEUE,
+            Setup::Wipgate(wipgate_static_queue(c, timeout_ms)),
+        ),
+        (
+            WIPGATE_ADAPTIVE_QUEUE,
+            Setup::Wipgate(wipgate_adaptive_queue(timeout_ms)),
+        ),
+    ]
 }
 
 /// The five setups side by side, the circuit breaker and wipgate static told `c`.
@@ -209,6 +281,16 @@ pub enum Setup {
     Wipgate(String),
     /// Envoy's cluster circuit breaker told C: this many connections, requests and pending.
     CircuitBreaker(usize),
+    /// Envoy's cluster circuit breaker told C (connections and requests) with a pending
+    /// queue of `pending`, bounded in time only by the route timeout.
+    CircuitBreakerPending {
+        /// Connections and requests.
+        c: usize,
+        /// `max_pending_requests`.
+        pending: usize,
+        /// The route timeout (wait and service together).
+        route_timeout: Duration,
+    },
     /// Envoy's adaptive_concurrency filter (gradient controller).
     Adaptive,
 }
@@ -224,8 +306,9 @@ pub struct Wasm {
 
 impl Wasm {
     /// From `WIPGATE_WASM` and `WIPGATE_PASSTHROUGH_WASM`, else the workspace's release
-    /// builds; an error names the make target of a missing one.
-    pub fn locate() -> Result<Self> {
+    /// builds; an error names the make target of a missing one (the pass-through filter's
+    /// only when `passthrough`: the runs that do not use it do not need it built).
+    pub fn locate(passthrough_needed: bool) -> Result<Self> {
         let wipgate = wipgate_e2e::envoy::default_wasm_path();
         let passthrough = std::env::var_os(PASSTHROUGH_ENV)
             .filter(|p| !p.is_empty())
@@ -236,7 +319,11 @@ impl Wasm {
                 },
                 PathBuf::from,
             );
-        for (path, make) in [(&wipgate, "make filter"), (&passthrough, "make bench")] {
+        let needed = [
+            (&wipgate, "make filter", true),
+            (&passthrough, "make bench", passthrough_needed),
+        ];
+        for (path, make, _) in needed.iter().filter(|n| n.2) {
             if !path.is_file() {
                 bail!("{} is missing: run `{make}`", path.display());
             }
@@ -266,13 +353,14 @@ pub fn adaptive_concurrency_filter() -> Value {
     })
 }
 
-/// Envoy's cluster circuit breaker at `c`: connections, requests and pending requests.
+/// Envoy's cluster circuit breaker at `c` connections and requests, `pending` pending
+/// requests.
 #[must_use]
-pub fn circuit_breakers(c: usize) -> Value {
+pub fn circuit_breakers(c: usize, pending: usize) -> Value {
     json!({"thresholds": [{
         "priority": "DEFAULT",
         "max_connections": c,
-        "max_pending_requests": c,
+        "max_pending_requests": pending,
         "max_requests": c,
         "max_retries": 3
     }]})
@@ -293,7 +381,15 @@ impl Setup {
                 cfg.vm_id = "passthrough".to_owned();
             }
             Self::Wipgate(config) => cfg.filter_config = Some(config.clone()),
-            Self::CircuitBreaker(c) => cfg.circuit_breakers = Some(circuit_breakers(*c)),
+            Self::CircuitBreaker(c) => cfg.circuit_breakers = Some(circuit_breakers(*c, *c)),
+            Self::CircuitBreakerPending {
+                c,
+                pending,
+                route_timeout,
+            } => {
+                cfg.circuit_breakers = Some(circuit_breakers(*c, *pending));
+                cfg.route_timeout = *route_timeout;
+            }
             Self::Adaptive => cfg.filters_after = vec![adaptive_concurrency_filter()],
         }
         cfg

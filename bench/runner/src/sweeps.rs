@@ -1,7 +1,9 @@
 //! Every setup at multiples of a bottleneck's capacity, open loop, a fresh Envoy per point:
 //! the in-process shapes (collapsing, pure queue, heavy-tailed; a fresh upstream per point
 //! too) and a real PostgreSQL under hot-row lock contention (one database and upstream for
-//! every point, drained in between), whose capacity pgbench measures first.
+//! every point, drained in between), whose capacity pgbench measures first. The bounded
+//! wait's sweep (`queue.rs`) runs its own setups through the same loop, with Poisson
+//! arrivals.
 
 use std::sync::Arc;
 
@@ -10,49 +12,89 @@ use wipgate_e2e::pg_upstream::{prepare_hot_rows, PgUpstream, PgWork};
 use wipgate_e2e::postgres::Postgres;
 use wipgate_e2e::{RequestSpec, Slowdown};
 
-use crate::gen;
+use crate::gen::{self, Arrivals, OpenLoop};
 use crate::pgbench;
 use crate::results::{Bottleneck, Point, Sweep, SweepSetup};
 use crate::scenarios::{ms, point, start_envoy, warm_up, Timing, MAX_GEN_CONNS};
-use crate::setup::{self, Backend, Shape, Wasm};
+use crate::setup::{self, Backend, Setup, Shape, Wasm};
 
 /// What a sweep needs to know of its bottleneck.
-struct Spec {
-    key: &'static str,
-    title: &'static str,
-    bottleneck: Bottleneck,
-    capacity: f64,
-    c: usize,
+pub struct Spec {
+    /// The sweep's key.
+    pub key: &'static str,
+    /// Its heading.
+    pub title: &'static str,
+    /// The bottleneck.
+    pub bottleneck: Bottleneck,
+    /// Its capacity, requests per second.
+    pub capacity: f64,
+    /// The in-flight count told to the setups that are told C.
+    pub c: usize,
+}
+
+/// What runs at which load.
+pub struct Plan {
+    /// The setups, in the report's order.
+    pub setups: Vec<(&'static str, Setup)>,
+    /// wipgate static's configuration, as the results record it.
+    pub wipgate_static: String,
+    /// The offered loads, as multiples of capacity.
+    pub multipliers: &'static [f64],
+    /// Whether a setup runs at a load (a baseline may run at one load only).
+    pub runs: fn(&str, f64) -> bool,
+    /// Evenly spaced or Poisson.
+    pub arrivals: Arrivals,
+}
+
+impl Plan {
+    /// The five setups of `setup::setups` at every load of `timing`, evenly spaced arrivals.
+    fn standard(c: usize, adaptive: &str, timing: Timing) -> Self {
+        let wipgate_static = setup::wipgate_static(c);
+        Self {
+            setups: setup::setups(c, &wipgate_static, adaptive),
+            wipgate_static,
+            multipliers: timing.multipliers,
+            runs: |_, _| true,
+            arrivals: Arrivals::Even,
+        }
+    }
 }
 
 /// A fresh (or drained) upstream for the next point.
-type Fresh<'a> = dyn FnMut() -> Result<Box<dyn Backend>> + 'a;
+pub type Fresh<'a> = dyn FnMut() -> Result<Box<dyn Backend>> + 'a;
 
-async fn sweep(
+/// Every setup of `plan` at its loads, a fresh Envoy (and a backend from `fresh`) per point.
+pub async fn sweep(
     wasm: &Wasm,
     timing: Timing,
     spec: Spec,
-    adaptive: &str,
+    plan: Plan,
     fresh: &mut Fresh<'_>,
 ) -> Result<Sweep> {
-    let wipgate_static = setup::wipgate_static(spec.c);
-    let setups = setup::setups(spec.c, &wipgate_static, adaptive);
+    let setups = &plan.setups;
     let mut points: Vec<Vec<Point>> = vec![Vec::new(); setups.len()];
     // Load outermost: the setups compared at one load run minutes apart at most, so the
     // machine's other tenants disturb them alike.
-    for &mult in timing.multipliers {
+    for &mult in plan.multipliers {
         for (i, (name, setup)) in setups.iter().enumerate() {
+            if !(plan.runs)(name, mult) {
+                continue;
+            }
             eprintln!("{}: {name} at {mult}x capacity", spec.key);
             let backend = fresh()?;
             let stats = backend.stats();
             let envoy = start_envoy(setup, backend.addr(), wasm, name)?;
             warm_up(&envoy, &stats, spec.capacity).await;
-            let run = gen::open_loop(
+            let run = gen::open_loop_with(
                 envoy.listener_addr(),
-                spec.capacity * mult,
-                timing.point,
-                timing.client_timeout,
-                MAX_GEN_CONNS,
+                OpenLoop {
+                    rate: spec.capacity * mult,
+                    duration: timing.point,
+                    timeout: timing.client_timeout,
+                    max_conns: MAX_GEN_CONNS,
+                    arrivals: plan.arrivals,
+                    retry: None,
+                },
                 |_| (RequestSpec::get("/"), 0),
             )
             .await;
@@ -72,10 +114,10 @@ async fn sweep(
         bottleneck: spec.bottleneck,
         capacity_rps: spec.capacity,
         c: spec.c,
-        wipgate_static,
+        wipgate_static: plan.wipgate_static,
         point_s: timing.point.as_secs_f64(),
         client_timeout_s: timing.client_timeout.as_secs_f64(),
-        multipliers: timing.multipliers.to_vec(),
+        multipliers: plan.multipliers.to_vec(),
         setups: setups
             .iter()
             .zip(points)
@@ -87,6 +129,14 @@ async fn sweep(
     })
 }
 
+/// A fresh upstream of `shape` for every point.
+pub fn fresh_upstream(shape: Shape) -> impl FnMut() -> Result<Box<dyn Backend>> {
+    move || {
+        let upstream = shape.start(&Slowdown::default())?;
+        Ok(Box::new(upstream) as Box<dyn Backend>)
+    }
+}
+
 /// One of the in-process shapes, C = `setup::KNEE`.
 pub async fn shape(wasm: &Wasm, timing: Timing, shape: Shape, adaptive: &str) -> Result<Sweep> {
     let spec = Spec {
@@ -96,11 +146,8 @@ pub async fn shape(wasm: &Wasm, timing: Timing, shape: Shape, adaptive: &str) ->
         capacity: shape.capacity_rps(),
         c: setup::KNEE,
     };
-    sweep(wasm, timing, spec, adaptive, &mut || {
-        let upstream = shape.start(&Slowdown::default())?;
-        Ok(Box::new(upstream) as Box<dyn Backend>)
-    })
-    .await
+    let plan = Plan::standard(setup::KNEE, adaptive, timing);
+    sweep(wasm, timing, spec, plan, &mut fresh_upstream(shape)).await
 }
 
 /// The PostgreSQL shape: a throwaway cluster, the hot rows, pgbench's capacity at each
@@ -143,7 +190,8 @@ pub async fn postgres(wasm: &Wasm, timing: Timing, adaptive: &str) -> Result<Swe
             pgbench: measured,
         },
     };
-    let result = sweep(wasm, timing, spec, adaptive, &mut || {
+    let plan = Plan::standard(spec.c, adaptive, timing);
+    let result = sweep(wasm, timing, spec, plan, &mut || {
         Ok(Box::new(Arc::clone(&upstream)) as Box<dyn Backend>)
     })
     .await;

@@ -3,8 +3,11 @@
 //! definitions live here, once, and the report prints what they return.
 
 use crate::analysis::mean;
-use crate::results::{Point, Results, Sweep, SweepSetup};
-use crate::setup::{CIRCUIT_BREAKER, ENVOY_ADAPTIVE, NO_PROTECTION, WIPGATE_ADAPTIVE};
+use crate::results::{Point, QueueBench, Results, Sweep, SweepSetup};
+use crate::setup::{
+    CIRCUIT_BREAKER, ENVOY_ADAPTIVE, NO_PROTECTION, WIPGATE_ADAPTIVE, WIPGATE_ADAPTIVE_QUEUE,
+    WIPGATE_STATIC_QUEUE,
+};
 
 /// Goodput at overload, as a fraction of capacity.
 pub const GOODPUT: f64 = 0.95;
@@ -97,6 +100,11 @@ fn goodput_target(s: &Sweep, w: &SweepSetup) -> Target {
         "{}: goodput ≥ {GOODPUT} of {reference} from {OVERLOAD_FROM}x to {OVERLOAD_TO}x",
         s.title
     );
+    lowest_goodput(what, w, GOODPUT)
+}
+
+/// `what`: the lowest goodput of `w` from 2x to 10x at least `least`, every point shown.
+fn lowest_goodput(what: String, w: &SweepSetup, least: f64) -> Target {
     let points: Vec<&Point> = overload(w).collect();
     let Some(worst) = points.iter().min_by(|a, b| a.goodput.total_cmp(&b.goodput)) else {
         return target(what, "not measured".to_owned(), false);
@@ -113,7 +121,7 @@ fn goodput_target(s: &Sweep, w: &SweepSetup) -> Target {
             worst.mult,
             each.join(" · ")
         ),
-        worst.goodput >= GOODPUT,
+        worst.goodput >= least,
     )
 }
 
@@ -295,6 +303,164 @@ pub fn evaluate(r: &Results) -> Vec<Target> {
         ));
     }
     out
+}
+
+/// The bounded wait: goodput at 1x, as a fraction of capacity ...
+pub const QUEUE_GOODPUT_1X: f64 = 0.95;
+/// ... and from 2x to 10x.
+pub const QUEUE_GOODPUT_OVERLOAD: f64 = 0.97;
+/// The noisy tenant without a `tenants` configuration: the normal tenants' success ...
+pub const NOISY_SUCCESS: f64 = 0.99;
+/// ... and all tenants' goodput.
+pub const NOISY_GOODPUT: f64 = 0.95;
+/// The hand-off across workers, p99, in µs.
+pub const HANDOFF_P99_US: f64 = 500.0;
+/// The setups the bounded wait's targets are for.
+pub const QUEUE_JUDGED: [&str; 2] = [WIPGATE_STATIC_QUEUE, WIPGATE_ADAPTIVE_QUEUE];
+
+/// Issue 14's targets for each wipgate setup with the wait, then the hand-off.
+#[must_use]
+pub fn evaluate_queue(q: &QueueBench) -> Vec<Target> {
+    let mut out = Vec::new();
+    let sw = &q.poisson;
+    let unloaded = unloaded_p99(sw);
+    #[allow(clippy::cast_precision_loss)]
+    let bound = unloaded.map(|u| u + q.timeout_ms as f64);
+    for name in QUEUE_JUDGED {
+        let Some(w) = setup(sw, name) else { continue };
+        let what = format!(
+            "{name}, Poisson at 1x: goodput ≥ {QUEUE_GOODPUT_1X} of capacity, admitted p99 ≤ unloaded p99 + {} ms",
+            q.timeout_ms
+        );
+        out.push(match (at(w, 1.0), unloaded, bound) {
+            (Some(p), Some(u), Some(b)) => target(
+                what,
+                format!(
+                    "goodput {:.3}, p99 {:.1} ms (bound {b:.1} ms = {u:.1} + {}); {:.1}% rejected",
+                    p.goodput,
+                    p.ok_p99_ms,
+                    q.timeout_ms,
+                    p.reject_rate * 100.0
+                ),
+                p.goodput >= QUEUE_GOODPUT_1X && p.ok_p99_ms <= b,
+            ),
+            _ => target(what, "not measured".to_owned(), false),
+        });
+        let what = format!(
+            "{name}, Poisson at 0.5x: rejections ≤ {:.1}%",
+            LIGHT_REJECTIONS * 100.0
+        );
+        out.push(match at(w, 0.5) {
+            Some(p) => target(
+                what,
+                format!(
+                    "{:.2}% ({} of {})",
+                    p.reject_rate * 100.0,
+                    p.rejected,
+                    p.sent
+                ),
+                p.reject_rate <= LIGHT_REJECTIONS,
+            ),
+            None => target(what, "not measured".to_owned(), false),
+        });
+        let what = format!(
+            "{name}, Poisson from {OVERLOAD_FROM}x to {OVERLOAD_TO}x: goodput ≥ {QUEUE_GOODPUT_OVERLOAD}"
+        );
+        out.push(lowest_goodput(what, w, QUEUE_GOODPUT_OVERLOAD));
+        out.extend(noisy_targets(q, name, unloaded, bound));
+        out.extend(retry_target(q, name));
+    }
+    let h = &q.handoff;
+    out.push(target(
+        format!(
+            "hand-off from a release on one worker to the waiter on another: p99 ≤ {HANDOFF_P99_US:.0} µs"
+        ),
+        format!(
+            "p99 {:.0} µs, p50 {:.0} µs ({} hand-offs; the upstream's idle gap, path included: without a queue the same gap is p50 {:.0} / p99 {:.0} µs)",
+            h.cross_worker.p99_us,
+            h.cross_worker.p50_us,
+            h.cross_worker.count,
+            h.baseline.p50_us,
+            h.baseline.p99_us
+        ),
+        h.cross_worker.count > 0 && h.cross_worker.p99_us <= HANDOFF_P99_US,
+    ));
+    out
+}
+
+/// The noisy tenant's two targets for setup `name`.
+fn noisy_targets(
+    q: &QueueBench,
+    name: &str,
+    unloaded: Option<f64>,
+    bound: Option<f64>,
+) -> Vec<Target> {
+    let Some(x) = q.noisy.setups.iter().find(|x| x.name == name) else {
+        return Vec::new();
+    };
+    let normal: Vec<&crate::results::TenantResult> =
+        x.tenants.iter().filter(|t| t.tenant != "noisy").collect();
+    let worst_success = normal
+        .iter()
+        .map(|t| t.success)
+        .fold(f64::INFINITY, f64::min);
+    let worst_p99 = normal.iter().map(|t| t.ok_p99_ms).fold(0.0, f64::max);
+    let what = format!(
+        "{name}, noisy tenant, no `tenants` configuration: the four others ≥ {:.0}% success, p99 ≤ unloaded p99 + {} ms",
+        NOISY_SUCCESS * 100.0,
+        q.timeout_ms
+    );
+    let first = match (unloaded, bound) {
+        (Some(u), Some(b)) if !normal.is_empty() => target(
+            what,
+            format!(
+                "lowest {:.1}% success, worst p99 {worst_p99:.1} ms (bound {b:.1} ms = {u:.1} + {})",
+                worst_success * 100.0,
+                q.timeout_ms
+            ),
+            worst_success >= NOISY_SUCCESS && worst_p99 <= b,
+        ),
+        _ => target(what, "not measured".to_owned(), false),
+    };
+    let what = format!("{name}, noisy tenant: total goodput ≥ {NOISY_GOODPUT} of capacity");
+    let second = match x.goodput {
+        Some(g) => target(what, format!("{g:.3}"), g >= NOISY_GOODPUT),
+        None => target(what, "not measured".to_owned(), false),
+    };
+    vec![first, second]
+}
+
+/// Retrying clients for setup `name`: in every second until the clients give up, the retries
+/// offered stay below what the bottleneck left unused.
+fn retry_target(q: &QueueBench, name: &str) -> Option<Target> {
+    let r = &q.retry;
+    let x = r.setups.iter().find(|x| x.name == name)?;
+    let seconds = x.retries_per_s.len();
+    let below = x
+        .retries_per_s
+        .iter()
+        .zip(&x.spare_per_s)
+        .filter(|(retries, spare)| retries <= spare)
+        .count();
+    let during: Vec<(f64, f64)> =
+        x.t.iter()
+            .zip(x.retries_per_s.iter().zip(&x.spare_per_s))
+            .filter(|(&t, _)| t < r.run_s)
+            .map(|(_, (&a, &b))| (a, b))
+            .collect();
+    let retries_mean = mean(&during.iter().map(|d| d.0).collect::<Vec<_>>());
+    let spare_mean = mean(&during.iter().map(|d| d.1).collect::<Vec<_>>());
+    Some(target(
+        format!(
+            "{name}, {}x sustained overload, clients honour retry-after: retries offered below the spare capacity, every second",
+            r.mult
+        ),
+        format!(
+            "below in {below} of {seconds} s; during the overload {retries_mean:.0} retries/s vs {spare_mean:.0}/s spare (retry-after median {:.0} s, max {:.0} s)",
+            x.retry_after_p50_s, x.retry_after_max_s
+        ),
+        seconds > 0 && below == seconds,
+    ))
 }
 
 /// The shift's goodput over the whole run: each phase's (a fraction of that phase's
