@@ -245,9 +245,11 @@ def queue(r, out):
         t = [x + rt["bucket_s"] / 2 for x in s["t"]]
         d.plot(t, s["retries_per_s"], "o-", color=col, ms=3, label=f"{s['name']}: retries offered")
         d.plot(t, s["spare_per_s"], ":", color=col, label=f"{s['name']}: spare capacity")
+    d.axhline(rt["capacity_rps"], color=KNEE_COLOR, ls="--", lw=1, label="capacity")
     d.axvline(rt["run_s"], color="grey", ls="--", lw=1)
+    d.set_yscale("symlog", linthresh=10)
     d.set_xlabel("seconds since the load started (first attempts stop at the dashed line)")
-    d.set_ylabel("requests per second")
+    d.set_ylabel("requests per second (log above 10)")
     d.set_title(f"{rt['mult']:g}x overload, clients honour retry-after (max {rt['max_retries']} retries)")
     d.legend(fontsize=7)
     d.grid(alpha=0.3)

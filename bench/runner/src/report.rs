@@ -662,18 +662,35 @@ fn queue(out: &mut String, q: &crate::results::QueueBench) {
     let _ = writeln!(
         out,
         "\nEnvoy's circuit breaker waits in the upstream connection pool's pending queue \
-         (FIFO): `max_pending_requests` is what the bottleneck serves in {} ms, so a full queue \
-         drains within the wait wipgate allows. Envoy has no timeout for the pending queue \
-         alone; the route timeout, which covers the wait and the service together, is the \
-         nearest, set to {} ms plus two service times (a request cut by it is answered 504 and \
-         counts as failed). wipgate's queue keeps `max_waiting` and `order` at their defaults \
-         (1000, fifo). Unloaded p99: no protection's admitted p99 at 0.5x with Poisson arrivals \
-         ({}).\n",
-        q.timeout_ms,
+         (FIFO, one per worker): `max_pending_requests` is what the bottleneck serves in {} ms, \
+         so a full queue drains within the wait wipgate allows. Envoy has no timeout for the \
+         pending queue alone; the route timeout, which covers the wait and the service \
+         together, is the nearest: twice a full wait plus a service time, so that it only cuts \
+         requests far past the wait wipgate allows (answered 504, counted as failed). wipgate's \
+         queue keeps `max_waiting` and `order` at their defaults (1000, fifo). Unloaded p99: no \
+         protection's admitted p99 at 0.5x with Poisson arrivals ({}).\n",
         q.timeout_ms,
         crate::targets::unloaded_p99(sw)
             .map_or_else(|| "not measured".to_owned(), |u| format!("{u:.1} ms")),
     );
+    if let Some((ceiling, p50)) = crate::targets::ceiling_at_c(sw) {
+        let _ = writeln!(
+            out,
+            "**The ceiling at C.** Capacity is the nominal C / service time ({:.0} req/s). A limit \
+             of exactly C holds each slot for the whole admitted request: {p50:.1} ms at the \
+             median unloaded (no protection at 0.5x: {:.0} ms of service, the upstream's timer \
+             rounding and the proxy's path), so nothing that keeps C in flight can deliver more \
+             than C / {p50:.1} ms = {:.0} req/s, **{ceiling:.2} of capacity** on this rig. The \
+             goodput targets (0.95 at 1x, 0.97 from 2x) are above it for every setup told C; \
+             the targets give each goodput also as a share of this ceiling.\n",
+            sw.capacity_rps,
+            match sw.bottleneck {
+                crate::results::Bottleneck::Collapse { base_ms, .. } => base_ms,
+                _ => f64::NAN,
+            },
+            ceiling * sw.capacity_rps,
+        );
+    }
     let all = crate::targets::evaluate_queue(q);
     let n_met = all.iter().filter(|t| t.met).count();
     let _ = writeln!(out, "| target | this run | |\n|---|---|---|");
@@ -974,6 +991,20 @@ mod tests {
             assert!(text.contains(heading), "{heading}");
         }
         assert!(text.contains("0 of 0 targets met"));
+        assert!(!text.contains("## Bounded wait"), "not measured, not shown");
+        let with_queue = render(&Results {
+            queue: Some(crate::results::QueueBench::default()),
+            ..Results::default()
+        });
+        for heading in [
+            "## Bounded wait (issue 14)",
+            "### Poisson arrivals",
+            "### Noisy tenant, no `tenants` configuration",
+            "### Hand-off between workers",
+            "### Retry-After under sustained overload",
+        ] {
+            assert!(with_queue.contains(heading), "{heading}");
+        }
     }
 
     #[test]

@@ -97,11 +97,12 @@ pub fn pending_for(capacity_rps: f64, timeout_ms: u64) -> usize {
 }
 
 /// Envoy has no timeout for the pending queue alone: the route timeout, which covers the
-/// wait and the service, is the nearest. `timeout_ms` plus two service times at the knee
-/// cuts only requests that waited well past `timeout_ms`.
+/// wait and the service, is the nearest. Twice a wait of `timeout_ms` plus a service time at
+/// the knee: it cuts only requests far past the wait wipgate allows (each one cut wastes
+/// the bottleneck's work on it, so it must not bite in normal operation).
 #[must_use]
 pub fn pending_route_timeout(timeout_ms: u64) -> Duration {
-    Duration::from_millis(timeout_ms) + 2 * BASE
+    2 * (Duration::from_millis(timeout_ms) + BASE)
 }
 
 /// The bounded wait's four setups in front of a bottleneck of `capacity_rps` (C = `c`):

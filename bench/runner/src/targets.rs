@@ -318,6 +318,26 @@ pub const HANDOFF_P99_US: f64 = 500.0;
 /// The setups the bounded wait's targets are for.
 pub const QUEUE_JUDGED: [&str; 2] = [WIPGATE_STATIC_QUEUE, WIPGATE_ADAPTIVE_QUEUE];
 
+/// The most a limit of exactly C can deliver, as a fraction of capacity, and the slot's hold
+/// time it follows from: C over the unloaded median latency (no protection at 0.5x), in ms.
+#[must_use]
+pub fn ceiling_at_c(sw: &Sweep) -> Option<(f64, f64)> {
+    let p50 = setup(sw, NO_PROTECTION)
+        .and_then(|s| at(s, 0.5))
+        .map(|p| p.ok_p50_ms)
+        .filter(|&v| v > 0.0)?;
+    #[allow(clippy::cast_precision_loss)]
+    let c = sw.c as f64;
+    Some((c / (p50 / 1e3) / sw.capacity_rps, p50))
+}
+
+/// `goodput` as a share of the ceiling at C, when it is known: " (0.98 of the ceiling at C)".
+fn of_ceiling(sw: &Sweep, goodput: f64) -> String {
+    ceiling_at_c(sw).map_or_else(String::new, |(c, _)| {
+        format!(" ({:.2} of the ceiling at C)", goodput / c)
+    })
+}
+
 /// Issue 14's targets for each wipgate setup with the wait, then the hand-off.
 #[must_use]
 pub fn evaluate_queue(q: &QueueBench) -> Vec<Target> {
@@ -336,8 +356,9 @@ pub fn evaluate_queue(q: &QueueBench) -> Vec<Target> {
             (Some(p), Some(u), Some(b)) => target(
                 what,
                 format!(
-                    "goodput {:.3}, p99 {:.1} ms (bound {b:.1} ms = {u:.1} + {}); {:.1}% rejected",
+                    "goodput {:.3}{}, p99 {:.1} ms (bound {b:.1} ms = {u:.1} + {}); {:.1}% rejected",
                     p.goodput,
+                    of_ceiling(sw, p.goodput),
                     p.ok_p99_ms,
                     q.timeout_ms,
                     p.reject_rate * 100.0
@@ -366,7 +387,16 @@ pub fn evaluate_queue(q: &QueueBench) -> Vec<Target> {
         let what = format!(
             "{name}, Poisson from {OVERLOAD_FROM}x to {OVERLOAD_TO}x: goodput ≥ {QUEUE_GOODPUT_OVERLOAD}"
         );
-        out.push(lowest_goodput(what, w, QUEUE_GOODPUT_OVERLOAD));
+        let mut lowest = lowest_goodput(what, w, QUEUE_GOODPUT_OVERLOAD);
+        let worst = overload(w).map(|p| p.goodput).min_by(f64::total_cmp);
+        if let (Some(worst), Some((c, _))) = (worst, ceiling_at_c(sw)) {
+            let share = worst / c;
+            lowest.figure = format!(
+                "{}; the lowest is {share:.2} of the ceiling at C",
+                lowest.figure
+            );
+        }
+        out.push(lowest);
         out.extend(noisy_targets(q, name, unloaded, bound));
         out.extend(retry_target(q, name));
     }
@@ -424,7 +454,11 @@ fn noisy_targets(
     };
     let what = format!("{name}, noisy tenant: total goodput ≥ {NOISY_GOODPUT} of capacity");
     let second = match x.goodput {
-        Some(g) => target(what, format!("{g:.3}"), g >= NOISY_GOODPUT),
+        Some(g) => target(
+            what,
+            format!("{g:.3}{}", of_ceiling(&q.poisson, g)),
+            g >= NOISY_GOODPUT,
+        ),
         None => target(what, "not measured".to_owned(), false),
     };
     vec![first, second]
@@ -555,6 +589,53 @@ mod tests {
         // 0.9525 vs the circuit breaker's 0.96: within 2%, so equal; ahead of 0.8.
         let v = find(&t, "collapse: goodput ahead");
         assert!(v.met, "{v:?}");
+    }
+
+    #[test]
+    fn the_bounded_wait_is_judged_against_unloaded_p99_plus_the_timeout() {
+        let point = |mult, goodput, ok_p50_ms, ok_p99_ms| Point {
+            mult,
+            goodput,
+            ok_p50_ms,
+            ok_p99_ms,
+            sent: 1000,
+            ..Point::default()
+        };
+        let mut poisson = sweep_of(
+            "queue_poisson",
+            vec![
+                (NO_PROTECTION, vec![point(0.5, 0.5, 25.0, 30.0)]),
+                (
+                    WIPGATE_STATIC_QUEUE,
+                    vec![point(1.0, 0.96, 40.0, 80.0), point(2.0, 0.965, 70.0, 80.0)],
+                ),
+            ],
+        );
+        poisson.c = 10;
+        let q = QueueBench {
+            timeout_ms: 50,
+            poisson,
+            ..QueueBench::default()
+        };
+        // 10 slots held 25 ms each: 400 req/s, all of the capacity.
+        let (ceiling, p50) = ceiling_at_c(&q.poisson).unwrap();
+        assert!((ceiling - 1.0).abs() < 1e-9 && (p50 - 25.0).abs() < 1e-9);
+        let t = evaluate_queue(&q);
+        let one = find(&t, "wipgate static + queue, Poisson at 1x");
+        assert!(one.met, "80 ms is within 30 + 50: {one:?}");
+        let over = find(&t, "wipgate static + queue, Poisson from 2x");
+        assert!(!over.met, "0.965 is below 0.97: {over:?}");
+        assert!(
+            over.figure
+                .ends_with("the lowest is 0.96 of the ceiling at C"),
+            "{over:?}"
+        );
+        // Nothing measured of the adaptive setup, the noisy tenant or the retries: no target.
+        assert!(t
+            .iter()
+            .all(|x| !x.what.starts_with(WIPGATE_ADAPTIVE_QUEUE)));
+        let h = find(&t, "hand-off");
+        assert!(!h.met, "no hand-off measured: {h:?}");
     }
 
     #[test]
