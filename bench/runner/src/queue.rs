@@ -148,15 +148,24 @@ pub fn distribution(v: &[Duration]) -> Gaps {
     }
 }
 
+/// What the upstream saw of one closed loop through wipgate.
+struct Through {
+    spans: Vec<Span>,
+    /// Answers other than 2xx (a rejection would make a gap the client's, not a hand-off).
+    errors: usize,
+    /// wipgate's `queue.handoffs` over the measured run.
+    handoffs: Option<u64>,
+}
+
 /// A closed loop of `conns` through wipgate with `config` (two workers, `exact_balance`) in
-/// front of `upstream`, after a short warm-up: the spans the upstream saw.
-async fn spans_through(
+/// front of `upstream`, after a short warm-up.
+async fn through(
     wasm: &Wasm,
     upstream: &Upstream,
     config: &str,
     conns: usize,
     run: Duration,
-) -> Result<Vec<Span>> {
+) -> Result<Through> {
     let mut cfg = Setup::Wipgate(config.to_owned()).envoy_config(upstream.addr(), wasm);
     cfg.exact_balance = true;
     let envoy = Envoy::start(&cfg).context("starting Envoy for the hand-off")?;
@@ -168,9 +177,18 @@ async fn spans_through(
         &spec,
     )
     .await;
+    let stat = "wipgate.queue.handoffs";
+    let before = envoy.wasm_stat(stat).unwrap_or(0);
     upstream.stats().record_spans();
-    let _ = gen::closed_loop(envoy.listener_addr(), conns, run, &spec).await;
-    Ok(upstream.stats().take_spans())
+    let looped = gen::closed_loop(envoy.listener_addr(), conns, run, &spec).await;
+    let spans = upstream.stats().take_spans();
+    Ok(Through {
+        spans,
+        errors: looped.errors,
+        handoffs: envoy
+            .wasm_stat(stat)
+            .map(|after| after.saturating_sub(before)),
+    })
 }
 
 /// The hand-off seen from the upstream: at a limit of 1 with a standing queue, the idle gap
@@ -188,7 +206,7 @@ async fn handoff(wasm: &Wasm, timing: Timing) -> Result<Handoff> {
     })
     .to_string();
     let baseline_config = setup::wipgate_static(1);
-    let with_queue = spans_through(
+    let with_queue = through(
         wasm,
         &upstream,
         &queue_config,
@@ -196,9 +214,9 @@ async fn handoff(wasm: &Wasm, timing: Timing) -> Result<Handoff> {
         timing.handoff_run,
     )
     .await?;
-    let without = spans_through(wasm, &upstream, &baseline_config, 1, timing.handoff_run).await?;
-    let (cross, same) = gaps(&with_queue);
-    let (base_cross, base_same) = gaps(&without);
+    let without = through(wasm, &upstream, &baseline_config, 1, timing.handoff_run).await?;
+    let (cross, same) = gaps(&with_queue.spans);
+    let (base_cross, base_same) = gaps(&without.spans);
     let baseline: Vec<Duration> = base_cross.into_iter().chain(base_same).collect();
     Ok(Handoff {
         workers: wipgate_e2e::EnvoyConfig::new(upstream.addr()).concurrency,
@@ -207,6 +225,8 @@ async fn handoff(wasm: &Wasm, timing: Timing) -> Result<Handoff> {
         run_s: timing.handoff_run.as_secs_f64(),
         queue_config,
         baseline_config,
+        errors: with_queue.errors + without.errors,
+        handoffs: with_queue.handoffs,
         cross_worker: distribution(&cross),
         same_worker: distribution(&same),
         baseline: distribution(&baseline),

@@ -756,6 +756,14 @@ fn queue(out: &mut String, q: &crate::results::QueueBench) {
     );
     let _ = writeln!(
         out,
+        "wipgate counted {} hand-offs over the measured run with the queue; {} answers of \
+         the two runs were not 2xx.\n",
+        h.handoffs
+            .map_or_else(|| "(not read)".to_owned(), |n| n.to_string()),
+        h.errors
+    );
+    let _ = writeln!(
+        out,
         "| upstream idle gap | count | p50 | p99 | max |\n|---|---|---|---|---|"
     );
     for (what, g) in [
@@ -964,8 +972,14 @@ fn method(out: &mut String, r: &Results) {
         "## Reproduce\n\n`make bench` (this report, `results.json` and the PNGs; plus the control \
          service's `bench/control-sync.md`). The runner alone: `cargo run --release -p \
          wipgate-bench -- --out bench` with `WIPGATE_ENVOY` set (`--quick` for a short smoke \
-         run). The runner took {:.0} s in this run.\n",
-        r.runner_wall_s
+         run). The runner took {:.0} s in this run.{}\n",
+        r.runner_wall_s,
+        if r.queue.is_some() {
+            " `make bench-queue` (`wipgate-bench --out bench --only queue`) runs only the bounded \
+             wait's section and merges it into `results.json`, the other sections as they were."
+        } else {
+            ""
+        }
     );
 }
 

@@ -549,6 +549,11 @@ pub struct Handoff {
     pub queue_config: String,
     /// Its configuration for the baseline (no queue, one client).
     pub baseline_config: String,
+    /// Answers other than 2xx in the two measured runs (each would leave a gap that is not
+    /// a hand-off).
+    pub errors: usize,
+    /// wipgate's `queue.handoffs` over the measured run with the queue (`None`: not read).
+    pub handoffs: Option<u64>,
     /// With the queue: gaps where the next request came on the other worker's upstream
     /// connection (the hand-off across workers).
     pub cross_worker: Gaps,
