@@ -272,7 +272,7 @@ fn write_state(out: &mut Vec<u8>, state: &LimitState) {
             out.extend_from_slice(&k.dropped_from.to_le_bytes());
             out.extend_from_slice(&k.dropped_rate_mrps.to_le_bytes());
             out.push(k.drain_steps);
-            out.push(u8::from(k.was_slow));
+            out.push(u8::from(k.was_slow) | u8::from(k.probe_down_next) << 1);
         }
     }
 }
@@ -287,21 +287,25 @@ fn read_state(r: &mut Reader<'_>) -> Result<LimitState, LedgerError> {
         1 => AlgorithmState::Gradient(Gradient {
             long_rtt_us: r.u32()?,
         }),
-        2 => AlgorithmState::Knee(Knee {
-            no_load_us: r.u32()?,
-            no_load_age: r.u16()?,
-            delivered_mrps: r.u32()?,
-            delivered_age: r.u16()?,
-            phase: Phase::from_code(r.u8()?).ok_or(LedgerError::Inconsistent)?,
-            until_probe: r.u16()?,
-            probe_base_mrps: r.u32()?,
-            probe_base_us: r.u32()?,
-            probe_base_limit: r.u32()?,
-            dropped_from: r.u32()?,
-            dropped_rate_mrps: r.u32()?,
-            drain_steps: r.u8()?,
-            was_slow: r.u8()? != 0,
-        }),
+        2 => AlgorithmState::Knee(
+            Knee {
+                no_load_us: r.u32()?,
+                no_load_age: r.u16()?,
+                delivered_mrps: r.u32()?,
+                delivered_age: r.u16()?,
+                phase: Phase::from_code(r.u8()?).ok_or(LedgerError::Inconsistent)?,
+                until_probe: r.u16()?,
+                probe_base_mrps: r.u32()?,
+                probe_base_us: r.u32()?,
+                probe_base_limit: r.u32()?,
+                dropped_from: r.u32()?,
+                dropped_rate_mrps: r.u32()?,
+                drain_steps: r.u8()?,
+                was_slow: false,
+                probe_down_next: false,
+            }
+            .with_flags(r.u8()?),
+        ),
         _ => return Err(LedgerError::Inconsistent),
     };
     Ok(LimitState {
