@@ -9,10 +9,12 @@ use crate::adaptive::Outcome;
 use crate::gate::{Finish, Report, Spot, Withdrawal, DEFAULT_LEASE_MS};
 use crate::host::{Event, Host, WaitEnd};
 use crate::labels::Labels;
+use crate::ledger::Pressure;
 use crate::limits::Limits;
 use crate::log_limit::LogLimit;
 use crate::partitions::{Placement, Rule};
 use crate::queue::{WaitRoom, Waiting};
+use crate::retry_after::{retry_after_s, Jitter};
 use crate::sync::load_allowance;
 use crate::{
     Admission, Gate, GateConfig, GateError, Permit, RejectReason, Rejection, TenantName,
@@ -66,6 +68,9 @@ pub struct Admitter {
     room: RefCell<WaitRoom>,
     /// The host queue that wakes this VM; without one its requests never wait.
     wake_queue: Cell<Option<u32>>,
+    /// The pressure the last ledger write saw, for `retry-after`.
+    pressure: Cell<Pressure>,
+    jitter: Jitter,
 }
 
 impl Admitter {
@@ -93,6 +98,8 @@ impl Admitter {
             error_log: LogLimit::default(),
             room: RefCell::default(),
             wake_queue: Cell::new(None),
+            pressure: Cell::new(Pressure::default()),
+            jitter: Jitter::new(0),
         }
     }
 
@@ -202,10 +209,10 @@ impl Admitter {
                     admitted_us: now_us,
                 })
             }
-            Admission::Rejected(reason) => self.reject(host, &labels, placement, reason),
+            Admission::Rejected(reason) => self.reject(host, &labels, placement, reason, now_us),
             Admission::Waiting => {
                 let (Some(spot), Some(queue)) = (spot, self.config.queue) else {
-                    return self.reject(host, &labels, placement, RejectReason::WipLimit);
+                    return self.reject(host, &labels, placement, RejectReason::WipLimit, now_us);
                 };
                 host.record(Event::Queued(&labels));
                 self.room.borrow_mut().enter(
@@ -228,22 +235,29 @@ impl Admitter {
         labels: &Labels,
         placement: Placement,
         reason: RejectReason,
+        now_us: u64,
     ) -> Decision {
-        Decision::Rejected(self.rejection(host, labels, placement, reason))
+        Decision::Rejected(self.rejection(host, labels, placement, reason, now_us))
     }
 
+    /// The rejection of a request, counted; its `retry-after` from the last pressure seen.
     fn rejection(
         &self,
         host: &impl Host,
         labels: &Labels,
         placement: Placement,
         reason: RejectReason,
+        now_us: u64,
     ) -> Rejection {
         host.record(Event::Rejected(labels, reason));
         Rejection {
             reason,
             tenant: placement.tenant,
-            retry_after_s: self.config.retry_after_s,
+            retry_after_s: retry_after_s(
+                &self.pressure.get(),
+                self.config.retry_after_s,
+                self.jitter.next(now_us),
+            ),
         }
     }
 
@@ -309,6 +323,7 @@ impl Admitter {
                         &waiting.labels,
                         waiting.placement,
                         RejectReason::QueueTimeout,
+                        now_us,
                     );
                     Resolved::Reject(token, rejection)
                 }
@@ -466,6 +481,7 @@ impl Admitter {
             Ok(report) => {
                 self.seen_seq
                     .set(self.seen_seq.get().max(report.limits_seq));
+                self.pressure.set(report.pressure);
                 for queue in &report.wake {
                     host.wake(*queue);
                 }

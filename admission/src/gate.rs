@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use crate::adaptive::{AdaptiveConfig, Outcome};
 use crate::ledger::{
-    ClosedWindow, Ledger, LedgerError, PartitionKey, Seat, Waiter, WorkerId, LEDGER_KEY,
+    ClosedWindow, Ledger, LedgerError, PartitionKey, Pressure, Seat, Waiter, WorkerId, LEDGER_KEY,
 };
 use crate::queue::{QueueConfig, SeatRule};
 use crate::shared_data::{CasError, SharedData};
@@ -142,6 +142,8 @@ pub struct Report<T> {
     pub diverted: bool,
     /// The wake-up queues of VMs whose waiters this change handed slots to.
     pub wake: Vec<u32>,
+    /// The pressure after this change (for `retry-after`).
+    pub pressure: Pressure,
 }
 
 impl<T> Report<T> {
@@ -156,6 +158,7 @@ impl<T> Report<T> {
             window: None,
             diverted: false,
             wake: Vec::new(),
+            pressure: Pressure::default(),
         }
     }
 
@@ -170,6 +173,7 @@ impl<T> Report<T> {
             window: self.window,
             diverted: self.diverted,
             wake: self.wake,
+            pressure: self.pressure,
         }
     }
 }
@@ -263,10 +267,11 @@ impl Gate {
                     Ok(keys)
                 }
                 Err(reason) => {
-                    if reason == RejectReason::WipLimit
-                        && ledger.adaptive_limit().is_some_and(|a| a <= ceiling)
-                    {
-                        ledger.note_rejected();
+                    if reason == RejectReason::WipLimit {
+                        ledger.turned_away(now_ms);
+                        if ledger.adaptive_limit().is_some_and(|a| a <= ceiling) {
+                            ledger.note_rejected();
+                        }
                     }
                     match (self.queue, spot) {
                         (Some(queue), Some(spot))
@@ -387,6 +392,10 @@ impl Gate {
         let own_key = worker.diverted.get();
         self.update(store, worker, now_ms, rule, |ledger, _| {
             if ledger.take_waiter(id, token) {
+                if keep {
+                    // Its deadline came: it is turned away now.
+                    ledger.turned_away(now_ms);
+                }
                 return Ok(Withdrawal::Withdrawn);
             }
             Ok(match ledger.take_grant(id, token) {
@@ -535,6 +544,7 @@ impl Gate {
                         window,
                         diverted,
                         wake,
+                        pressure: ledger.pressure(now_ms),
                     });
                 }
                 Err(CasError::Mismatch) => continue,

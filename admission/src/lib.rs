@@ -24,6 +24,7 @@ pub mod log_limit;
 pub mod partitions;
 pub mod queue;
 pub mod rejection;
+pub mod retry_after;
 pub mod shared_data;
 pub mod sync;
 pub mod tenant;

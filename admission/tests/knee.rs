@@ -140,3 +140,34 @@ fn slow_requests_behind_a_low_limit_still_move_it() {
     let late = r.limit_at(39.0).unwrap();
     assert!((14..=26).contains(&late), "limit {late} at 39 s");
 }
+
+/// Normal load (half the capacity) for 1.5 s, then a flood for 5 s, as a benchmark point: the
+/// goodput of those first 5 s is mostly how fast the limit gets from where normal load left
+/// it to the knee.
+fn flood_after_normal_load(model: Model, load: f64, config: &str) -> (Scenario, sim::Run) {
+    let mut s = Scenario::new(model, load, config);
+    s.load = Box::new(move |t| if t < 1.5 { 0.5 } else { load });
+    s.warmup_s = 1.5;
+    s.duration_s = 6.5;
+    let r = s.run();
+    (s, r)
+}
+
+#[test]
+fn a_flood_after_normal_load_reaches_the_knee_within_seconds() {
+    let queue = Model::Queue {
+        c: 10,
+        service_us: 25_000.0,
+    };
+    for load in [2.0, 3.0, 10.0] {
+        for (name, model, least) in [("collapse", collapse(), 0.8), ("queue", queue, 0.9)] {
+            let (s, r) = flood_after_normal_load(model, load, DEFAULT);
+            describe(&format!("flood {name} {load}x"), &s, &r);
+            let goodput = r.goodput_per_s / s.model.capacity_per_s();
+            assert!(goodput >= least, "{name} {load}x: goodput {goodput:.2}");
+            // The drain stops once latency is back at no load: never far below the knee.
+            let lowest = r.limits.iter().filter(|(t, _)| *t > 3.0).map(|(_, l)| *l).min();
+            assert!(lowest >= Some(7), "{name} {load}x: down to {lowest:?}");
+        }
+    }
+}

@@ -22,11 +22,18 @@
 //!   latency and the limit goes back where it was (`slower`).
 //! - **Probe.** With demand above the limit, the limit rises by a tenth per window (`probe`)
 //!   until more in flight stops delivering more while latency rises; then it settles at the
-//!   knee and the next probe waits `probe_every_windows`: probes are brief and rare.
+//!   knee (no higher than where the probe started) and the next probe waits
+//!   `probe_every_windows`: probes are brief and rare. Every other due probe goes down by a
+//!   tenth for one window (as BBR probes its round-trip time): as much delivered, sooner,
+//!   means the limit sat above the knee by less than the tolerance shows, and it stays lower.
+//! - **Drain ends at no load.** While draining after a drop, a window back at the no-load
+//!   latency ends the drain, whatever it delivered: a collapsing resource delivers more at
+//!   its knee than crowded above it, so the rate alone would drain on past the knee.
 //! - **Headroom.** With demand below the limit, the limit keeps twice the peak in flight plus
 //!   four, and a quarter above the knee: light load is never turned away.
 //! - **Cold start** at `max_inflight`: nothing is turned away while nothing is known. If the
-//!   very first window already needs more, the limit restarts low and doubles per window
+//!   very first window already needs more, or work piled up in it far beyond what completed
+//!   (a flood into an unmeasured bottleneck), the limit restarts low and doubles per window
 //!   while the delivered rate grows by a quarter (BBR's startup), then drains or probes.
 //! - Errors still pull the limit down first (the loop every algorithm shares).
 //!
@@ -55,6 +62,10 @@ const HEADROOM: f64 = 1.25;
 const STARTUP_GREW: f64 = 1.25;
 /// An unconfirmed estimate moves by at most this factor per memory period.
 const DRIFT: f64 = 1.25;
+/// While draining, a window counts as queued only when slower than the no-load latency by
+/// more than this share of `queue_tolerance`: a drain ends as soon as latency is back at
+/// no load, not only when the delivered rate falls.
+const DRAINED: f64 = 0.25;
 
 /// Where the algorithm is in its life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -115,6 +126,8 @@ pub struct Knee {
     pub drain_steps: u8,
     /// The last window was slower than the no-load latency allows.
     pub was_slow: bool,
+    /// The next due probe goes down rather than up.
+    pub probe_down_next: bool,
 }
 
 /// Whether a window measured the backlog admitted under a higher limit rather than this one
@@ -124,6 +137,13 @@ pub struct Knee {
 /// do not make it look like a backlog; the margin covers the histogram's bucket width (19%).
 fn backlog(rate: f64, p50_us: f64, limit: u32) -> bool {
     rate * p50_us / 1e6 > f64::from(limit) * 1.25
+}
+
+/// Whether the window's in-flight peak is far above what its completions account for
+/// (Little's law: mean in flight = rate x latency): work arrived far faster than it
+/// completed, as when a flood meets a bottleneck that has not been measured yet.
+fn piling_up(sample: &Sample, rate: f64, mean_us: f64) -> bool {
+    f64::from(sample.peak_inflight) > 4.0 * rate * mean_us / 1e6 + 4.0
 }
 
 /// What the knee algorithm believes, for gauges.
@@ -146,6 +166,15 @@ fn micros(us: f64) -> u32 {
 }
 
 impl Knee {
+    /// The same state with its two flags (`was_slow`, `probe_down_next`) read from one byte,
+    /// as the ledger stores them.
+    #[must_use]
+    pub fn with_flags(mut self, flags: u8) -> Self {
+        self.was_slow = flags & 1 != 0;
+        self.probe_down_next = flags & 2 != 0;
+        self
+    }
+
     /// The estimates, for gauges.
     pub fn estimates(&self) -> KneeEstimates {
         KneeEstimates {
@@ -235,8 +264,14 @@ impl Knee {
             self.until_probe = config.probe_every_windows;
             return Assessment::Set(from, ChangeReason::Slower);
         }
-        if !fell && limit > bounds.min {
-            // As much delivered with less in flight: still above the knee. Drain on.
+        // A window at about the no-load latency has no standing queue, whatever it delivered:
+        // the limit is at or below the knee (a collapsing resource delivers more at its
+        // knee than it did crowded above it, so the rate alone would drain on past the knee).
+        let tolerance = config.queue_tolerance * DRAINED;
+        let queued = mean_us > f64::from(self.no_load_us) * (1.0 + tolerance);
+        if !fell && queued && limit > bounds.min {
+            // As much delivered with less in flight, and still slower than no load: still
+            // above the knee. Drain on.
             self.observe(rate, mean_us, config);
             self.dropped_from = limit;
             self.dropped_rate_mrps = mrps(rate);
@@ -263,6 +298,45 @@ impl Knee {
         self.probe_base_limit = limit;
         let up = (f64::from(limit) * PROBE_GAIN).floor() as u32;
         Assessment::Set(up.max(limit.saturating_add(1)), ChangeReason::Probe)
+    }
+
+    /// Probes below the limit for one window: in a queue or past a collapse, less in flight
+    /// delivers as much, sooner; at the knee it delivers less. This is what finds a limit
+    /// that crept above the knee by less than `queue_tolerance` shows.
+    fn probe_down(&mut self, rate: f64, mean_us: f64, limit: u32, bounds: Bounds) -> Assessment {
+        self.probe_base_mrps = mrps(rate).max(1);
+        self.probe_base_us = micros(mean_us);
+        self.probe_base_limit = limit;
+        let down = (f64::from(limit) / PROBE_GAIN).ceil() as u32;
+        Assessment::Set(
+            down.min(limit.saturating_sub(1)).max(bounds.min),
+            ChangeReason::Probe,
+        )
+    }
+
+    /// After a probe down: keep the lower limit when it delivered about as much (not less in
+    /// proportion) and sooner; else go back up.
+    fn judge_probe_down(
+        &mut self,
+        rate: f64,
+        mean_us: f64,
+        limit: u32,
+        config: &AdaptiveConfig,
+    ) -> Assessment {
+        let base_limit = self.probe_base_limit;
+        let shrink = f64::from(limit) / f64::from(base_limit.max(1));
+        let half_step = (1.0 - shrink) / 2.0;
+        let base_rate = f64::from(self.probe_base_mrps) / 1_000.0;
+        let base_us = f64::from(self.probe_base_us);
+        self.probe_base_mrps = 0;
+        self.until_probe = config.probe_every_windows;
+        if rate >= base_rate * (1.0 - half_step) && mean_us < base_us * (1.0 - half_step) {
+            (self.no_load_us, self.no_load_age) =
+                (micros(mean_us.min(f64::from(self.no_load_us))), 0);
+            Assessment::Hold
+        } else {
+            Assessment::Set(base_limit, ChangeReason::Knee)
+        }
     }
 
     /// Whether the probe under way found the knee: more in flight stopped delivering more
@@ -323,9 +397,10 @@ impl LimitAlgorithm for Knee {
         if self.dropped_from > 0 {
             return self.drain(sample, rate, mean_us, limit, config, bounds);
         }
-        if self.phase == Phase::Fresh && sample.pressed() {
-            // Demand beyond the ceiling before anything was known: this window was measured
-            // in a crowd. Start low and measure.
+        if self.phase == Phase::Fresh && (sample.pressed() || piling_up(sample, rate, mean_us)) {
+            // Demand beyond the ceiling before anything was known, or work piling up far
+            // beyond what completes: this window was measured in a crowd, and its latency is
+            // no no-load latency. Start low and measure.
             *self = Knee {
                 phase: Phase::Startup,
                 ..Knee::default()
@@ -371,17 +446,37 @@ impl LimitAlgorithm for Knee {
                     Assessment::Hold
                 }
             }
+            Phase::Steady if self.probe_base_mrps > 0 && limit < self.probe_base_limit => {
+                self.judge_probe_down(rate, mean_us, limit, config)
+            }
             Phase::Steady if self.probe_base_mrps > 0 => {
                 if self.probe_found_knee(rate, mean_us, limit) {
-                    self.settle(limit, config)
+                    // More in flight delivered less, slower: the knee is no higher than where
+                    // the probe started, whatever the estimate rounds to.
+                    let base = self.probe_base_limit;
+                    match self.settle(limit, config) {
+                        Assessment::Set(knee, reason) if knee > base => {
+                            Assessment::Set(base, reason)
+                        }
+                        Assessment::Hold if limit > base => {
+                            Assessment::Set(base, ChangeReason::Knee)
+                        }
+                        settled => settled,
+                    }
                 } else {
                     self.probe(rate, mean_us, limit)
                 }
             }
             Phase::Fresh | Phase::Steady => {
+                if self.until_probe == 0 && self.probe_down_next && limit > bounds.min {
+                    // Every other due probe looks below the limit.
+                    self.probe_down_next = false;
+                    return self.probe_down(rate, mean_us, limit, bounds);
+                }
                 if self.until_probe == 0 || f64::from(limit) < self.knee() * 0.9 {
                     // A probe is due, or the limit is below a knee that was measured: see
                     // what more delivers.
+                    self.probe_down_next = self.until_probe == 0;
                     return self.probe(rate, mean_us, limit);
                 }
                 self.until_probe -= 1;

@@ -4,7 +4,9 @@
 
 use thiserror::Error;
 
-use super::{Grant, Ledger, PartitionKey, Seat, Waiter, WorkerEntry, WorkerId, MAX_WORKERS};
+use super::{
+    DrainMeter, Grant, Ledger, PartitionKey, Seat, Waiter, WorkerEntry, WorkerId, MAX_WORKERS,
+};
 use crate::adaptive::aimd::Aimd;
 use crate::adaptive::gradient::Gradient;
 use crate::adaptive::histogram::Histogram;
@@ -28,6 +30,8 @@ pub const LEDGER_KEY: &str = concat!("wipgate.ledger.v", format_version!());
 const HEADER_LEN: usize = 1 + 4 + 8 + 2;
 const ENTRY_HEAD_LEN: usize = 4 + 4 + 8 + 2;
 const PART_LEN: usize = 8 + 4;
+#[cfg(test)]
+const DRAIN_LEN: usize = 8 + 4 + 4 + 8 + 8;
 const WAITER_LEN: usize = 4 + 4 + 4 + 8 + 8 + 8 + 8;
 
 /// Why bytes read from shared data are not a ledger.
@@ -87,6 +91,7 @@ impl Ledger {
             }
         }
         write_queue(&mut out, &self.waiters, &self.grants);
+        write_drain(&mut out, &self.drain);
         out
     }
 
@@ -129,6 +134,7 @@ impl Ledger {
             _ => return Err(LedgerError::Inconsistent),
         };
         let (waiters, grants) = read_queue(&mut r)?;
+        let drain = read_drain(&mut r)?;
         if r.remaining() != 0 {
             return Err(LedgerError::Length(bytes.len()));
         }
@@ -145,8 +151,28 @@ impl Ledger {
             adaptive,
             waiters,
             grants,
+            drain,
         })
     }
+}
+
+/// The drain meter: window start, completions, rate, overload start, last turned away.
+fn write_drain(out: &mut Vec<u8>, d: &DrainMeter) {
+    out.extend_from_slice(&d.window_start_ms.to_le_bytes());
+    out.extend_from_slice(&d.completed.to_le_bytes());
+    out.extend_from_slice(&d.rate_mrps.to_le_bytes());
+    out.extend_from_slice(&d.overloaded_since_ms.to_le_bytes());
+    out.extend_from_slice(&d.turned_away_ms.to_le_bytes());
+}
+
+fn read_drain(r: &mut Reader<'_>) -> Result<DrainMeter, LedgerError> {
+    Ok(DrainMeter {
+        window_start_ms: r.u64()?,
+        completed: r.u32()?,
+        rate_mrps: r.u32()?,
+        overloaded_since_ms: r.u64()?,
+        turned_away_ms: r.u64()?,
+    })
 }
 
 /// Waiters (count, then worker, token, queue, tenant, class or 0, since, deadline) and grants
@@ -246,7 +272,7 @@ fn write_state(out: &mut Vec<u8>, state: &LimitState) {
             out.extend_from_slice(&k.dropped_from.to_le_bytes());
             out.extend_from_slice(&k.dropped_rate_mrps.to_le_bytes());
             out.push(k.drain_steps);
-            out.push(u8::from(k.was_slow));
+            out.push(u8::from(k.was_slow) | u8::from(k.probe_down_next) << 1);
         }
     }
 }
@@ -261,21 +287,25 @@ fn read_state(r: &mut Reader<'_>) -> Result<LimitState, LedgerError> {
         1 => AlgorithmState::Gradient(Gradient {
             long_rtt_us: r.u32()?,
         }),
-        2 => AlgorithmState::Knee(Knee {
-            no_load_us: r.u32()?,
-            no_load_age: r.u16()?,
-            delivered_mrps: r.u32()?,
-            delivered_age: r.u16()?,
-            phase: Phase::from_code(r.u8()?).ok_or(LedgerError::Inconsistent)?,
-            until_probe: r.u16()?,
-            probe_base_mrps: r.u32()?,
-            probe_base_us: r.u32()?,
-            probe_base_limit: r.u32()?,
-            dropped_from: r.u32()?,
-            dropped_rate_mrps: r.u32()?,
-            drain_steps: r.u8()?,
-            was_slow: r.u8()? != 0,
-        }),
+        2 => AlgorithmState::Knee(
+            Knee {
+                no_load_us: r.u32()?,
+                no_load_age: r.u16()?,
+                delivered_mrps: r.u32()?,
+                delivered_age: r.u16()?,
+                phase: Phase::from_code(r.u8()?).ok_or(LedgerError::Inconsistent)?,
+                until_probe: r.u16()?,
+                probe_base_mrps: r.u32()?,
+                probe_base_us: r.u32()?,
+                probe_base_limit: r.u32()?,
+                dropped_from: r.u32()?,
+                dropped_rate_mrps: r.u32()?,
+                drain_steps: r.u8()?,
+                was_slow: false,
+                probe_down_next: false,
+            }
+            .with_flags(r.u8()?),
+        ),
         _ => return Err(LedgerError::Inconsistent),
     };
     Ok(LimitState {
@@ -363,8 +393,8 @@ mod tests {
     }
 
     /// What follows the entries of a ledger without adaptive state or waiters: the adaptive
-    /// tag and the two (zero) counts of waiters and grants.
-    const EMPTY_TAIL: usize = 1 + 2 + 2;
+    /// tag, the two (zero) counts of waiters and grants, and the drain meter.
+    const EMPTY_TAIL: usize = 1 + 2 + 2 + DRAIN_LEN;
 
     #[test]
     fn decode_refuses_garbage() {

@@ -8,12 +8,14 @@
 //! size follows the work in flight, never the number of tenants ever seen.
 
 mod codec;
+mod drain;
 mod partition_key;
 mod waiters;
 
 use std::collections::BTreeMap;
 
 pub use codec::{LedgerError, FORMAT_VERSION, LEDGER_KEY};
+pub use drain::{DrainMeter, Pressure};
 pub use partition_key::PartitionKey;
 pub use waiters::{Grant, Seat, Waiter};
 
@@ -79,6 +81,8 @@ pub struct Ledger {
     waiters: Vec<Waiter>,
     /// Slots handed to waiters, not yet picked up by their VM.
     grants: Vec<Grant>,
+    /// Completion rate and overload age, for `retry-after`.
+    drain: DrainMeter,
 }
 
 /// A window that closed during a ledger change: what it measured, and the limit after it.
@@ -254,7 +258,20 @@ impl Ledger {
         };
         entry.inflight = entry.inflight.saturating_sub(1);
         keys.iter().for_each(|k| entry.remove(*k));
+        self.drain.completed(now_ms);
         true
+    }
+
+    /// A request was turned away (rejected, or made to wait) for want of a slot.
+    pub fn turned_away(&mut self, now_ms: u64) {
+        self.drain.turned_away(now_ms);
+    }
+
+    /// The pressure a rejection now sees: the work ahead, the completion rate, the
+    /// overload's age.
+    pub fn pressure(&self, now_ms: u64) -> Pressure {
+        let backlog = self.total() + (self.waiters.len() + self.grants.len()) as u64;
+        self.drain.pressure(backlog, now_ms)
     }
 
     /// Drops the entries not seen for `lease_ms` and returns how many slots they held.
