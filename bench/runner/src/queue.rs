@@ -259,7 +259,13 @@ fn per_s(
 
 /// One retrying run's figures.
 #[must_use]
-pub fn retry_setup(name: &str, run: &OpenLoopRun, capacity: f64, span: Duration) -> RetrySetup {
+pub fn retry_setup(
+    name: &str,
+    run: &OpenLoopRun,
+    capacity: f64,
+    span: Duration,
+    max_retries: u32,
+) -> RetrySetup {
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let n = (span.as_secs_f64() / RETRY_BUCKET.as_secs_f64()).ceil() as usize;
     let fresh_per_s = per_s(run, RETRY_BUCKET, n, |r| (r.attempt == 0).then_some(r.due));
@@ -278,6 +284,13 @@ pub fn retry_setup(name: &str, run: &OpenLoopRun, capacity: f64, span: Duration)
         ok: count(&|r| r.kind == Kind::Ok),
         rejected: count(&|r| r.kind == Kind::Rejected),
         failed: count(&|r| r.kind == Kind::Failed),
+        exhausted: count(&|r| r.kind == Kind::Rejected && r.attempt >= max_retries),
+        past_window: count(&|r| {
+            r.kind == Kind::Rejected
+                && r.attempt < max_retries
+                && r.retry_after
+                    .is_some_and(|after| r.due + r.latency + after > span)
+        }),
         retry_after_p50_s: gen::percentile(&retry_after, 50.0).as_secs_f64(),
         retry_after_max_s: retry_after
             .last()
@@ -330,7 +343,7 @@ async fn retry_after(
         )
         .await;
         drop(envoy);
-        out.push(retry_setup(name, &run, capacity, until));
+        out.push(retry_setup(name, &run, capacity, until, MAX_RETRIES));
     }
     Ok(RetryAfter {
         capacity_rps: capacity,
@@ -399,13 +412,16 @@ mod tests {
             max_conns: 1,
             gen_overflow: 0,
         };
-        let s = retry_setup("x", &run, 5.0, Duration::from_secs(3));
+        let s = retry_setup("x", &run, 5.0, Duration::from_secs(3), 1);
         assert_eq!((s.fresh, s.retries, s.ok, s.rejected), (3, 1, 3, 1));
+        assert_eq!((s.exhausted, s.past_window), (0, 0));
         assert_eq!(s.fresh_per_s, [2.0, 1.0, 0.0]);
         assert_eq!(s.retries_per_s, [0.0, 1.0, 0.0]);
         // The last one completes at 2.1 s.
         assert_eq!(s.ok_per_s, [1.0, 1.0, 1.0]);
         assert_eq!(s.spare_per_s, [4.0, 4.0, 4.0]);
         assert!((s.retry_after_p50_s - 1.0).abs() < 1e-9);
+        let s = retry_setup("x", &run, 5.0, Duration::from_millis(1_100), 1);
+        assert_eq!(s.past_window, 1, "its retry at 1.201 s is past 1.1 s");
     }
 }

@@ -795,18 +795,21 @@ fn queue(out: &mut String, q: &crate::results::QueueBench) {
     );
     let _ = writeln!(
         out,
-        "| setup | first attempts | retries | ok | rejected | failed | retry-after median / max |\n|---|---|---|---|---|---|---|"
+        "| setup | first attempts | retries | ok | rejected | failed | given up: after {} retries / retry due after {} s | retry-after median / max |\n|---|---|---|---|---|---|---|---|",
+        r.max_retries, r.until_s
     );
     for x in &r.setups {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {:.0} s / {:.0} s |",
+            "| {} | {} | {} | {} | {} | {} | {} / {} | {:.0} s / {:.0} s |",
             x.name,
             x.fresh,
             x.retries,
             x.ok,
             x.rejected,
             x.failed,
+            x.exhausted,
+            x.past_window,
             x.retry_after_p50_s,
             x.retry_after_max_s
         );

@@ -613,6 +613,10 @@ pub struct RetrySetup {
     pub rejected: usize,
     /// Attempts that failed otherwise.
     pub failed: usize,
+    /// Requests still rejected after their last allowed retry.
+    pub exhausted: usize,
+    /// Requests whose next retry would have been due after `until_s`: not sent.
+    pub past_window: usize,
     /// The `retry-after` values the clients were given, in seconds: median and largest.
     pub retry_after_p50_s: f64,
     /// See `retry_after_p50_s`.

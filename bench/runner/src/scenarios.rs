@@ -97,7 +97,7 @@ impl Timing {
                 pgbench_clients: &[1, 2, 4, 8, 16, 32, 64],
                 handoff_run: Duration::from_secs(3),
                 retry_run: Duration::from_secs(15),
-                retry_tail: Duration::from_secs(5),
+                retry_tail: Duration::from_secs(10),
             }
         }
     }
