@@ -47,6 +47,7 @@ pub async fn run(wasm: &Wasm, timing: Timing, quick: bool) -> Result<QueueBench>
             config: describe(setup),
         })
         .collect();
+    let service_ms = measured_service(timing).await?;
     let mut with_baseline = vec![(setup::NO_PROTECTION, Setup::Bare)];
     with_baseline.extend(setups.iter().cloned());
     let spec = Spec {
@@ -88,6 +89,7 @@ pub async fn run(wasm: &Wasm, timing: Timing, quick: bool) -> Result<QueueBench>
         timeout_ms,
         setups: described,
         seed: SEED,
+        service_ms,
         poisson,
         noisy,
         handoff,
@@ -97,6 +99,21 @@ pub async fn run(wasm: &Wasm, timing: Timing, quick: bool) -> Result<QueueBench>
 
 /// The load whose no-protection p99 is the unloaded p99.
 pub const UNLOADED: f64 = 0.5;
+
+/// Half the knee in flight, straight to a fresh upstream of `SHAPE` (no proxy) for a
+/// second: the mean time the upstream holds a request, in ms.
+async fn measured_service(timing: Timing) -> Result<f64> {
+    let upstream = SHAPE.start(&wipgate_e2e::Slowdown::default())?;
+    let spec = RequestSpec::get("/");
+    upstream.stats().record_spans();
+    let _ = gen::closed_loop(upstream.addr(), setup::KNEE / 2, timing.handoff_run, &spec).await;
+    let spans = upstream.stats().take_spans();
+    let held: Vec<f64> = spans
+        .iter()
+        .map(|s| scenarios::ms(s.end.saturating_duration_since(s.start)))
+        .collect();
+    Ok(crate::analysis::mean(&held))
+}
 
 /// What a setup runs, for the report.
 fn describe(setup: &Setup) -> String {

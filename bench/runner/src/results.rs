@@ -512,6 +512,9 @@ pub struct QueueBench {
     pub setups: Vec<QueueSetup>,
     /// The Poisson arrivals' seed (the same schedule for every setup at one load).
     pub seed: u64,
+    /// The bottleneck's own time per request as it served it (mean, in ms, measured at the
+    /// upstream below its knee with no proxy): C over it is the most C in flight deliver.
+    pub service_ms: f64,
     /// Every setup at multiples of capacity, Poisson arrivals; "no protection" at 0.5x only
     /// (the unloaded p99).
     pub poisson: Sweep,

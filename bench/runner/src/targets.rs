@@ -318,22 +318,20 @@ pub const HANDOFF_P99_US: f64 = 500.0;
 /// The setups the bounded wait's targets are for.
 pub const QUEUE_JUDGED: [&str; 2] = [WIPGATE_STATIC_QUEUE, WIPGATE_ADAPTIVE_QUEUE];
 
-/// The most a limit of exactly C can deliver, as a fraction of capacity, and the slot's hold
-/// time it follows from: C over the unloaded median latency (no protection at 0.5x), in ms.
+/// The most C in flight can deliver, as a fraction of the nominal capacity: C over the
+/// bottleneck's own measured time per request.
 #[must_use]
-pub fn ceiling_at_c(sw: &Sweep) -> Option<(f64, f64)> {
-    let p50 = setup(sw, NO_PROTECTION)
-        .and_then(|s| at(s, 0.5))
-        .map(|p| p.ok_p50_ms)
-        .filter(|&v| v > 0.0)?;
+pub fn ceiling_at_c(q: &QueueBench) -> Option<f64> {
+    let sw = &q.poisson;
     #[allow(clippy::cast_precision_loss)]
     let c = sw.c as f64;
-    Some((c / (p50 / 1e3) / sw.capacity_rps, p50))
+    (q.service_ms > 0.0 && sw.capacity_rps > 0.0)
+        .then(|| c / (q.service_ms / 1e3) / sw.capacity_rps)
 }
 
 /// `goodput` as a share of the ceiling at C, when it is known: " (0.98 of the ceiling at C)".
-fn of_ceiling(sw: &Sweep, goodput: f64) -> String {
-    ceiling_at_c(sw).map_or_else(String::new, |(c, _)| {
+fn of_ceiling(q: &QueueBench, goodput: f64) -> String {
+    ceiling_at_c(q).map_or_else(String::new, |c| {
         format!(" ({:.2} of the ceiling at C)", goodput / c)
     })
 }
@@ -358,7 +356,7 @@ pub fn evaluate_queue(q: &QueueBench) -> Vec<Target> {
                 format!(
                     "goodput {:.3}{}, p99 {:.1} ms (bound {b:.1} ms = {u:.1} + {}); {:.1}% rejected",
                     p.goodput,
-                    of_ceiling(sw, p.goodput),
+                    of_ceiling(q, p.goodput),
                     p.ok_p99_ms,
                     q.timeout_ms,
                     p.reject_rate * 100.0
@@ -389,7 +387,7 @@ pub fn evaluate_queue(q: &QueueBench) -> Vec<Target> {
         );
         let mut lowest = lowest_goodput(what, w, QUEUE_GOODPUT_OVERLOAD);
         let worst = overload(w).map(|p| p.goodput).min_by(f64::total_cmp);
-        if let (Some(worst), Some((c, _))) = (worst, ceiling_at_c(sw)) {
+        if let (Some(worst), Some(c)) = (worst, ceiling_at_c(q)) {
             let share = worst / c;
             lowest.figure = format!(
                 "{}; the lowest is {share:.2} of the ceiling at C",
@@ -456,7 +454,7 @@ fn noisy_targets(
     let second = match x.goodput {
         Some(g) => target(
             what,
-            format!("{g:.3}{}", of_ceiling(&q.poisson, g)),
+            format!("{g:.3}{}", of_ceiling(q, g)),
             g >= NOISY_GOODPUT,
         ),
         None => target(what, "not measured".to_owned(), false),
@@ -614,12 +612,13 @@ mod tests {
         poisson.c = 10;
         let q = QueueBench {
             timeout_ms: 50,
+            service_ms: 25.0,
             poisson,
             ..QueueBench::default()
         };
         // 10 slots held 25 ms each: 400 req/s, all of the capacity.
-        let (ceiling, p50) = ceiling_at_c(&q.poisson).unwrap();
-        assert!((ceiling - 1.0).abs() < 1e-9 && (p50 - 25.0).abs() < 1e-9);
+        let ceiling = ceiling_at_c(&q).unwrap();
+        assert!((ceiling - 1.0).abs() < 1e-9);
         let t = evaluate_queue(&q);
         let one = find(&t, "wipgate static + queue, Poisson at 1x");
         assert!(one.met, "80 ms is within 30 + 50: {one:?}");
