@@ -209,6 +209,10 @@ def queue(r, out):
         b.plot([x for x, _ in ok], [v for _, v in ok], "o-", color=col, label=s["name"])
     a.axhline(0.97, ls=":", color="grey", label="0.97 (2x-10x target)")
     a.axhline(0.95, ls="--", color="grey", lw=0.8, label="0.95 (1x target)")
+    if q.get("service_ms"):
+        ceiling = sw["c"] / (q["service_ms"] / 1000) / sw["capacity_rps"]
+        a.axhline(ceiling, ls="-.", color=KNEE_COLOR, lw=0.8,
+                  label=f"ceiling at C ({ceiling:.2f}: C / measured service time)")
     a.set_ylim(0, 1.1)
     a.set_title("goodput (fraction of capacity), Poisson arrivals")
     if unloaded is not None:
@@ -243,11 +247,13 @@ def queue(r, out):
     for s in rt["setups"]:
         col = COLORS.get(s["name"])
         t = [x + rt["bucket_s"] / 2 for x in s["t"]]
-        d.plot(t, s["retries_per_s"], "o-", color=col, ms=3, label=f"{s['name']}: retries offered")
+        d.plot(t, s["retries_per_s"], "o-", color=col, ms=3,
+               label=f"{s['name']}: retries offered (retry-after median {s['retry_after_p50_s']:.0f} s)")
         d.plot(t, s["spare_per_s"], ":", color=col, label=f"{s['name']}: spare capacity")
     d.axhline(rt["capacity_rps"], color=KNEE_COLOR, ls="--", lw=1, label="capacity")
     d.axvline(rt["run_s"], color="grey", ls="--", lw=1)
     d.set_yscale("symlog", linthresh=10)
+    d.set_ylim(bottom=0)
     d.set_xlabel("seconds since the load started (first attempts stop at the dashed line)")
     d.set_ylabel("requests per second (log above 10)")
     d.set_title(f"{rt['mult']:g}x overload, clients honour retry-after (max {rt['max_retries']} retries)")
