@@ -144,6 +144,10 @@ fn listener(cfg: &EnvoyConfig) -> Value {
             }
         }]}]
     });
+    if let Some(policy) = &cfg.retry_policy {
+        listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+            ["virtual_hosts"][0]["routes"][0]["route"]["retry_policy"] = policy.clone();
+    }
     if cfg.exact_balance {
         listener["connection_balance_config"] = json!({"exact_balance": {}});
     }

@@ -28,6 +28,7 @@ fn assert_wip_limit_rejection(out: &Outcome, tenant: &str) {
     assert_eq!(out.reason(), Some("wip_limit"), "{out:?}");
     assert_eq!(out.header("retry-after"), Some("2"), "{out:?}");
     assert_eq!(out.header("x-envoy-overloaded"), Some("true"), "{out:?}");
+    assert_eq!(out.header("x-envoy-ratelimited"), Some("true"), "{out:?}");
     assert_eq!(
         out.header("content-type"),
         Some("application/json"),
@@ -304,4 +305,36 @@ async fn a_client_that_does_not_read_holds_no_slot_once_the_upstream_is_done() {
     drop(stalled);
     wait_drained(&envoy, &upstream);
     assert_eq!(envoy.wasm_stat("wipgate.rq_admitted"), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
+async fn a_calling_envoy_that_retries_5xx_does_not_retry_into_the_gate() {
+    require_envoy();
+    let upstream = Upstream::start_default().unwrap();
+    let gate = start(&upstream, 1);
+    // The caller: a plain Envoy in front of the gated one, retrying 5xx twice, as an Istio
+    // sidecar does by default.
+    let mut caller = EnvoyConfig::new(gate.listener_addr());
+    caller.retry_policy = Some(json!({"retry_on": "5xx", "num_retries": 2}));
+    let caller = Envoy::start(&caller).expect("start the calling Envoy");
+    let holder = tokio::spawn({
+        let addr = gate.listener_addr();
+        async move { burst(addr, 1, RequestSpec::get("/hold").delay_ms(1_500)).await }
+    });
+    wait_until(DEADLINE, "the slot to be taken", || {
+        upstream.inflight() == 1
+    })
+    .unwrap();
+    let out = burst(caller.listener_addr(), 1, RequestSpec::get("/via-caller")).await;
+    assert_eq!(out[0].status, Some(503), "{:?}", out[0]);
+    assert_eq!(out[0].reason(), Some("wip_limit"));
+    assert_eq!(
+        gate.wasm_stat("wipgate.rq_rejected.reason.wip_limit"),
+        Some(1),
+        "one attempt reached the gate, not three"
+    );
+    assert_eq!(caller.stat("cluster.upstream.upstream_rq_retry"), Some(0));
+    assert_eq!(holder.await.unwrap()[0].status, Some(200));
+    wait_drained(&gate, &upstream);
 }
