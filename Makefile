@@ -1,6 +1,7 @@
 # wipgate: the two commands a new machine needs are `make demo` and `make test`.
 # Tiers: test-unit (admission core, native), test-control (control service against real
-# Redis/PostgreSQL), test-e2e (the filter inside a real Envoy).
+# Redis/PostgreSQL), test-e2e (the filter inside a real Envoy; the dashboard and alerts on a
+# real Prometheus), test-deploy (the deploy/ files: promtool).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -13,7 +14,7 @@ export WIPGATE_ENVOY   := $(abspath $(ENVOY))
 export WIPGATE_WASM    := $(abspath $(WASM))
 export WIPGATE_CONTROL := $(abspath target/debug/wipgate-control)
 
-.PHONY: help demo test test-unit test-control test-e2e bench filter prereqs wasm-target \
+.PHONY: help demo test test-unit test-control test-e2e test-deploy bench filter prereqs wasm-target \
         envoy lint validate-configs clean
 
 help:
@@ -60,7 +61,7 @@ filter: wasm-target
 	@ls -l $(WASM)
 
 ## ---- tests ----------------------------------------------------------------------------
-test: prereqs filter lint test-unit test-control test-e2e validate-configs
+test: prereqs filter lint test-unit test-control test-e2e test-deploy validate-configs
 
 # Each tier prints `tier: NAME` first: .ci/run counts the e2e tier's results on their own.
 # The core's unit, property and simulation tests, and the bench report's typed results.
@@ -83,10 +84,19 @@ test-control:
 # ignored): --include-ignored runs them here, with WIPGATE_ENVOY set above.
 test-e2e: prereqs filter
 	$(call need,redis-server,redis-server)
+	$(call need,prometheus,prometheus)
 	$(call need_postgres)
 	cargo build -p wipgate-control
 	@echo "tier: e2e"
 	cargo test -p wipgate-e2e -- --test-threads=1 --include-ignored
+
+# The deploy/ files an operator applies: the Prometheus rules parse and their unit tests
+# pass (promtool comes with Debian's prometheus package).
+test-deploy:
+	$(call need,promtool,prometheus)
+	@echo "tier: deploy"
+	promtool check rules deploy/prometheus/wipgate-rules.yaml
+	promtool test rules deploy/prometheus/tests/*.test.yaml
 
 lint:
 	cargo fmt --all -- --check
