@@ -1,0 +1,112 @@
+//! The files operators deploy (`deploy/`) are consistent with each other and documented:
+//! the PrometheusRule carries exactly the rules file's groups, the Grafana dashboard is
+//! well-formed for provisioning, and the README links every deploy file. What the rules and
+//! queries mean is tested elsewhere: `promtool test rules` (make test-deploy) and a real
+//! Prometheus (tests/prometheus.rs).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn read(path: &str) -> String {
+    let file = root().join(path);
+    std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
+fn yaml(path: &str) -> serde_yaml::Value {
+    serde_yaml::Value::deserialize(serde_yaml::Deserializer::from_str(&read(path)))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every file below `dir`, as a path relative to the repository root.
+fn files_below(dir: &Path, out: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_below(&path, out);
+        } else {
+            let relative = path.strip_prefix(root()).unwrap();
+            out.push(relative.to_string_lossy().replace('\\', "/"));
+        }
+    }
+}
+
+#[test]
+fn the_prometheusrule_carries_the_rules_file_verbatim() {
+    let rules = yaml("deploy/prometheus/wipgate-rules.yaml");
+    let manifest = yaml("deploy/prometheus/wipgate-prometheusrule.yaml");
+    assert_eq!(manifest["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(manifest["kind"], "PrometheusRule");
+    assert_eq!(manifest["spec"]["groups"], rules["groups"]);
+    let alerts: BTreeSet<&str> = rules["groups"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap())
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    for wanted in [
+        "WipgateWipUtilizationHigh",
+        "WipgateBottleneckSaturated",
+        "WipgateRejectionRateHigh",
+        "WipgateSyncFailing",
+        "WipgateOnStaticConfig",
+        "WipgateAdaptiveLimitAtFloor",
+        "WipgateEffectiveLoadHigh",
+    ] {
+        assert!(alerts.contains(wanted), "{wanted} missing from {alerts:?}");
+    }
+}
+
+#[test]
+fn the_dashboard_is_well_formed_for_provisioning() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/wipgate.json")).unwrap();
+    assert_eq!(dashboard["uid"], "wipgate");
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(variables
+        .iter()
+        .any(|v| v["name"] == "datasource" && v["type"] == "datasource"));
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut ids = BTreeSet::new();
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap();
+        assert!(
+            ids.insert(panel["id"].as_u64().unwrap()),
+            "{title}: id reused"
+        );
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no query");
+        let ref_ids: BTreeSet<&str> = targets
+            .iter()
+            .map(|t| t["refId"].as_str().unwrap())
+            .collect();
+        assert_eq!(ref_ids.len(), targets.len(), "{title}: refId reused");
+        for target in targets {
+            assert!(
+                !target["expr"].as_str().unwrap().trim().is_empty(),
+                "{title}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_readme_links_every_deploy_file() {
+    let readme = read("README.md");
+    let mut files = Vec::new();
+    files_below(&root().join("deploy"), &mut files);
+    assert!(files.len() >= 4, "{files:?}");
+    let missing: Vec<&String> = files
+        .iter()
+        .filter(|f| !readme.contains(&format!("({f})")))
+        .collect();
+    assert!(missing.is_empty(), "README.md links none of {missing:?}");
+}
