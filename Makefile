@@ -91,12 +91,15 @@ test-e2e: prereqs filter
 	cargo test -p wipgate-e2e -- --test-threads=1 --include-ignored
 
 # The deploy/ files an operator applies: the Prometheus rules parse and their unit tests
-# pass (promtool comes with Debian's prometheus package).
+# pass (promtool comes with Debian's prometheus package); the compose stack parses
+# (`docker-compose config` needs no Docker daemon).
 test-deploy:
 	$(call need,promtool,prometheus)
+	$(call need,docker-compose,docker-compose)
 	@echo "tier: deploy"
 	promtool check rules deploy/prometheus/wipgate-rules.yaml
 	promtool test rules deploy/prometheus/tests/*.test.yaml
+	docker-compose -f deploy/compose/docker-compose.yaml config -q && echo "valid: deploy/compose/docker-compose.yaml"
 
 lint:
 	cargo fmt --all -- --check
@@ -104,7 +107,7 @@ lint:
 	cargo clippy --release --target wasm32-wasip1 -p wipgate-filter -- -D warnings
 
 validate-configs: prereqs
-	@for f in envoy/*.yaml; do \
+	@for f in envoy/*.yaml deploy/compose/envoy.yaml; do \
 	  [ -e "$$f" ] || continue; \
 	  sed "s#/etc/wipgate/wipgate_filter.wasm#$(WIPGATE_WASM)#" "$$f" > target/validate.yaml; \
 	  $(ENVOY) --mode validate -c target/validate.yaml --log-level warn >/dev/null && echo "valid: $$f" || exit 1; \

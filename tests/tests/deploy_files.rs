@@ -1,6 +1,10 @@
 //! The files operators deploy (`deploy/`) are consistent with each other and documented:
 //! the PrometheusRule carries exactly the rules file's groups, the Grafana dashboard is
-//! well-formed for provisioning, and the README links every deploy file. What the rules and
+//! well-formed for provisioning, the compose stack's Envoy and Prometheus point at services
+//! the stack has and tag stats as `envoy/envoy.yaml` does, and the README links every
+//! deploy file. (`make test-deploy` parses the compose file with `docker-compose config`,
+//! `make validate-configs` runs its Envoy config through `envoy --mode validate`, and the
+//! control service's tests load its policy.) What the rules and
 //! queries mean is tested elsewhere: `promtool test rules` (make test-deploy) and a real
 //! Prometheus (tests/prometheus.rs).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -9,6 +13,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use wipgate_admission::GateConfig;
+use wipgate_e2e::bootstrap::STATS_TAGS;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -109,4 +115,74 @@ fn the_readme_links_every_deploy_file() {
         .filter(|f| !readme.contains(&format!("({f})")))
         .collect();
     assert!(missing.is_empty(), "README.md links none of {missing:?}");
+}
+
+/// `(tag_name, regex)` of a bootstrap's `stats_config.stats_tags`.
+fn stats_tags(bootstrap: &serde_yaml::Value) -> Vec<(String, String)> {
+    bootstrap["stats_config"]["stats_tags"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let field = |k: &str| t[k].as_str().unwrap().to_owned();
+            (field("tag_name"), field("regex"))
+        })
+        .collect()
+}
+
+#[test]
+fn every_bootstrap_tags_stats_as_the_e2e_harness_does() {
+    let harness: Vec<(String, String)> = STATS_TAGS
+        .iter()
+        .map(|(n, r)| ((*n).to_owned(), (*r).to_owned()))
+        .collect();
+    for path in ["envoy/envoy.yaml", "deploy/compose/envoy.yaml"] {
+        assert_eq!(stats_tags(&yaml(path)), harness, "{path}");
+    }
+}
+
+#[test]
+fn the_compose_stack_wires_envoy_and_prometheus_to_its_own_services() {
+    let compose = yaml("deploy/compose/docker-compose.yaml");
+    let services = compose["services"].as_mapping().unwrap();
+    let service = |host: &str| services.contains_key(host);
+
+    let envoy = yaml("deploy/compose/envoy.yaml");
+    let listener = &envoy["static_resources"]["listeners"][0];
+    let hcm = &listener["filter_chains"][0]["filters"][0]["typed_config"];
+    let wasm = &hcm["http_filters"][0]["typed_config"]["config"];
+    let json = wasm["configuration"]["value"].as_str().unwrap();
+    let config = GateConfig::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let control_cluster = config.control.unwrap().cluster;
+    let clusters = envoy["static_resources"]["clusters"].as_sequence().unwrap();
+    assert!(clusters
+        .iter()
+        .any(|c| c["name"] == control_cluster.as_str()));
+    for cluster in clusters {
+        let endpoint = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0];
+        let host = endpoint["endpoint"]["address"]["socket_address"]["address"]
+            .as_str()
+            .unwrap();
+        assert!(
+            service(host),
+            "cluster {:?}: no service {host}",
+            cluster["name"]
+        );
+    }
+    let control_env = &services["control"]["environment"];
+    assert_eq!(control_env["WIPGATE_LISTEN"], "0.0.0.0:8080");
+
+    let prometheus = yaml("deploy/compose/prometheus.yml");
+    let jobs = prometheus["scrape_configs"].as_sequence().unwrap();
+    assert_eq!(jobs.len(), 2);
+    for job in jobs {
+        for target in job["static_configs"][0]["targets"].as_sequence().unwrap() {
+            let host = target.as_str().unwrap().split(':').next().unwrap();
+            assert!(
+                service(host),
+                "job {:?}: no service {host}",
+                job["job_name"]
+            );
+        }
+    }
 }
