@@ -23,6 +23,8 @@ pub mod limits;
 pub mod log_limit;
 pub mod partitions;
 pub mod rejection;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod shared_data;
 pub mod sync;
 pub mod tenant;
