@@ -186,3 +186,41 @@ fn the_compose_stack_wires_envoy_and_prometheus_to_its_own_services() {
         }
     }
 }
+
+/// `--config.KEY VALUE` of the umoci call in deploy/images/control-image.sh.
+fn umoci_config(script: &str, key: &str) -> String {
+    let flag = format!("--config.{key} ");
+    let line = script
+        .lines()
+        .find(|l| l.trim_start().starts_with(&flag))
+        .unwrap();
+    let value = line.trim_start().trim_start_matches(&flag);
+    value.trim_end_matches('\\').trim().to_owned()
+}
+
+#[test]
+fn the_dockerfile_builds_the_image_make_images_builds() {
+    let dockerfile = read("Dockerfile");
+    let script = read("deploy/images/control-image.sh");
+    let last_from = dockerfile
+        .lines()
+        .rfind(|l| l.starts_with("FROM "))
+        .unwrap();
+    assert_eq!(
+        last_from, "FROM scratch",
+        "no shell, no libc in the final stage"
+    );
+    let user = umoci_config(&script, "user");
+    assert_ne!(user.split(':').next(), Some("0"));
+    assert!(
+        dockerfile.contains(&format!("\nUSER {user}\n")),
+        "USER {user}"
+    );
+    let entrypoint = umoci_config(&script, "entrypoint");
+    assert!(dockerfile.contains(&format!("ENTRYPOINT [\"{entrypoint}\"]")));
+    let env = umoci_config(&script, "env");
+    assert!(dockerfile.contains(&format!("\nENV {env}\n")), "ENV {env}");
+    assert!(dockerfile.contains("--target x86_64-unknown-linux-musl"));
+    assert!(read("Makefile").contains("MUSL          := x86_64-unknown-linux-musl"));
+    assert!(read("README.md").contains("(Dockerfile)"));
+}
