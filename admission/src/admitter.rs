@@ -6,11 +6,15 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::adaptive::Outcome;
-use crate::gate::{Finish, Report, DEFAULT_LEASE_MS};
-use crate::host::{Event, Host};
+use crate::gate::{Finish, Report, Spot, Withdrawal, DEFAULT_LEASE_MS};
+use crate::host::{Event, Host, WaitEnd};
 use crate::labels::Labels;
+use crate::ledger::Pressure;
 use crate::limits::Limits;
 use crate::log_limit::LogLimit;
+use crate::partitions::{Placement, Rule};
+use crate::queue::{WaitRoom, Waiting};
+use crate::retry_after::{retry_after_s, Jitter};
 use crate::sync::load_allowance;
 use crate::{
     Admission, Gate, GateConfig, GateError, Permit, RejectReason, Rejection, TenantName,
@@ -34,6 +38,18 @@ pub enum Decision {
     Admitted(Ticket),
     /// Answer it with this rejection; nothing to release.
     Rejected(Rejection),
+    /// Pause it: it waits for a slot. [`Admitter::on_wake`] or [`Admitter::on_deadlines`]
+    /// says later how its wait ended; if its client goes first, call [`Admitter::leave`].
+    Waiting,
+}
+
+/// How a paused stream's wait ended, by its token.
+#[derive(Debug)]
+pub enum Resolved {
+    /// A slot was handed to it: resume it; release the ticket when it ends.
+    Resume(u32, Ticket),
+    /// No slot came in time: answer it with the rejection.
+    Reject(u32, Rejection),
 }
 
 /// One configured plugin in one VM.
@@ -48,16 +64,25 @@ pub struct Admitter {
     gate: Gate,
     worker: WorkerHandle,
     error_log: LogLimit,
+    /// This VM's paused streams.
+    room: RefCell<WaitRoom>,
+    /// The host queue that wakes this VM; without one its requests never wait.
+    wake_queue: Cell<Option<u32>>,
+    /// The pressure the last ledger write saw, for `retry-after`.
+    pressure: Cell<Pressure>,
+    jitter: Jitter,
 }
 
 impl Admitter {
     /// Sets up the gate for a validated configuration and writes the ledger if it is absent.
     pub fn new(config: GateConfig, host: &impl Host) -> Self {
-        let gate = Gate::default().with_adaptive(
-            config.adaptive.clone(),
-            config.min_inflight.unwrap_or(1),
-            config.max_inflight,
-        );
+        let gate = Gate::default()
+            .with_adaptive(
+                config.adaptive.clone(),
+                config.min_inflight.unwrap_or(1),
+                config.max_inflight,
+            )
+            .with_queue(config.queue);
         if let Err(e) = gate.initialize(host) {
             log::error!("cannot initialise the shared in-flight ledger: {e}");
         }
@@ -71,7 +96,22 @@ impl Admitter {
             gate,
             worker: WorkerHandle::default(),
             error_log: LogLimit::default(),
+            room: RefCell::default(),
+            wake_queue: Cell::new(None),
+            pressure: Cell::new(Pressure::default()),
+            jitter: Jitter::new(0),
         }
+    }
+
+    /// Lets this VM's requests wait (with `queue` configured): `queue` is the host queue
+    /// whose messages reach this VM's [`Admitter::on_wake`].
+    pub fn set_wake_queue(&self, queue: u32) {
+        self.wake_queue.set(Some(queue));
+    }
+
+    /// Whether requests may wait here.
+    pub fn queues(&self) -> bool {
+        self.config.queue.is_some() && self.wake_queue.get().is_some()
     }
 
     /// The validated plugin configuration.
@@ -96,6 +136,35 @@ impl Admitter {
         priority: Option<&[u8]>,
         now_us: u64,
     ) -> Decision {
+        self.decide(host, tenant, priority, None, now_us)
+    }
+
+    /// [`Admitter::admit`], except that with the queue on, a request the limit turns away
+    /// waits (as `token`, unique among this VM's streams) while fewer than `max_waiting` do.
+    pub fn admit_or_wait(
+        &self,
+        host: &impl Host,
+        tenant: Option<&[u8]>,
+        priority: Option<&[u8]>,
+        token: u32,
+        now_us: u64,
+    ) -> Decision {
+        let spot = self
+            .wake_queue
+            .get()
+            .filter(|_| self.config.queue.is_some())
+            .map(|queue| Spot { token, queue });
+        self.decide(host, tenant, priority, spot, now_us)
+    }
+
+    fn decide(
+        &self,
+        host: &impl Host,
+        tenant: Option<&[u8]>,
+        priority: Option<&[u8]>,
+        spot: Option<Spot>,
+        now_us: u64,
+    ) -> Decision {
         let now_ms = now_us / 1_000;
         let tenant = TenantName::from_header(tenant, &self.config.default_tenant);
         // Limits another worker replaced since this one loaded them are reloaded, and the
@@ -105,17 +174,19 @@ impl Admitter {
             let limits = self.limits(host, now_ms);
             let placement = limits.partitions.place(tenant.clone(), priority);
             let max = limits.config.max_inflight;
+            let rule = Rule {
+                partitions: &limits.partitions,
+                ceiling: max,
+            };
             let result = self.gate.admit(
                 host,
                 &self.worker,
                 now_ms,
                 Some(self.loaded_seq.get()),
                 max,
-                |ledger| {
-                    // The adaptive limit, when on, can only lower the configured (or fleet) one.
-                    let limit = max.min(ledger.adaptive_limit().unwrap_or(u32::MAX));
-                    limits.partitions.decide(ledger, limit, &placement)
-                },
+                &placement.seat,
+                &rule,
+                spot,
             );
             match result {
                 Err(GateError::LimitsChanged(seq)) if attempts < 3 => {
@@ -138,14 +209,187 @@ impl Admitter {
                     admitted_us: now_us,
                 })
             }
-            Admission::Rejected(reason) => {
-                host.record(Event::Rejected(&labels, reason));
-                Decision::Rejected(Rejection {
-                    reason,
-                    tenant: placement.tenant,
-                    retry_after_s: self.config.retry_after_s,
-                })
+            Admission::Rejected(reason) => self.reject(host, &labels, placement, reason, now_us),
+            Admission::Waiting => {
+                let (Some(spot), Some(queue)) = (spot, self.config.queue) else {
+                    return self.reject(host, &labels, placement, RejectReason::WipLimit, now_us);
+                };
+                host.record(Event::Queued(&labels));
+                self.room.borrow_mut().enter(
+                    spot.token,
+                    Waiting {
+                        labels,
+                        placement,
+                        since_us: now_us,
+                        deadline_ms: now_ms.saturating_add(queue.timeout_ms),
+                    },
+                );
+                Decision::Waiting
             }
+        }
+    }
+
+    fn reject(
+        &self,
+        host: &impl Host,
+        labels: &Labels,
+        placement: Placement,
+        reason: RejectReason,
+        now_us: u64,
+    ) -> Decision {
+        Decision::Rejected(self.rejection(host, labels, placement, reason, now_us))
+    }
+
+    /// The rejection of a request, counted; its `retry-after` from the last pressure seen.
+    fn rejection(
+        &self,
+        host: &impl Host,
+        labels: &Labels,
+        placement: Placement,
+        reason: RejectReason,
+        now_us: u64,
+    ) -> Rejection {
+        host.record(Event::Rejected(labels, reason));
+        Rejection {
+            reason,
+            tenant: placement.tenant,
+            retry_after_s: retry_after_s(
+                &self.pressure.get(),
+                self.config.retry_after_s,
+                self.jitter.next(now_us),
+            ),
+        }
+    }
+
+    /// This VM was woken (its host queue had a message): picks up the slots handed to its
+    /// waiters. A slot whose waiter left meanwhile goes back in the same write.
+    pub fn on_wake(&self, host: &impl Host, now_us: u64) -> Vec<Resolved> {
+        if self.worker.current_id().is_none() {
+            return Vec::new();
+        }
+        let now_ms = now_us / 1_000;
+        let limits = self.limits(host, now_ms);
+        let rule = self.rule(&limits);
+        let result = self
+            .gate
+            .claim(host, &self.worker, now_ms, Some(&rule), |token| {
+                self.room.borrow().contains(token)
+            });
+        let permits = self.account(host, result, now_ms).unwrap_or_default();
+        permits
+            .into_iter()
+            .filter_map(|(token, permit)| {
+                let waiting = self.room.borrow_mut().leave(token)?;
+                Some(self.resume(host, token, waiting, permit, now_us))
+            })
+            .collect()
+    }
+
+    /// Answers the waiters whose deadline came with `503 queue_timeout`, and picks up any
+    /// slots handed over whose wake-up was lost. Call it on the host's timer, at
+    /// [`Admitter::next_deadline_ms`] at the latest.
+    pub fn on_deadlines(&self, host: &impl Host, now_us: u64) -> Vec<Resolved> {
+        let mut resolved = self.on_wake(host, now_us);
+        let now_ms = now_us / 1_000;
+        let due = self.room.borrow().due(now_ms);
+        if due.is_empty() {
+            return resolved;
+        }
+        let limits = self.limits(host, now_ms);
+        let rule = self.rule(&limits);
+        for token in due {
+            let result = self
+                .gate
+                .withdraw(host, &self.worker, token, true, now_ms, Some(&rule));
+            let outcome = self.account(host, result, now_ms);
+            let Some(waiting) = self.room.borrow_mut().leave(token) else {
+                continue;
+            };
+            resolved.push(match outcome {
+                Some(Withdrawal::Granted(permit)) => {
+                    self.resume(host, token, waiting, permit, now_us)
+                }
+                // Withdrawn, gone with a reclaimed entry, or the ledger failed: the wait is
+                // over either way and nothing is held.
+                _ => {
+                    let waited_us = now_us.saturating_sub(waiting.since_us);
+                    host.record(Event::WaitEnded(
+                        &waiting.labels,
+                        waited_us,
+                        WaitEnd::TimedOut,
+                    ));
+                    let rejection = self.rejection(
+                        host,
+                        &waiting.labels,
+                        waiting.placement,
+                        RejectReason::QueueTimeout,
+                        now_us,
+                    );
+                    Resolved::Reject(token, rejection)
+                }
+            });
+        }
+        resolved
+    }
+
+    /// A waiting stream's client went away: its wait is withdrawn, and a slot already handed
+    /// to it goes back at once. Does nothing for a token that does not wait here.
+    pub fn leave(&self, host: &impl Host, token: u32, now_us: u64) {
+        let Some(waiting) = self.room.borrow_mut().leave(token) else {
+            return;
+        };
+        let now_ms = now_us / 1_000;
+        let limits = self.limits(host, now_ms);
+        let rule = self.rule(&limits);
+        let result = self
+            .gate
+            .withdraw(host, &self.worker, token, false, now_ms, Some(&rule));
+        self.account(host, result, now_ms);
+        let waited_us = now_us.saturating_sub(waiting.since_us);
+        host.record(Event::WaitEnded(&waiting.labels, waited_us, WaitEnd::Left));
+    }
+
+    /// When the earliest waiter of this VM must be answered (ms since the epoch).
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.room.borrow().next_deadline_ms()
+    }
+
+    /// Streams of this VM waiting now.
+    pub fn waiting(&self) -> usize {
+        self.room.borrow().len()
+    }
+
+    fn resume(
+        &self,
+        host: &impl Host,
+        token: u32,
+        waiting: Waiting,
+        permit: Permit,
+        now_us: u64,
+    ) -> Resolved {
+        let waited_us = now_us.saturating_sub(waiting.since_us);
+        host.record(Event::WaitEnded(
+            &waiting.labels,
+            waited_us,
+            WaitEnd::Admitted,
+        ));
+        host.record(Event::Admitted(&waiting.labels));
+        // Its latency, for the adaptive limit, starts now: waiting is not the bottleneck's.
+        Resolved::Resume(
+            token,
+            Ticket {
+                permit,
+                labels: waiting.labels,
+                admitted_us: now_us,
+            },
+        )
+    }
+
+    /// The admission rule of `limits`, for hand-offs.
+    fn rule<'a>(&self, limits: &'a Limits) -> Rule<'a> {
+        Rule {
+            partitions: &limits.partitions,
+            ceiling: limits.config.max_inflight,
         }
     }
 
@@ -163,9 +407,16 @@ impl Admitter {
             },
         });
         let now_ms = now_us / 1_000;
-        let result = self
-            .gate
-            .release(host, &self.worker, ticket.permit, finish, now_ms);
+        let limits = self.limits(host, now_ms);
+        let rule = self.rule(&limits);
+        let result = self.gate.release(
+            host,
+            &self.worker,
+            ticket.permit,
+            finish,
+            now_ms,
+            Some(&rule),
+        );
         self.account(host, result, now_ms);
         host.record(Event::Released(&ticket.labels));
     }
@@ -173,7 +424,10 @@ impl Admitter {
     /// Periodic sign of life: reclaims the slots of dead VMs, pays owed releases, and
     /// notices new or stale limits while no request comes.
     pub fn heartbeat(&self, host: &impl Host, now_ms: u64) {
-        let result = self.gate.heartbeat(host, &self.worker, now_ms);
+        let limits = self.limits(host, now_ms);
+        let result = self
+            .gate
+            .heartbeat(host, &self.worker, now_ms, Some(&self.rule(&limits)));
         self.account(host, result, now_ms);
         self.limits(host, now_ms);
     }
@@ -185,7 +439,10 @@ impl Admitter {
 
     /// Tells every worker that allowance `seq` is in shared data.
     pub fn publish_limits(&self, host: &impl Host, seq: u64, now_ms: u64) {
-        let result = self.gate.publish_limits(host, &self.worker, seq, now_ms);
+        let limits = self.limits(host, now_ms);
+        let result =
+            self.gate
+                .publish_limits(host, &self.worker, seq, now_ms, Some(&self.rule(&limits)));
         self.account(host, result, now_ms);
     }
 
@@ -222,7 +479,12 @@ impl Admitter {
     ) -> Option<T> {
         match result {
             Ok(report) => {
-                self.seen_seq.set(report.limits_seq);
+                self.seen_seq
+                    .set(self.seen_seq.get().max(report.limits_seq));
+                self.pressure.set(report.pressure);
+                for queue in &report.wake {
+                    host.wake(*queue);
+                }
                 if let Some(window) = &report.window {
                     host.record(Event::WindowClosed(window));
                     if let Some(reason) = window.change {

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::adaptive::AdaptiveConfig;
+use crate::queue::QueueConfig;
 use crate::{Bulkhead, TenantName};
 
 /// An invalid configuration: which field, and what is wrong with it.
@@ -87,6 +88,8 @@ pub(crate) struct RawConfig {
     control: Option<ControlConfig>,
     #[serde(default)]
     adaptive: Option<AdaptiveConfig>,
+    #[serde(default)]
+    queue: Option<QueueConfig>,
 }
 
 mod defaults {
@@ -150,6 +153,8 @@ pub struct GateConfig {
     /// Adaptive limits between `min_inflight` and `max_inflight`; without it the limit is
     /// `max_inflight` (or the fleet share).
     pub adaptive: Option<AdaptiveConfig>,
+    /// The bounded wait for a slot; without it a request that finds none is rejected at once.
+    pub queue: Option<QueueConfig>,
 }
 
 impl GateConfig {
@@ -260,6 +265,9 @@ impl RawConfig {
         if let Some(adaptive) = &self.adaptive {
             adaptive.validate()?;
         }
+        if let Some(queue) = &self.queue {
+            queue.validate()?;
+        }
         Ok(GateConfig {
             max_inflight: self.max_inflight,
             min_inflight: self.min_inflight,
@@ -273,6 +281,7 @@ impl RawConfig {
             retry_after_s: self.retry_after_s,
             control: self.control,
             adaptive: self.adaptive,
+            queue: self.queue,
         })
     }
 }

@@ -6,7 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
-use crate::host::{Callout, Event, Host};
+use crate::host::{Callout, Event, Host, WaitEnd};
 use crate::labels::{Label, Labels, Usage};
 use crate::ledger::ClosedWindow;
 use crate::shared_data::{CasError, MemoryStore, SharedData};
@@ -43,6 +43,10 @@ pub struct Stats {
     pub syncs: u64,
     /// Failed syncs per kind.
     pub sync_failures: BTreeMap<&'static str, u64>,
+    /// Requests waiting now (the waiting gauge).
+    pub waiting: i64,
+    /// Waits ended, per way, with their waited µs.
+    pub waits: BTreeMap<&'static str, Vec<u64>>,
 }
 
 /// The fake host.
@@ -54,6 +58,7 @@ pub struct FakeHost {
     refuse_calls: Cell<bool>,
     stats: RefCell<Stats>,
     windows: RefCell<Vec<ClosedWindow>>,
+    woken: RefCell<Vec<u32>>,
 }
 
 impl FakeHost {
@@ -78,6 +83,11 @@ impl FakeHost {
     /// The adaptive windows closed so far, oldest first.
     pub fn windows(&self) -> std::cell::Ref<'_, Vec<ClosedWindow>> {
         self.windows.borrow()
+    }
+
+    /// The queues woken since the last call, oldest first (the test delivers them).
+    pub fn take_woken(&self) -> Vec<u32> {
+        std::mem::take(&mut self.woken.borrow_mut())
     }
 
     /// A copy of the stats.
@@ -155,6 +165,17 @@ impl Host for FakeHost {
                 self.stats.borrow_mut().adaptive_limit = Some(w.limit);
                 self.windows.borrow_mut().push(*w);
             }
+            Event::Queued(_) => self.stats.borrow_mut().waiting += 1,
+            Event::WaitEnded(_, waited_us, how) => {
+                let mut stats = self.stats.borrow_mut();
+                stats.waiting -= 1;
+                let how = match how {
+                    WaitEnd::Admitted => "admitted",
+                    WaitEnd::TimedOut => "timed_out",
+                    WaitEnd::Left => "left",
+                };
+                stats.waits.entry(how).or_default().push(waited_us);
+            }
             Event::Synced(Ok(())) => self.stats.borrow_mut().syncs += 1,
             Event::Synced(Err(kind)) => {
                 *self
@@ -165,6 +186,10 @@ impl Host for FakeHost {
                     .or_default() += 1;
             }
         }
+    }
+
+    fn wake(&self, queue: u32) {
+        self.woken.borrow_mut().push(queue);
     }
 
     fn usage(&self) -> Vec<(Label, Usage)> {

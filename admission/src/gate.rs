@@ -10,7 +10,10 @@ use std::cell::{Cell, RefCell};
 use thiserror::Error;
 
 use crate::adaptive::{AdaptiveConfig, Outcome};
-use crate::ledger::{ClosedWindow, Ledger, LedgerError, PartitionKey, WorkerId, LEDGER_KEY};
+use crate::ledger::{
+    ClosedWindow, Ledger, LedgerError, PartitionKey, Pressure, Seat, Waiter, WorkerId, LEDGER_KEY,
+};
+use crate::queue::{QueueConfig, SeatRule};
 use crate::shared_data::{CasError, SharedData};
 use crate::RejectReason;
 
@@ -21,15 +24,39 @@ pub const MAX_CAS_ATTEMPTS: u32 = 1_000;
 /// dead, and its slots are given back. Heartbeats go out every second.
 pub const DEFAULT_LEASE_MS: u64 = 10_000;
 
-/// The result of an admission decision. A later release adds "wait for a slot" (the bounded
-/// queue, `queue_timeout`) as a third variant; matches stay exhaustive on purpose so that
-/// every caller has to decide what waiting means for it.
+/// The result of an admission decision.
 #[derive(Debug)]
 pub enum Admission {
     /// Admitted: the permit must be released exactly once, whatever way the stream ends.
     Admitted(Permit),
     /// Rejected: nothing was taken, nothing is to be released.
     Rejected(RejectReason),
+    /// Queued: the request waits in the ledger for a slot to be handed to it
+    /// ([`Gate::claim`]) or to be withdrawn ([`Gate::withdraw`]); nothing is held yet.
+    Waiting,
+}
+
+/// Where a request that finds no slot may wait: its token in its VM, and the host queue
+/// that wakes the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spot {
+    /// The stream's token, unique within the VM.
+    pub token: u32,
+    /// The VM's wake-up queue.
+    pub queue: u32,
+}
+
+/// How a withdrawn wait had ended in the ledger.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// It was still waiting: now it is not.
+    Withdrawn,
+    /// A slot had been handed to it: here it is (when asked to keep it).
+    Granted(Permit),
+    /// A slot had been handed to it and was given back at once (when asked not to keep it).
+    GivenBack,
+    /// Neither: its VM's entry was reclaimed, and the wait with it.
+    Gone,
 }
 
 /// One admitted request's slot. Not `Clone`: [`Gate::release`] consumes it, so a slot cannot
@@ -59,6 +86,11 @@ impl WorkerHandle {
     /// Releases waiting for the next successful write (a stat, and a test hook).
     pub fn owed_releases(&self) -> usize {
         self.owed.borrow().len()
+    }
+
+    /// This VM's entry in the ledger, once it has one.
+    pub fn current_id(&self) -> Option<WorkerId> {
+        self.current.get()
     }
 }
 
@@ -108,6 +140,42 @@ pub struct Report<T> {
     /// This change found a record of another format version and moved this VM to the
     /// gate's own key (once per VM).
     pub diverted: bool,
+    /// The wake-up queues of VMs whose waiters this change handed slots to.
+    pub wake: Vec<u32>,
+    /// The pressure after this change (for `retry-after`).
+    pub pressure: Pressure,
+}
+
+impl<T> Report<T> {
+    /// A report of a change that wrote nothing.
+    fn nothing(value: T) -> Self {
+        Self {
+            value,
+            reclaimed: 0,
+            cas_retries: 0,
+            reset_corrupt: false,
+            limits_seq: 0,
+            window: None,
+            diverted: false,
+            wake: Vec::new(),
+            pressure: Pressure::default(),
+        }
+    }
+
+    /// The same report with its value changed by `f`.
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Report<U> {
+        Report {
+            value: f(self.value),
+            reclaimed: self.reclaimed,
+            cas_retries: self.cas_retries,
+            reset_corrupt: self.reset_corrupt,
+            limits_seq: self.limits_seq,
+            window: self.window,
+            diverted: self.diverted,
+            wake: self.wake,
+            pressure: self.pressure,
+        }
+    }
 }
 
 /// The gate itself: where the ledger lives and how long a VM's lease is.
@@ -119,6 +187,8 @@ pub struct Gate {
     lease_ms: u64,
     /// Adaptive limits: the algorithm and the bounds (`min_inflight`, `max_inflight`).
     adaptive: Option<(AdaptiveConfig, u32, u32)>,
+    /// The bounded wait, when on.
+    queue: Option<QueueConfig>,
 }
 
 impl Default for Gate {
@@ -135,7 +205,15 @@ impl Gate {
             own_key: format!("{key}.build-{}", env!("CARGO_PKG_VERSION")),
             lease_ms,
             adaptive: None,
+            queue: None,
         }
+    }
+
+    /// Turns the bounded wait on.
+    #[must_use]
+    pub fn with_queue(mut self, queue: Option<QueueConfig>) -> Self {
+        self.queue = queue;
+        self
     }
 
     /// Turns adaptive limits on, within `min ..= max`.
@@ -155,14 +233,15 @@ impl Gate {
         Ok(())
     }
 
-    /// Takes a slot if `decide` allows it. `decide` looks at the ledger as it is and returns
-    /// the partitions to count the request in, or why not; it must be pure, since it runs
-    /// again whenever a concurrent write forces a retry. `limits_seq` is the allowance the
-    /// caller's limits were built for: when the ledger announces a newer one, nothing is
-    /// written and [`GateError::LimitsChanged`] says so (no request is decided under limits
-    /// another worker already replaced). `ceiling` is the limit before the adaptive one (the
-    /// configured or fleet limit): a `wip_limit` rejection counts as demand above the adaptive
-    /// limit only when that limit is the one that binds.
+    /// Takes a slot if `rule` admits `seat`. `rule` must be pure, since it runs again
+    /// whenever a concurrent write forces a retry. `limits_seq` is the allowance the caller's
+    /// limits were built for: when the ledger announces a newer one, nothing is written and
+    /// [`GateError::LimitsChanged`] says so (no request is decided under limits another worker
+    /// already replaced). `ceiling` is the limit before the adaptive one (the configured or
+    /// fleet limit): a `wip_limit` rejection counts as demand above the adaptive limit only
+    /// when that limit is the one that binds. With a `spot` and the queue on, a request the
+    /// limit turns away waits instead, while fewer than `max_waiting` do.
+    #[allow(clippy::too_many_arguments)]
     pub fn admit(
         &self,
         store: &impl SharedData,
@@ -170,9 +249,11 @@ impl Gate {
         now_ms: u64,
         limits_seq: Option<u64>,
         ceiling: u32,
-        decide: impl Fn(&Ledger) -> Result<Vec<PartitionKey>, RejectReason>,
+        seat: &Seat,
+        rule: &dyn SeatRule,
+        spot: Option<Spot>,
     ) -> Result<Report<Admission>, GateError> {
-        let report = self.update(store, worker, now_ms, |ledger, current| {
+        let report = self.update(store, worker, now_ms, Some(rule), |ledger, current| {
             if limits_seq.is_some_and(|seq| ledger.limits_seq() > seq) {
                 return Err(GateError::LimitsChanged(ledger.limits_seq()));
             }
@@ -180,42 +261,56 @@ impl Gate {
                 Some(id) => id,
                 None => ledger.register(now_ms).ok_or(GateError::Full)?,
             };
-            let decision = decide(ledger);
-            match &decision {
+            let decision = match rule.decide(ledger, seat) {
                 Ok(keys) => {
-                    ledger.acquire(id, keys, now_ms);
+                    ledger.acquire(id, &keys, now_ms);
+                    Ok(keys)
                 }
-                Err(RejectReason::WipLimit)
-                    if ledger.adaptive_limit().is_some_and(|a| a <= ceiling) =>
-                {
-                    ledger.note_rejected();
+                Err(reason) => {
+                    if reason == RejectReason::WipLimit {
+                        ledger.turned_away(now_ms);
+                        if ledger.adaptive_limit().is_some_and(|a| a <= ceiling) {
+                            ledger.note_rejected();
+                        }
+                    }
+                    match (self.queue, spot) {
+                        (Some(queue), Some(spot))
+                            if reason == RejectReason::WipLimit
+                                && ledger.waiting() + ledger.grants().len()
+                                    < usize::try_from(queue.max_waiting).unwrap_or(usize::MAX) =>
+                        {
+                            ledger.push_waiter(Waiter {
+                                worker: id,
+                                token: spot.token,
+                                queue: spot.queue,
+                                seat: *seat,
+                                since_ms: now_ms,
+                                deadline_ms: now_ms.saturating_add(queue.timeout_ms),
+                            });
+                            Err(None)
+                        }
+                        _ => Err(Some(reason)),
+                    }
                 }
-                Err(_) => {}
-            }
+            };
             Ok((id, decision))
         })?;
-        let (id, decision) = report.value;
-        worker.current.set(Some(id));
-        let value = match decision {
-            Ok(keys) => Admission::Admitted(Permit {
-                worker: id,
-                keys,
-                own_key: worker.diverted.get(),
-            }),
-            Err(reason) => Admission::Rejected(reason),
-        };
-        Ok(Report {
-            value,
-            reclaimed: report.reclaimed,
-            cas_retries: report.cas_retries,
-            reset_corrupt: report.reset_corrupt,
-            limits_seq: report.limits_seq,
-            window: report.window,
-            diverted: report.diverted,
-        })
+        let own_key = worker.diverted.get();
+        Ok(report.map(|(id, decision)| {
+            worker.current.set(Some(id));
+            match decision {
+                Ok(keys) => Admission::Admitted(Permit {
+                    worker: id,
+                    keys,
+                    own_key,
+                }),
+                Err(Some(reason)) => Admission::Rejected(reason),
+                Err(None) => Admission::Waiting,
+            }
+        }))
     }
 
-    /// [`Gate::admit`] with the Envoy-wide limit as the only rule.
+    /// [`Gate::admit`] with the Envoy-wide limit as the only rule, and no wait.
     pub fn admit_within(
         &self,
         store: &impl SharedData,
@@ -223,12 +318,98 @@ impl Gate {
         limit: u32,
         now_ms: u64,
     ) -> Result<Report<Admission>, GateError> {
-        self.admit(store, worker, now_ms, None, limit, |ledger| {
+        let seat = Seat {
+            tenant: PartitionKey(0),
+            class: None,
+        };
+        let rule = |ledger: &Ledger, _: &Seat| {
             if ledger.total() < u64::from(limit) {
                 Ok(Vec::new())
             } else {
                 Err(RejectReason::WipLimit)
             }
+        };
+        self.admit(store, worker, now_ms, None, limit, &seat, &rule, None)
+    }
+
+    /// Picks up the slots handed to this VM's waiters. `waits` says whether a token still
+    /// waits here: its slot comes back as a permit; a slot whose waiter left meanwhile is
+    /// given back in the same write. Reads only, when nothing was handed over.
+    pub fn claim(
+        &self,
+        store: &impl SharedData,
+        worker: &WorkerHandle,
+        now_ms: u64,
+        rule: Option<&dyn SeatRule>,
+        waits: impl Fn(u32) -> bool,
+    ) -> Result<Report<Vec<(u32, Permit)>>, GateError> {
+        let Some(id) = worker.current.get() else {
+            return Ok(Report::nothing(Vec::new()));
+        };
+        let (bytes, _) = store.get(self.key_of(worker))?;
+        let handed = bytes
+            .and_then(|b| Ledger::decode(&b).ok())
+            .is_some_and(|l| l.has_grants_for(id));
+        if !handed {
+            return Ok(Report::nothing(Vec::new()));
+        }
+        let own_key = worker.diverted.get();
+        self.update(store, worker, now_ms, rule, |ledger, _| {
+            let mut permits = Vec::new();
+            for grant in ledger.take_grants_of(id) {
+                if waits(grant.token) {
+                    permits.push((
+                        grant.token,
+                        Permit {
+                            worker: grant.worker,
+                            keys: grant.keys,
+                            own_key,
+                        },
+                    ));
+                } else {
+                    ledger.release(grant.worker, &grant.keys, now_ms);
+                }
+            }
+            Ok(permits)
+        })
+    }
+
+    /// Takes a wait back (its deadline came, or its client left). If a slot had been handed
+    /// to it meanwhile, `keep` says whether to take the slot (the request goes ahead after
+    /// all) or to give it back in the same write.
+    pub fn withdraw(
+        &self,
+        store: &impl SharedData,
+        worker: &WorkerHandle,
+        token: u32,
+        keep: bool,
+        now_ms: u64,
+        rule: Option<&dyn SeatRule>,
+    ) -> Result<Report<Withdrawal>, GateError> {
+        let Some(id) = worker.current.get() else {
+            return Ok(Report::nothing(Withdrawal::Gone));
+        };
+        let own_key = worker.diverted.get();
+        self.update(store, worker, now_ms, rule, |ledger, _| {
+            if ledger.take_waiter(id, token) {
+                if keep {
+                    // Its deadline came: it is turned away now.
+                    ledger.turned_away(now_ms);
+                }
+                return Ok(Withdrawal::Withdrawn);
+            }
+            Ok(match ledger.take_grant(id, token) {
+                Some(keys) if keep => Withdrawal::Granted(Permit {
+                    worker: id,
+                    keys,
+                    own_key,
+                }),
+                Some(keys) => {
+                    ledger.release(id, &keys, now_ms);
+                    Withdrawal::GivenBack
+                }
+                None => Withdrawal::Gone,
+            })
         })
     }
 
@@ -241,9 +422,10 @@ impl Gate {
         permit: Permit,
         finish: Option<Finish>,
         now_ms: u64,
+        rule: Option<&dyn SeatRule>,
     ) -> Result<Report<()>, GateError> {
         worker.owed.borrow_mut().push((permit, finish));
-        self.update(store, worker, now_ms, |_, _| Ok(()))
+        self.update(store, worker, now_ms, rule, |_, _| Ok(()))
     }
 
     /// A sign of life from this worker, and the chance to reclaim dead VMs' slots and to pay
@@ -253,8 +435,9 @@ impl Gate {
         store: &impl SharedData,
         worker: &WorkerHandle,
         now_ms: u64,
+        rule: Option<&dyn SeatRule>,
     ) -> Result<Report<u64>, GateError> {
-        self.update(store, worker, now_ms, |ledger, current| {
+        self.update(store, worker, now_ms, rule, |ledger, current| {
             if let Some(id) = current {
                 ledger.touch(id, now_ms);
             }
@@ -269,8 +452,9 @@ impl Gate {
         worker: &WorkerHandle,
         seq: u64,
         now_ms: u64,
+        rule: Option<&dyn SeatRule>,
     ) -> Result<Report<()>, GateError> {
-        self.update(store, worker, now_ms, |ledger, _| {
+        self.update(store, worker, now_ms, rule, |ledger, _| {
             ledger.publish_limits(seq);
             Ok(())
         })
@@ -296,12 +480,14 @@ impl Gate {
         }
     }
 
-    /// The compare-and-swap loop. `change` must be pure: it may run several times.
+    /// The compare-and-swap loop. `change` must be pure: it may run several times. With the
+    /// queue on and a `rule`, every write also hands the slots it leaves free to waiters.
     fn update<T>(
         &self,
         store: &impl SharedData,
         worker: &WorkerHandle,
         now_ms: u64,
+        rule: Option<&dyn SeatRule>,
         mut change: impl FnMut(&mut Ledger, Option<WorkerId>) -> Result<T, GateError>,
     ) -> Result<Report<T>, GateError> {
         let mut diverted = false;
@@ -340,6 +526,12 @@ impl Gate {
                 }
             }
             let value = change(&mut ledger, worker.current.get())?;
+            let wake = match (&self.queue, rule) {
+                (Some(queue), Some(rule)) if ledger.waiting() > 0 => {
+                    ledger.hand_off(queue, rule, now_ms)
+                }
+                _ => Vec::new(),
+            };
             match store.set(self.key_of(worker), &ledger.encode(), cas) {
                 Ok(()) => {
                     worker.owed.borrow_mut().clear();
@@ -351,6 +543,8 @@ impl Gate {
                         limits_seq: ledger.limits_seq(),
                         window,
                         diverted,
+                        wake,
+                        pressure: ledger.pressure(now_ms),
                     });
                 }
                 Err(CasError::Mismatch) => continue,

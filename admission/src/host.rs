@@ -47,6 +47,21 @@ pub enum Event<'a> {
     WindowClosed(&'a ClosedWindow),
     /// A sync with the control service ended.
     Synced(Result<(), SyncFailure>),
+    /// A request started waiting for a slot.
+    Queued(&'a Labels),
+    /// A wait ended after this many µs, this way.
+    WaitEnded(&'a Labels, u64, WaitEnd),
+}
+
+/// How a wait for a slot ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// A slot was handed to it.
+    Admitted,
+    /// Its deadline came first: `503 queue_timeout`.
+    TimedOut,
+    /// Its client went away.
+    Left,
 }
 
 /// The host: shared data (via [`SharedData`]), callouts and stats.
@@ -59,4 +74,8 @@ pub trait Host: SharedData {
 
     /// Envoy-wide counts per tenant and class label, for the sync report.
     fn usage(&self) -> Vec<(Label, Usage)>;
+
+    /// Wakes the VM behind host queue `queue` (its [`crate::Admitter::on_wake`] runs soon,
+    /// on its own thread). Best effort: a lost wake-up is made good by that VM's timer.
+    fn wake(&self, queue: u32);
 }

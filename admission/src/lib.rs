@@ -22,7 +22,9 @@ pub mod ledger;
 pub mod limits;
 pub mod log_limit;
 pub mod partitions;
+pub mod queue;
 pub mod rejection;
+pub mod retry_after;
 #[cfg(feature = "schema")]
 pub mod schema;
 pub mod shared_data;
@@ -30,11 +32,11 @@ pub mod sync;
 pub mod tenant;
 pub mod wire;
 
-pub use admitter::{Admitter, Decision, Ticket};
+pub use admitter::{Admitter, Decision, Resolved, Ticket};
 pub use bulkhead::Bulkhead;
 pub use config::{ConfigError, GateConfig};
 pub use gate::{Admission, Gate, GateError, Permit, WorkerHandle};
-pub use host::{Callout, Event, Host};
+pub use host::{Callout, Event, Host, WaitEnd};
 pub use partitions::{Partitions, Placement};
 pub use rejection::{RejectReason, Rejection};
 pub use shared_data::{CasError, SharedData};

@@ -23,7 +23,8 @@ use std::sync::Arc;
 
 use crate::config::WILDCARD_TENANT;
 use crate::labels::{Labels, TenantLabel};
-use crate::ledger::{Ledger, PartitionKey};
+use crate::ledger::{Ledger, PartitionKey, Seat};
+use crate::queue::SeatRule;
 use crate::{Bulkhead, GateConfig, RejectReason, TenantName};
 
 /// A configured tenant or class.
@@ -46,6 +47,9 @@ pub struct Partitions {
     base_limit: u32,
     /// The protected resource is saturated: only reserved classes, within their slice.
     saturated: bool,
+    /// Count every request under its tenant even without bulkheads: the queue's fair
+    /// hand-off needs to know who holds how much.
+    count_tenants: bool,
 }
 
 /// Where a request belongs, before the ledger is consulted.
@@ -53,9 +57,8 @@ pub struct Partitions {
 pub struct Placement {
     /// The request's tenant (for the rejection body).
     pub tenant: TenantName,
-    tenant_key: PartitionKey,
-    listed: Option<usize>,
-    class: Option<usize>,
+    /// Its tenant's and class's keys.
+    pub seat: Seat,
 }
 
 /// The count shared by unlisted tenants beyond `max_tenants`. `*` is not a valid tenant name,
@@ -94,6 +97,7 @@ impl Partitions {
             max_tenants: usize::try_from(config.max_tenants).unwrap_or(usize::MAX),
             base_limit: config.max_inflight,
             saturated: false,
+            count_tenants: config.queue.is_some(),
         }
     }
 
@@ -107,19 +111,27 @@ impl Partitions {
     /// Places a request by its tenant and its priority header value (a configured class
     /// name; anything else means the default class).
     pub fn place(&self, tenant: TenantName, priority: Option<&[u8]>) -> Placement {
-        let listed = self
-            .tenants
-            .iter()
-            .position(|t| *t.name == *tenant.as_str());
         let class = priority
             .and_then(|p| self.classes.iter().position(|c| c.name.as_bytes() == p))
             .or(self.default_class);
         Placement {
-            tenant_key: PartitionKey::tenant(tenant.as_str()),
+            seat: Seat {
+                tenant: PartitionKey::tenant(tenant.as_str()),
+                class: class.map(|j| self.classes[j].key),
+            },
             tenant,
-            listed,
-            class,
         }
+    }
+
+    /// The listed tenant of a seat, if it is one.
+    fn listed(&self, seat: &Seat) -> Option<usize> {
+        self.tenants.iter().position(|t| t.key == seat.tenant)
+    }
+
+    /// The configured class of a seat, if it has one.
+    fn class(&self, seat: &Seat) -> Option<usize> {
+        seat.class
+            .and_then(|key| self.classes.iter().position(|c| c.key == key))
     }
 
     /// Stat labels of tenants: every listed name, then the unlisted, so stat cardinality
@@ -139,10 +151,14 @@ impl Partitions {
     /// Where a placed request is counted in the stats.
     pub fn labels(&self, placement: &Placement) -> Labels {
         Labels {
-            tenant: placement.listed.map_or(TenantLabel::Unlisted, |i| {
-                TenantLabel::Listed(Arc::clone(&self.tenants[i].name))
-            }),
-            class: placement.class.map(|j| Arc::clone(&self.classes[j].name)),
+            tenant: self
+                .listed(&placement.seat)
+                .map_or(TenantLabel::Unlisted, |i| {
+                    TenantLabel::Listed(Arc::clone(&self.tenants[i].name))
+                }),
+            class: self
+                .class(&placement.seat)
+                .map(|j| Arc::clone(&self.classes[j].name)),
         }
     }
 
@@ -152,6 +168,20 @@ impl Partitions {
             && self.classes.is_empty()
             && self.wildcard == Bulkhead::default()
             && !self.saturated
+            && !self.count_tenants
+    }
+
+    /// Whether `seat` is inside an unused reservation of its tenant or its class.
+    pub fn reserved(&self, totals: &BTreeMap<PartitionKey, u64>, seat: &Seat) -> bool {
+        let count = |key: PartitionKey| totals.get(&key).copied().unwrap_or(0);
+        let tenant = self
+            .listed(seat)
+            .is_some_and(|i| u64::from(self.tenants[i].bulkhead.reserved) > count(seat.tenant));
+        let class = self.class(seat).is_some_and(|j| {
+            let c = &self.classes[j];
+            u64::from(c.bulkhead.reserved) > count(c.key)
+        });
+        tenant || class
     }
 
     /// `reserved` sized for the base limit, shrunk in proportion to `limit`.
@@ -163,7 +193,7 @@ impl Partitions {
         u32::try_from(scaled).unwrap_or(reserved)
     }
 
-    /// Decides on `placement` against the ledger: the partition keys to count the request
+    /// Decides on `seat` against the ledger: the partition keys to count the request
     /// in, or why not. Pure: called inside the ledger's compare-and-swap loop. `limit` may be
     /// below the configured `max_inflight` (adaptive limits): reservations then shrink in
     /// proportion, so they still fit and their guarantees hold.
@@ -171,8 +201,10 @@ impl Partitions {
         &self,
         ledger: &Ledger,
         limit: u32,
-        placement: &Placement,
+        seat: &Seat,
     ) -> Result<Vec<PartitionKey>, RejectReason> {
+        let listed = self.listed(seat);
+        let class_index = self.class(seat);
         let total = ledger.total();
         if total >= u64::from(limit) {
             return Err(RejectReason::WipLimit);
@@ -190,13 +222,13 @@ impl Partitions {
                 .filter(|(k, _)| !k.is_class() && !is_listed(k))
         };
 
-        let (tenant_key, tenant) = match placement.listed {
+        let (tenant_key, tenant) = match listed {
             Some(i) => (self.tenants[i].key, self.tenants[i].bulkhead),
             None => {
-                let tracked = count(placement.tenant_key) > 0;
+                let tracked = count(seat.tenant) > 0;
                 let counted_apart = unlisted().filter(|(k, _)| **k != overflow_key()).count();
                 if tracked || counted_apart < self.max_tenants {
-                    (placement.tenant_key, self.wildcard)
+                    (seat.tenant, self.wildcard)
                 } else {
                     (overflow_key(), self.wildcard)
                 }
@@ -208,7 +240,7 @@ impl Partitions {
         let unused = |b: &Bulkhead, used: u64| {
             u64::from(self.scaled(b.reserved, limit)).saturating_sub(used)
         };
-        let class = placement.class.map(|j| &self.classes[j]);
+        let class = class_index.map(|j| &self.classes[j]);
         if self.saturated && !class.is_some_and(|c| unused(&c.bulkhead, count(c.key)) > 0) {
             return Err(RejectReason::BottleneckSaturated);
         }
@@ -222,17 +254,17 @@ impl Partitions {
             .tenants
             .iter()
             .enumerate()
-            .filter(|(i, _)| Some(*i) != placement.listed)
+            .filter(|(i, _)| Some(*i) != listed)
             .map(|(_, t)| unused(&t.bulkhead, count(t.key)))
             .sum();
-        if placement.listed.is_some() {
+        if listed.is_some() {
             other_tenants += unused(&self.wildcard, unlisted().map(|(_, n)| *n).sum());
         }
         let other_classes: u64 = self
             .classes
             .iter()
             .enumerate()
-            .filter(|(j, _)| Some(*j) != placement.class)
+            .filter(|(j, _)| Some(*j) != class_index)
             .map(|(_, c)| unused(&c.bulkhead, count(c.key)))
             .sum();
         let free_after = u64::from(limit) - total - 1;
@@ -242,6 +274,29 @@ impl Partitions {
         Ok(std::iter::once(tenant_key)
             .chain(class.map(|c| c.key))
             .collect())
+    }
+}
+
+/// The admission rule of one set of limits: these partitions under `ceiling` (the
+/// configured or fleet limit), lowered by the adaptive limit when that is on.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule<'a> {
+    /// The partitions.
+    pub partitions: &'a Partitions,
+    /// The limit before the adaptive one.
+    pub ceiling: u32,
+}
+
+impl SeatRule for Rule<'_> {
+    fn decide(&self, ledger: &Ledger, seat: &Seat) -> Result<Vec<PartitionKey>, RejectReason> {
+        let limit = self
+            .ceiling
+            .min(ledger.adaptive_limit().unwrap_or(u32::MAX));
+        self.partitions.decide(ledger, limit, seat)
+    }
+
+    fn reserved(&self, totals: &BTreeMap<PartitionKey, u64>, seat: &Seat) -> bool {
+        self.partitions.reserved(totals, seat)
     }
 }
 
@@ -269,7 +324,7 @@ mod tests {
         class: Option<&str>,
     ) -> Result<Vec<PartitionKey>, RejectReason> {
         let placement = p.place(name(tenant), class.map(str::as_bytes));
-        let keys = p.decide(l, limit, &placement)?;
+        let keys = p.decide(l, limit, &placement.seat)?;
         assert!(l.acquire(w, &keys, 0));
         Ok(keys)
     }
@@ -465,7 +520,7 @@ mod tests {
                 let class = if batch { "batch" } else { "interactive" };
                 let placement = p.place(name(tenants[t]), Some(class.as_bytes()));
                 let before = l.clone();
-                let result = p.decide(&l, limit, &placement);
+                let result = p.decide(&l, limit, &placement.seat);
                 if let Ok(keys) = &result {
                     l.acquire(w, keys, 0);
                     held.push(keys.clone());

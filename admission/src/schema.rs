@@ -22,9 +22,10 @@ pub const KEY_DESCRIPTIONS: &[(&str, &str)] = &[
     ("priority_header", "Header naming the priority class (default `x-priority`)."),
     ("default_class", "Class of requests without a known priority header value; required with `classes`."),
     ("classes", "Per-class bulkheads by name."),
-    ("retry_after_s", "`retry-after` of rejections, seconds (default 1, at most 3600)."),
+    ("retry_after_s", "The least `retry-after` a rejection carries, seconds (default 1, at most 3600); the filter computes it from the backlog, up to 30 s."),
     ("control", "Sync with the control service; without it the static configuration alone is enforced."),
     ("adaptive", "Adaptive limits between `min_inflight` and `max_inflight`; `{}` is a complete configuration (the knee)."),
+    ("queue", "The bounded wait: a request that finds the limit full waits up to `timeout_ms` for a slot, else `503 queue_timeout`; `{}` is a complete configuration."),
 ];
 
 /// The schema (JSON Schema draft 2020-12) of the plugin configuration.

@@ -20,6 +20,7 @@ fn admit(a: &Admitter, host: &FakeHost, tenant: &str, now_us: u64) -> Result<Tic
     match a.admit(host, Some(tenant.as_bytes()), None, now_us) {
         Decision::Admitted(t) => Ok(t),
         Decision::Rejected(r) => Err(r.reason),
+        Decision::Waiting => panic!("admit() never queues"),
     }
 }
 
@@ -49,7 +50,7 @@ fn admits_up_to_the_limit_and_counts_every_decision_under_its_label() {
             );
             assert_eq!(r.retry_after_s, 1);
         }
-        Decision::Admitted(_) => panic!("over the limit of 3"),
+        Decision::Admitted(_) | Decision::Waiting => panic!("over the limit of 3, no queue"),
     }
     let stats = host.stats();
     assert_eq!(
@@ -204,4 +205,41 @@ proptest! {
             prop_assert_eq!(stats_inflight, held.len() as u64);
         }
     }
+}
+
+#[test]
+fn retry_after_grows_with_a_sustained_overload_and_is_jittered() {
+    let host = FakeHost::default();
+    let a = admitter(&host, r#"{"max_inflight": 2}"#);
+    let mut held: Vec<(u64, Ticket)> = Vec::new();
+    let mut retry_after: Vec<(u64, u32)> = Vec::new();
+    // 3x what 2 slots of 50 ms serve (40/s), for 20 s.
+    for step in 0..20_000u64 / 8 {
+        let now_us = step * 8_000;
+        while held.first().is_some_and(|(at, _)| now_us - at >= 50_000) {
+            let (_, t) = held.remove(0);
+            a.release(&host, t, Some(200), now_us);
+        }
+        match a.admit(&host, Some(b"t"), None, now_us) {
+            Decision::Admitted(t) => held.push((now_us, t)),
+            Decision::Rejected(r) => retry_after.push((now_us / 1_000, r.retry_after_s)),
+            Decision::Waiting => panic!("no queue"),
+        }
+    }
+    let at = |from_ms: u64, to_ms: u64| -> Vec<u32> {
+        retry_after
+            .iter()
+            .filter(|(t, _)| (from_ms..to_ms).contains(t))
+            .map(|(_, s)| *s)
+            .collect()
+    };
+    assert!(
+        at(0, 2_000).iter().all(|s| *s == 1),
+        "a young overload asks for the floor"
+    );
+    let late = at(19_000, 20_000);
+    // 19-20 s of overload: a quarter of it is about 5 s, stretched by up to half.
+    assert!(late.iter().all(|s| (5..=8).contains(s)), "{late:?}");
+    let distinct: std::collections::BTreeSet<u32> = late.iter().copied().collect();
+    assert!(distinct.len() >= 2, "jittered: {distinct:?}");
 }

@@ -40,14 +40,14 @@ fn limit_holds_across_threads_and_counts_return_to_zero() {
                         std::thread::yield_now();
                         held.fetch_sub(1, Ordering::SeqCst);
                         // A contended release is owed and paid by a later write.
-                        let _ = gate.release(&*store, &worker, permit, None, i);
+                        let _ = gate.release(&*store, &worker, permit, None, i, None);
                     }
                 }
                 for _ in 0..1_000 {
                     if worker.owed_releases() == 0 {
                         break;
                     }
-                    let _ = gate.heartbeat(&*store, &worker, 2_000);
+                    let _ = gate.heartbeat(&*store, &worker, 2_000, None);
                 }
                 assert_eq!(worker.owed_releases(), 0);
                 count
@@ -74,7 +74,7 @@ fn dead_workers_slots_come_back_after_the_lease() {
     assert!(!admitted(
         &gate.admit_within(&store, &live, 3, 500).unwrap().value
     ));
-    let beat = gate.heartbeat(&store, &live, 1_000).unwrap();
+    let beat = gate.heartbeat(&store, &live, 1_000, None).unwrap();
     assert_eq!((beat.reclaimed, beat.value), (3, 0));
     assert!(admitted(
         &gate.admit_within(&store, &live, 3, 1_001).unwrap().value
@@ -93,11 +93,13 @@ fn a_failed_release_is_paid_by_the_next_write() {
         panic!("first admission refused");
     };
     // Write 2 fails: the release is owed, the slot still counted.
-    assert!(gate.release(&store, &worker, permit, None, 1).is_err());
+    assert!(gate
+        .release(&store, &worker, permit, None, 1, None)
+        .is_err());
     assert_eq!(worker.owed_releases(), 1);
     assert_eq!(gate.inflight(&store, &WorkerHandle::default()).unwrap(), 1);
     // Write 3 succeeds and pays it.
-    gate.heartbeat(&store, &worker, 2).unwrap();
+    gate.heartbeat(&store, &worker, 2, None).unwrap();
     assert_eq!(worker.owed_releases(), 0);
     assert_eq!(gate.inflight(&store, &WorkerHandle::default()).unwrap(), 0);
 }
@@ -128,11 +130,11 @@ proptest! {
                 }
                 1 => {
                     if let Some(p) = permits[w].pop() {
-                        let _ = gate.release(&store, &workers[w], p, None, now);
+                        let _ = gate.release(&store, &workers[w], p, None, now, None);
                     }
                 }
                 _ => {
-                    let _ = gate.heartbeat(&store, &workers[w], now);
+                    let _ = gate.heartbeat(&store, &workers[w], now, None);
                 }
             }
             let held: usize = permits.iter().map(Vec::len).sum();
@@ -141,12 +143,12 @@ proptest! {
         }
         for (w, ps) in permits.iter_mut().enumerate() {
             for p in ps.drain(..) {
-                let _ = gate.release(&store, &workers[w], p, None, 1_000);
+                let _ = gate.release(&store, &workers[w], p, None, 1_000, None);
             }
         }
         let clean = store.snapshot();
         for w in &workers {
-            gate.heartbeat(&clean, w, 1_001).unwrap();
+            gate.heartbeat(&clean, w, 1_001, None).unwrap();
         }
         prop_assert_eq!(gate.inflight(&clean, &WorkerHandle::default()).unwrap(), 0);
         prop_assert!(workers.iter().all(|w| w.owed_releases() == 0));

@@ -93,7 +93,7 @@ fn a_workers_first_request_after_a_new_allowance_is_decided_under_it() {
     let (mut a, b) = (worker(&host), worker(&host));
     let admit = |w: &Worker| match w.admitter.admit(&host, Some(b"t"), None, 1_100_000) {
         Decision::Admitted(t) => Some(t),
-        Decision::Rejected(_) => None,
+        Decision::Rejected(_) | Decision::Waiting => None,
     };
     let held = admit(&b).expect("static limit of 50");
     a.tick(&host, 1_000);

@@ -64,6 +64,13 @@ impl Host for ProxyHost {
     fn usage(&self) -> Vec<(Label, Usage)> {
         self.metrics.usage()
     }
+
+    fn wake(&self, queue: u32) {
+        if let Err(status) = hostcalls::enqueue_shared_queue(queue, Some(b"w")) {
+            // The waiting VM's timer picks the slot up instead; a gone VM's slot is reclaimed.
+            log::debug!("cannot wake queue {queue}: {status:?}");
+        }
+    }
 }
 
 /// Microseconds since the epoch by the host's clock; 0 if it is unreadable.

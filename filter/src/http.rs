@@ -1,50 +1,104 @@
-//! One HTTP stream: admitted or rejected when its request headers arrive; its slot released
-//! exactly once when the stream ends, whichever way it ends.
+//! One HTTP stream: admitted, rejected or paused to wait when its request headers arrive; its
+//! slot released exactly once when the stream ends, whichever way it ends.
 
 use std::rc::Rc;
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
-use wipgate_admission::{Decision, Rejection, Ticket};
+use wipgate_admission::{Decision, Rejection, Resolved, Ticket};
 
-use crate::host::now_us;
+use crate::host::{now_ms, now_us};
 use crate::root::Plugin;
 
-/// Per-stream state. Invariant: `ticket` is `Some` exactly while this stream holds a slot.
+/// Per-stream state. Invariant: this stream holds a slot exactly while `ticket` is `Some` or
+/// the plugin's `handed` map holds one under its id (a slot handed over while it waited).
 pub struct AdmissionContext {
     plugin: Rc<Plugin>,
+    /// The stream's context id: its token while it waits.
+    id: u32,
     ticket: Option<Ticket>,
+    /// It was paused to wait for a slot and has not been answered or resumed yet.
+    waiting: bool,
     /// The response status, once response headers passed (read only for adaptive limits).
     status: Option<u16>,
 }
 
+/// Answers the current stream with a rejection (the contract's status, headers and body).
+fn send_rejection(rejection: &Rejection) {
+    let headers = rejection.headers();
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let body = rejection.body();
+    if let Err(status) =
+        hostcalls::send_http_response(rejection.status(), headers, Some(body.as_bytes()))
+    {
+        log::warn!("cannot send the rejection: {status:?}");
+    }
+}
+
+/// Acts on ended waits: a stream handed a slot resumes, one whose deadline came is answered.
+/// Runs on the root context (wake-up or timer), so each stream is made the effective one.
+pub fn resolve(plugin: &Plugin, resolved: Vec<Resolved>) {
+    for r in resolved {
+        match r {
+            Resolved::Resume(id, ticket) => {
+                if hostcalls::set_effective_context(id).is_ok() {
+                    plugin.handed.borrow_mut().insert(id, ticket);
+                    if let Err(status) = hostcalls::resume_http_request() {
+                        log::warn!("cannot resume a stream handed a slot: {status:?}");
+                    }
+                } else {
+                    // The stream is gone: the slot goes back at once.
+                    plugin
+                        .admitter
+                        .release(&plugin.host, ticket, None, now_us());
+                }
+            }
+            Resolved::Reject(id, rejection) => {
+                if hostcalls::set_effective_context(id).is_ok() {
+                    send_rejection(&rejection);
+                }
+            }
+        }
+    }
+}
+
 impl AdmissionContext {
-    pub fn new(plugin: Rc<Plugin>) -> Self {
+    pub fn new(plugin: Rc<Plugin>, id: u32) -> Self {
         Self {
             plugin,
+            id,
             ticket: None,
+            waiting: false,
             status: None,
         }
     }
 
-    fn reject(&self, rejection: &Rejection) {
-        let headers = rejection.headers();
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        self.send_http_response(
-            rejection.status(),
-            headers,
-            Some(rejection.body().as_bytes()),
-        );
+    /// Takes over a slot handed to this stream while it waited; true while it still waits.
+    fn still_waiting(&mut self) -> bool {
+        if self.waiting {
+            if let Some(ticket) = self.plugin.handed.borrow_mut().remove(&self.id) {
+                self.ticket = Some(ticket);
+                self.waiting = false;
+            }
+        }
+        self.waiting
     }
 
     /// The one release path. Every end of a stream (on_done, on_log, the context being
-    /// dropped) calls it; `take()` makes the second and later calls no-ops.
+    /// dropped) calls it; `take()` makes the second and later calls no-ops. A stream that
+    /// still waits leaves the queue (and gives back a slot handed to it meanwhile).
     fn finish(&mut self) {
+        let now = now_us();
+        if self.still_waiting() {
+            self.waiting = false;
+            self.plugin.admitter.leave(&self.plugin.host, self.id, now);
+        }
         if let Some(ticket) = self.ticket.take() {
             let plugin = &self.plugin;
             plugin
                 .admitter
-                .release(&plugin.host, ticket, self.status, now_us());
+                .release(&plugin.host, ticket, self.status, now);
         }
     }
 }
@@ -58,17 +112,19 @@ impl Context for AdmissionContext {
 
 impl HttpContext for AdmissionContext {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.ticket.is_some() {
+        if self.ticket.is_some() || self.waiting {
             // Headers seen twice on one stream (e.g. an internal redirect): keep the slot.
             return Action::Continue;
         }
-        let config = self.plugin.admitter.config();
+        let plugin = &self.plugin;
+        let config = plugin.admitter.config();
         let tenant = self.get_http_request_header_bytes(&config.tenant_header);
         let priority = self.get_http_request_header_bytes(&config.priority_header);
-        let decision = self.plugin.admitter.admit(
-            &self.plugin.host,
+        let decision = plugin.admitter.admit_or_wait(
+            &plugin.host,
             tenant.as_deref(),
             priority.as_deref(),
+            self.id,
             now_us(),
         );
         match decision {
@@ -77,13 +133,38 @@ impl HttpContext for AdmissionContext {
                 Action::Continue
             }
             Decision::Rejected(rejection) => {
-                self.reject(&rejection);
+                send_rejection(&rejection);
+                Action::Pause
+            }
+            Decision::Waiting => {
+                self.waiting = true;
+                if let Some(deadline) = plugin.admitter.next_deadline_ms() {
+                    plugin.ticker.expect(deadline, now_ms());
+                }
                 Action::Pause
             }
         }
     }
 
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        // A waiting request's body is buffered, not passed on, until it has a slot.
+        if self.still_waiting() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.still_waiting() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.still_waiting();
         if self.ticket.is_some() && self.plugin.admitter.wants_status() {
             self.status = self
                 .get_http_response_header(":status")

@@ -18,7 +18,7 @@ use wipgate_admission::adaptive::ChangeReason;
 use wipgate_admission::labels::{Label, Labels, TenantLabel, Usage};
 use wipgate_admission::ledger::ClosedWindow;
 use wipgate_admission::sync::SyncFailure;
-use wipgate_admission::{Event, RejectReason};
+use wipgate_admission::{Event, RejectReason, WaitEnd};
 
 fn define(kind: MetricType, name: &str) -> Option<u32> {
     hostcalls::define_metric(kind, name).ok()
@@ -60,6 +60,7 @@ struct RequestStats {
     admitted: Option<u32>,
     rejected: [Option<u32>; 6],
     inflight: Option<u32>,
+    waiting: Option<u32>,
 }
 
 impl RequestStats {
@@ -70,7 +71,16 @@ impl RequestStats {
                 format!("{prefix}.rq_rejected.reason.{}", reason.as_str())
             }),
             inflight: define(MetricType::Gauge, &format!("{prefix}.rq_inflight")),
+            waiting: define(MetricType::Gauge, &format!("{prefix}.rq_waiting")),
         }
+    }
+
+    fn queued(&self) {
+        add(self.waiting, 1);
+    }
+
+    fn dequeued(&self) {
+        add(self.waiting, -1);
     }
 
     fn admitted(&self) {
@@ -150,6 +160,10 @@ pub struct Metrics {
     changes: [Option<u32>; ChangeReason::ALL.len()],
     /// The knee algorithm's no-load latency (µs), delivery rate (per s) and knee.
     estimates: [Option<u32>; 3],
+    /// Waits ended by a slot, by their deadline, by the client leaving.
+    wait_ends: [Option<u32>; 3],
+    /// How long waits lasted (ms), whatever their end.
+    wait_ms: Option<u32>,
 }
 
 impl Metrics {
@@ -181,6 +195,9 @@ impl Metrics {
             }),
             estimates: ["no_load_latency_us", "delivery_rate_per_s", "knee_estimate"]
                 .map(|name| gauge(&format!("wipgate.adaptive.{name}"))),
+            wait_ends: ["handoffs", "timeouts", "abandoned"]
+                .map(|name| counter(&format!("wipgate.queue.{name}"))),
+            wait_ms: define(MetricType::Histogram, "wipgate.queue.wait_ms"),
         }
     }
 
@@ -219,6 +236,17 @@ impl Metrics {
             Event::CasRetries(n) => add(self.cas_retries, i64::from(n)),
             Event::GateError => add(self.gate_errors, 1),
             Event::WindowClosed(window) => self.adaptive(window),
+            Event::Queued(labels) => self.each(labels, RequestStats::queued),
+            Event::WaitEnded(labels, waited_us, how) => {
+                self.each(labels, RequestStats::dequeued);
+                let index = match how {
+                    WaitEnd::Admitted => 0,
+                    WaitEnd::TimedOut => 1,
+                    WaitEnd::Left => 2,
+                };
+                add(self.wait_ends[index], 1);
+                set(self.wait_ms, waited_us / 1_000);
+            }
             Event::Synced(Ok(())) => add(self.sync_success, 1),
             Event::Synced(Err(kind)) => {
                 let index = SyncFailure::ALL.iter().position(|k| *k == kind);

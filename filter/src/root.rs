@@ -1,16 +1,20 @@
-//! The root context: validates the plugin configuration once, ticks the heartbeat, and
-//! hands the sync's ticks and callout responses to the core.
+//! The root context: validates the plugin configuration once, ticks the heartbeat, hands the
+//! sync's ticks and callout responses to the core, and, with the queue on, wakes the streams
+//! whose wait ended (a slot handed over through the VM's shared queue, or a deadline).
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use wipgate_admission::sync::instance_id;
-use wipgate_admission::{Admitter, GateConfig, SyncDriver};
+use wipgate_admission::{Admitter, GateConfig, SyncDriver, Ticket};
 
-use crate::host::{now_ms, ProxyHost};
-use crate::http::AdmissionContext;
+use crate::host::{now_ms, now_us, ProxyHost};
+use crate::http::{resolve, AdmissionContext};
 
 /// How often each VM sends a heartbeat to the shared ledger (at least), in ms.
 const HEARTBEAT_MS: u64 = 1_000;
@@ -19,6 +23,65 @@ const HEARTBEAT_MS: u64 = 1_000;
 pub struct Plugin {
     pub host: ProxyHost,
     pub admitter: Admitter,
+    /// Slots handed to waiting streams of this VM, by stream id, until the stream takes its
+    /// own (it has no callback of its own when it is resumed).
+    pub handed: RefCell<HashMap<u32, Ticket>>,
+    pub ticker: Ticker,
+}
+
+/// The root's one timer serves two clocks: the periodic work (heartbeat, sync) and the
+/// waiters' deadlines, each answered on time even when nothing is released.
+pub struct Ticker {
+    period_ms: u64,
+    /// When the periodic work is next due.
+    periodic_due_ms: Cell<u64>,
+    /// When the timer fires next, as last armed.
+    fires_at_ms: Cell<u64>,
+}
+
+impl Ticker {
+    fn new(period_ms: u64, now_ms: u64) -> Self {
+        let ticker = Self {
+            period_ms,
+            periodic_due_ms: Cell::new(now_ms),
+            fires_at_ms: Cell::new(u64::MAX),
+        };
+        ticker.arm(now_ms.saturating_add(period_ms), now_ms);
+        ticker
+    }
+
+    /// A deadline at `deadline_ms` must be met: brings the timer forward if it fires later.
+    pub fn expect(&self, deadline_ms: u64, now_ms: u64) {
+        if deadline_ms < self.fires_at_ms.get() {
+            self.arm(deadline_ms, now_ms);
+        }
+    }
+
+    /// Whether the periodic work is due now (and, if so, when it is due next).
+    fn periodic_due(&self, now_ms: u64) -> bool {
+        let due = now_ms >= self.periodic_due_ms.get();
+        if due {
+            self.periodic_due_ms
+                .set(now_ms.saturating_add(self.period_ms));
+        }
+        due
+    }
+
+    /// Arms the timer for the periodic work or `deadline_ms`, whichever comes first.
+    fn rearm(&self, deadline_ms: Option<u64>, now_ms: u64) {
+        let next = deadline_ms.map_or(self.periodic_due_ms.get(), |d| {
+            d.min(self.periodic_due_ms.get())
+        });
+        self.arm(next, now_ms);
+    }
+
+    fn arm(&self, at_ms: u64, now_ms: u64) {
+        let period = at_ms.saturating_sub(now_ms).max(1);
+        // From a stream's context too, the host sets the timer of the stream's root.
+        if hostcalls::set_tick_period(Duration::from_millis(period)).is_ok() {
+            self.fires_at_ms.set(now_ms.saturating_add(period));
+        }
+    }
 }
 
 /// One per VM (the main thread's and each worker's).
@@ -79,29 +142,60 @@ impl RootContext for WipgateRoot {
             let instance = instance_id(&host, node_id.as_deref(), random_seed(now_ms()));
             SyncDriver::new(control, instance)
         });
+        let queued = config.queue.is_some();
         let admitter = Admitter::new(config, &host);
-        self.plugin = Some(Rc::new(Plugin { host, admitter }));
+        if queued {
+            // One queue per VM, under a name no other VM uses: the host calls back the VM
+            // that registered a name last.
+            let name = format!("wipgate.wake.{:016x}", random_seed(now_ms()));
+            match hostcalls::register_shared_queue(&name) {
+                Ok(queue) => admitter.set_wake_queue(queue),
+                Err(status) => log::error!(
+                    "cannot register the wake-up queue ({status:?}): requests are rejected at once instead of waiting"
+                ),
+            }
+        }
         let tick_ms = self
             .sync
             .as_ref()
             .map_or(HEARTBEAT_MS, |s| s.tick_period_ms().min(HEARTBEAT_MS));
-        self.set_tick_period(Duration::from_millis(tick_ms));
+        self.plugin = Some(Rc::new(Plugin {
+            host,
+            admitter,
+            handed: RefCell::default(),
+            ticker: Ticker::new(tick_ms, now_ms()),
+        }));
         true
     }
 
     fn on_tick(&mut self) {
         let Some(plugin) = &self.plugin else { return };
         let now = now_ms();
-        plugin.admitter.heartbeat(&plugin.host, now);
-        if let Some(sync) = &mut self.sync {
-            sync.on_tick(&plugin.host, &plugin.admitter, now);
+        if plugin.ticker.periodic_due(now) {
+            plugin.admitter.heartbeat(&plugin.host, now);
+            if let Some(sync) = &mut self.sync {
+                sync.on_tick(&plugin.host, &plugin.admitter, now);
+            }
         }
+        if plugin.admitter.waiting() > 0 {
+            resolve(plugin, plugin.admitter.on_deadlines(&plugin.host, now_us()));
+        }
+        plugin
+            .ticker
+            .rearm(plugin.admitter.next_deadline_ms(), now_ms());
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        // The messages only say "look": the slots handed over are in the ledger.
+        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
+        let Some(plugin) = &self.plugin else { return };
+        resolve(plugin, plugin.admitter.on_wake(&plugin.host, now_us()));
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Without a valid configuration Envoy never creates streams: on_configure said no.
         let plugin = self.plugin.clone()?;
-        Some(Box::new(AdmissionContext::new(plugin)))
+        Some(Box::new(AdmissionContext::new(plugin, context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

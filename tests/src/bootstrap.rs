@@ -125,7 +125,7 @@ fn listener(cfg: &EnvoyConfig) -> Value {
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
     }));
-    json!({
+    let mut listener = json!({
         "name": "ingress",
         "address": loopback(0),
         "filter_chains": [{"filters": [{
@@ -144,7 +144,11 @@ fn listener(cfg: &EnvoyConfig) -> Value {
                 "http_filters": http_filters
             }
         }]}]
-    })
+    });
+    if cfg.exact_balance {
+        listener["connection_balance_config"] = json!({"exact_balance": {}});
+    }
+    listener
 }
 
 fn upstream_cluster(cfg: &EnvoyConfig) -> Value {

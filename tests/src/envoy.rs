@@ -103,6 +103,9 @@ pub struct EnvoyConfig {
     /// The `upstream` cluster's `circuit_breakers` (JSON, Envoy's `CircuitBreakers`);
     /// `None` (the default): every threshold lifted out of the way.
     pub circuit_breakers: Option<serde_json::Value>,
+    /// Spread connections over the workers exactly (Envoy's `exact_balance`), so that two
+    /// connections open at once are served by two different worker threads.
+    pub exact_balance: bool,
 }
 
 impl EnvoyConfig {
@@ -121,6 +124,7 @@ impl EnvoyConfig {
             bootstrap: None,
             log_level: "info".to_owned(),
             circuit_breakers: None,
+            exact_balance: false,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The shipped dashboard and alerts against a real Prometheus: it scrapes a real Envoy
-//! running wipgate (adaptive, bulkheads, synced) and the real control service (with an HTTP
-//! probe), with `deploy/prometheus/wipgate-rules.yaml` loaded. Under overload every query of
+//! running wipgate (adaptive, bulkheads, the bounded queue, synced) and the real control
+//! service (with an HTTP probe), with `deploy/prometheus/wipgate-rules.yaml` loaded. Under overload every query of
 //! `deploy/grafana/wipgate.json` returns data (no typo'd metric name survives), the WIP
 //! utilization alert becomes active, and a saturated probe makes the saturation alert active.
 //! The alerts' `for` durations (minutes) are covered by the promtool unit tests
@@ -99,7 +99,7 @@ async fn every_dashboard_query_has_data_and_the_alerts_fire_under_overload() {
     assert_eq!(status, 200, "{body}");
 
     let config = json!({
-        "max_inflight": 64, "min_inflight": 2, "adaptive": {},
+        "max_inflight": 64, "min_inflight": 2, "adaptive": {}, "queue": {"timeout_ms": 50},
         "tenants": {"noisy": {"reserved": 0, "max": 20}, "shop": {"reserved": 4, "max": 64}},
         "control": {"cluster": "wipgate_control", "interval_ms": 300, "timeout_ms": 150,
                     "stale_after_ms": 5000}

@@ -4,17 +4,20 @@
 
 use thiserror::Error;
 
-use super::{Ledger, PartitionKey, WorkerEntry, WorkerId, MAX_WORKERS};
+use super::{
+    DrainMeter, Grant, Ledger, PartitionKey, Seat, Waiter, WorkerEntry, WorkerId, MAX_WORKERS,
+};
 use crate::adaptive::aimd::Aimd;
 use crate::adaptive::gradient::Gradient;
 use crate::adaptive::histogram::Histogram;
 use crate::adaptive::knee::{Knee, Phase};
 use crate::adaptive::{AlgorithmState, ChangeReason, LimitState, Window};
+use crate::queue::MAX_WAITING_LIMIT;
 
 /// The one number that names the record format; bump it with every change to the encoding.
 macro_rules! format_version {
     () => {
-        5
+        6
     };
 }
 
@@ -27,6 +30,9 @@ pub const LEDGER_KEY: &str = concat!("wipgate.ledger.v", format_version!());
 const HEADER_LEN: usize = 1 + 4 + 8 + 2;
 const ENTRY_HEAD_LEN: usize = 4 + 4 + 8 + 2;
 const PART_LEN: usize = 8 + 4;
+#[cfg(test)]
+const DRAIN_LEN: usize = 8 + 4 + 4 + 8 + 8;
+const WAITER_LEN: usize = 4 + 4 + 4 + 8 + 8 + 8 + 8;
 
 /// Why bytes read from shared data are not a ledger.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -84,6 +90,8 @@ impl Ledger {
                 }
             }
         }
+        write_queue(&mut out, &self.waiters, &self.grants);
+        write_drain(&mut out, &self.drain);
         out
     }
 
@@ -125,6 +133,8 @@ impl Ledger {
             1 => Some(read_adaptive(&mut r)?),
             _ => return Err(LedgerError::Inconsistent),
         };
+        let (waiters, grants) = read_queue(&mut r)?;
+        let drain = read_drain(&mut r)?;
         if r.remaining() != 0 {
             return Err(LedgerError::Length(bytes.len()));
         }
@@ -139,8 +149,101 @@ impl Ledger {
             limits_seq,
             entries,
             adaptive,
+            waiters,
+            grants,
+            drain,
         })
     }
+}
+
+/// The drain meter: window start, completions, rate, overload start, last turned away.
+fn write_drain(out: &mut Vec<u8>, d: &DrainMeter) {
+    out.extend_from_slice(&d.window_start_ms.to_le_bytes());
+    out.extend_from_slice(&d.completed.to_le_bytes());
+    out.extend_from_slice(&d.rate_mrps.to_le_bytes());
+    out.extend_from_slice(&d.overloaded_since_ms.to_le_bytes());
+    out.extend_from_slice(&d.turned_away_ms.to_le_bytes());
+}
+
+fn read_drain(r: &mut Reader<'_>) -> Result<DrainMeter, LedgerError> {
+    Ok(DrainMeter {
+        window_start_ms: r.u64()?,
+        completed: r.u32()?,
+        rate_mrps: r.u32()?,
+        overloaded_since_ms: r.u64()?,
+        turned_away_ms: r.u64()?,
+    })
+}
+
+/// Waiters (count, then worker, token, queue, tenant, class or 0, since, deadline) and grants
+/// (count, then worker, token, key count, keys). Both are bounded by `max_waiting`.
+fn write_queue(out: &mut Vec<u8>, waiters: &[Waiter], grants: &[Grant]) {
+    out.extend_from_slice(&len_u16(waiters.len()).to_le_bytes());
+    for w in waiters {
+        out.extend_from_slice(&w.worker.0.to_le_bytes());
+        out.extend_from_slice(&w.token.to_le_bytes());
+        out.extend_from_slice(&w.queue.to_le_bytes());
+        out.extend_from_slice(&w.seat.tenant.0.to_le_bytes());
+        out.extend_from_slice(&w.seat.class.map_or(0, |c| c.0).to_le_bytes());
+        out.extend_from_slice(&w.since_ms.to_le_bytes());
+        out.extend_from_slice(&w.deadline_ms.to_le_bytes());
+    }
+    out.extend_from_slice(&len_u16(grants.len()).to_le_bytes());
+    for g in grants {
+        out.extend_from_slice(&g.worker.0.to_le_bytes());
+        out.extend_from_slice(&g.token.to_le_bytes());
+        // A grant counts a request in a tenant and at most one class.
+        out.push(u8::try_from(g.keys.len()).unwrap_or(u8::MAX));
+        for k in &g.keys {
+            out.extend_from_slice(&k.0.to_le_bytes());
+        }
+    }
+}
+
+fn read_queue(r: &mut Reader<'_>) -> Result<(Vec<Waiter>, Vec<Grant>), LedgerError> {
+    let limit = usize::try_from(MAX_WAITING_LIMIT).unwrap_or(usize::MAX);
+    let count = usize::from(r.u16()?);
+    if count > limit || count * WAITER_LEN > r.remaining() {
+        return Err(LedgerError::Inconsistent);
+    }
+    let mut waiters = Vec::with_capacity(count);
+    for _ in 0..count {
+        let worker = WorkerId(r.u32()?);
+        let token = r.u32()?;
+        let queue = r.u32()?;
+        let tenant = PartitionKey(r.u64()?);
+        let class = Some(r.u64()?).filter(|c| *c != 0).map(PartitionKey);
+        waiters.push(Waiter {
+            worker,
+            token,
+            queue,
+            seat: Seat { tenant, class },
+            since_ms: r.u64()?,
+            deadline_ms: r.u64()?,
+        });
+    }
+    let count = usize::from(r.u16()?);
+    if count > limit {
+        return Err(LedgerError::Inconsistent);
+    }
+    let mut grants = Vec::with_capacity(count.min(r.remaining()));
+    for _ in 0..count {
+        let worker = WorkerId(r.u32()?);
+        let token = r.u32()?;
+        let nkeys = usize::from(r.u8()?);
+        if nkeys * 8 > r.remaining() {
+            return Err(LedgerError::Length(r.bytes.len()));
+        }
+        let keys = (0..nkeys)
+            .map(|_| r.u64().map(PartitionKey))
+            .collect::<Result<_, _>>()?;
+        grants.push(Grant {
+            worker,
+            token,
+            keys,
+        });
+    }
+    Ok((waiters, grants))
 }
 
 /// The limit loop's state, then the algorithm's: a tag byte and its own fields.
@@ -285,6 +388,10 @@ mod tests {
         assert_eq!(Ledger::default().encode()[0], FORMAT_VERSION);
     }
 
+    /// What follows the entries of a ledger without adaptive state or waiters: the adaptive
+    /// tag, the two (zero) counts of waiters and grants, and the drain meter.
+    const EMPTY_TAIL: usize = 1 + 2 + 2 + DRAIN_LEN;
+
     #[test]
     fn decode_refuses_garbage() {
         assert_eq!(Ledger::decode(&[]), Err(LedgerError::Length(0)));
@@ -296,19 +403,19 @@ mod tests {
         one_missing[HEADER_LEN - 2] = 1;
         assert_eq!(
             Ledger::decode(&one_missing),
-            Err(LedgerError::Length(HEADER_LEN + 1))
+            Err(LedgerError::Length(HEADER_LEN + EMPTY_TAIL))
         );
         let mut dup = Ledger::default();
         dup.register(0);
         dup.publish_limits(5);
         assert_eq!(Ledger::decode(&dup.encode()).unwrap().limits_seq(), 5);
         let encoded = dup.encode();
-        let entry = &encoded[HEADER_LEN..encoded.len() - 1];
+        let entry = &encoded[HEADER_LEN..encoded.len() - EMPTY_TAIL];
         let mut bytes = encoded[..HEADER_LEN].to_vec();
         bytes[HEADER_LEN - 2] = 2;
         bytes.extend_from_slice(entry);
         bytes.extend_from_slice(entry);
-        bytes.push(0);
+        bytes.extend_from_slice(&encoded[encoded.len() - EMPTY_TAIL..]);
         assert_eq!(Ledger::decode(&bytes), Err(LedgerError::Inconsistent));
         let mut trailing = dup.encode();
         trailing.push(0);

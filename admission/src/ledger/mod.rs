@@ -8,12 +8,16 @@
 //! size follows the work in flight, never the number of tenants ever seen.
 
 mod codec;
+mod drain;
 mod partition_key;
+mod waiters;
 
 use std::collections::BTreeMap;
 
 pub use codec::{LedgerError, FORMAT_VERSION, LEDGER_KEY};
+pub use drain::{DrainMeter, Pressure};
 pub use partition_key::PartitionKey;
+pub use waiters::{Grant, Seat, Waiter};
 
 use crate::adaptive::knee::KneeEstimates;
 use crate::adaptive::{
@@ -73,6 +77,12 @@ pub struct Ledger {
     entries: Vec<WorkerEntry>,
     /// The adaptive limit's state and the window being measured, when `adaptive` is on.
     adaptive: Option<(LimitState, Window)>,
+    /// Requests waiting for a slot (the bounded queue), oldest first.
+    waiters: Vec<Waiter>,
+    /// Slots handed to waiters, not yet picked up by their VM.
+    grants: Vec<Grant>,
+    /// Completion rate and overload age, for `retry-after`.
+    drain: DrainMeter,
 }
 
 /// A window that closed during a ledger change: what it measured, and the limit after it.
@@ -248,12 +258,26 @@ impl Ledger {
         };
         entry.inflight = entry.inflight.saturating_sub(1);
         keys.iter().for_each(|k| entry.remove(*k));
+        self.drain.completed(now_ms);
         true
+    }
+
+    /// A request was turned away (rejected, or made to wait) for want of a slot.
+    pub fn turned_away(&mut self, now_ms: u64) {
+        self.drain.turned_away(now_ms);
+    }
+
+    /// The pressure a rejection now sees: the work ahead, the completion rate, the
+    /// overload's age.
+    pub fn pressure(&self, now_ms: u64) -> Pressure {
+        let backlog = self.total() + (self.waiters.len() + self.grants.len()) as u64;
+        self.drain.pressure(backlog, now_ms)
     }
 
     /// Drops the entries not seen for `lease_ms` and returns how many slots they held.
     pub fn expire(&mut self, now_ms: u64, lease_ms: u64) -> u64 {
         let mut reclaimed = 0;
+        let before = self.entries.len();
         self.entries.retain(|e| {
             let alive = now_ms.saturating_sub(e.last_seen_ms) < lease_ms;
             if !alive {
@@ -261,6 +285,9 @@ impl Ledger {
             }
             alive
         });
+        if self.entries.len() != before {
+            self.forget_waiters_of_the_dead();
+        }
         reclaimed
     }
 }

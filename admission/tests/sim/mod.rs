@@ -243,7 +243,7 @@ impl Scenario {
                         tickets.push(Some((ticket, t)));
                         done.push(Reverse((finish as u64, id)));
                     }
-                    Decision::Rejected(_) => {
+                    Decision::Rejected(_) | Decision::Waiting => {
                         run.rejected += 1;
                         if t < warmup_us {
                             run.rejected_in_warmup += 1;

@@ -2,7 +2,9 @@
 //! capacity: through a bare Envoy; through Envoy running `envoy/envoy.yaml` (wipgate told the
 //! capacity, synced with the control service in memory; halfway through, the noisy tenant's
 //! limit is lowered through the control service's REST API); and through wipgate's default
-//! adaptive limit (`"adaptive": {}`), not told the capacity. Then a summary: what was admitted
+//! adaptive limit (`"adaptive": {}`), not told the capacity, with the bounded wait (`queue`)
+//! so a request that finds no slot waits up to two service times for one instead of being
+//! turned away at once. Then a summary: what was admitted
 //! and rejected, overall and per tenant, what the upstream went through, the noisy tenant
 //! before and after the change, and a plot of the upstream's in-flight over time
 //! (`target/wipgate-demo.svg`).
@@ -101,7 +103,10 @@ fn main() -> Result<()> {
     );
     println!("  tenants:  {NOISY} sends 3 of every 4 requests, {SHOP} the 4th (x-tenant-id)");
     println!("  wipgate:  envoy/envoy.yaml (told: max_inflight 16; noisy max 6; shop reserved 6), synced with wipgate-control");
-    println!("            and {{\"max_inflight\": {ADAPTIVE_MAX}, \"adaptive\": {{}}}}: not told the capacity, it finds the knee");
+    println!(
+        "            and {}: not told the capacity, it finds the knee; the excess waits up to {WAIT_MS} ms for a slot",
+        adaptive_config()
+    );
     let bare = runtime.block_on(bare_phase(rate))?;
     let (gated, change) = runtime.block_on(wipgate_phase(rate))?;
     let adaptive = runtime.block_on(adaptive_phase(rate))?;
@@ -161,10 +166,18 @@ async fn bare_phase(rate: f64) -> Result<Phase> {
     Ok(bare)
 }
 
-/// The default adaptive limit, not told the upstream's capacity.
+/// How long a request may wait for a slot in the adaptive run: two service times.
+const WAIT_MS: u64 = 100;
+
+/// The adaptive run's configuration.
+fn adaptive_config() -> serde_json::Value {
+    json!({"max_inflight": ADAPTIVE_MAX, "adaptive": {}, "queue": {"timeout_ms": WAIT_MS, "order": "lifo_when_overloaded"}})
+}
+
+/// The default adaptive limit, not told the upstream's capacity, with the bounded wait.
 async fn adaptive_phase(rate: f64) -> Result<Phase> {
     let upstream = demo_upstream()?;
-    let config = json!({"max_inflight": ADAPTIVE_MAX, "adaptive": {}});
+    let config = adaptive_config();
     let mut cfg = EnvoyConfig::new(upstream.addr()).with_filter(config.to_string());
     cfg.route_timeout = CLIENT_TIMEOUT * 2;
     let envoy = Arc::new(Envoy::start(&cfg).context("starting Envoy with the adaptive limit")?);
@@ -177,15 +190,22 @@ async fn adaptive_phase(rate: f64) -> Result<Phase> {
             .wasm_stat(&format!("wipgate.adaptive.{name}"))
             .map_or_else(|| "-".to_owned(), |v| v.to_string())
     };
+    let queue = |name: &str| {
+        envoy
+            .wasm_stat(&format!("wipgate.queue.{name}"))
+            .map_or_else(|| "-".to_owned(), |v| v.to_string())
+    };
     let stats = Some(format!(
-        "adaptive limit {} (knee estimate {}, no-load latency {} us, delivered {}/s)",
+        "adaptive limit {} (knee estimate {}, no-load latency {} us, delivered {}/s); waited and went ahead {}, waits timed out {}",
         stat("limit"),
         stat("knee_estimate"),
         stat("no_load_latency_us"),
         stat("delivery_rate_per_s"),
+        queue("handoffs"),
+        queue("timeouts"),
     ));
     let mut adaptive = phase(
-        "wipgate adaptive",
+        "wipgate adaptive + wait",
         outcomes,
         &upstream,
         upstream.max_inflight(),
@@ -509,9 +529,11 @@ fn print_change(change: &Change) {
         println!("{name:<24} {admitted:>10} {rejected:>10} {max:>14}");
     }
     println!(
-        "\nwipgate keeps the upstream at its capacity and answers the excess at once, so admitted\n\
+        "\nwipgate keeps the upstream at its capacity and turns the excess away early, so admitted\n\
          requests keep the upstream's unloaded latency instead of queueing behind the overload;\n\
          the well-behaved tenant keeps its reservation, and a limit changed through the REST API\n\
-         is enforced by the running Envoy from its next sync on."
+         is enforced by the running Envoy from its next sync on. Not told the capacity, the\n\
+         adaptive limit finds it, and the short wait hands each freed slot to a waiting request\n\
+         (the least served tenant first) instead of leaving it idle until the next arrival."
     );
 }
