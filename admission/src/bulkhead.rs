@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// `reserved`: in-flight capacity that only this partition may use.
 /// `max`: in-flight this partition never exceeds; absent means "up to the whole limit".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Bulkhead {
     /// Capacity held back for this partition while it does not use it.

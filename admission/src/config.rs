@@ -41,6 +41,7 @@ pub const WILDCARD_TENANT: &str = "*";
 
 /// Settings for the periodic sync with the control service.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
     /// Envoy cluster of the control service.
@@ -61,8 +62,9 @@ pub struct ControlConfig {
 
 /// The configuration as written; [`GateConfig::parse`] turns it into a [`GateConfig`].
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
-struct RawConfig {
+pub(crate) struct RawConfig {
     max_inflight: u32,
     #[serde(default)]
     min_inflight: Option<u32>,

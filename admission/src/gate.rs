@@ -80,7 +80,23 @@ pub struct WorkerHandle {
     /// The gate's key holds a record of another format version (another build wrote it
     /// under the same key): this VM never overwrites it and uses the gate's own key instead.
     diverted: Cell<bool>,
+    /// Rejections decided on a ledger that was only read, folded into this VM's next write.
+    unwritten: Cell<Unwritten>,
 }
+
+/// What rejections that wrote nothing still have to tell the ledger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Unwritten {
+    /// Rejections that count as demand above the adaptive limit.
+    demand: u32,
+    /// The first and the last of them (ms), if any.
+    since_ms: Option<u64>,
+    last_ms: u64,
+}
+
+/// A VM's rejections are folded into the ledger by its next write, and at least this often
+/// while it only rejects, so the adaptive window and the overload age see them in time.
+const UNWRITTEN_MAX_AGE_MS: u64 = 50;
 
 impl WorkerHandle {
     /// Releases waiting for the next successful write (a stat, and a test hook).
@@ -91,6 +107,15 @@ impl WorkerHandle {
     /// This VM's entry in the ledger, once it has one.
     pub fn current_id(&self) -> Option<WorkerId> {
         self.current.get()
+    }
+
+    /// A rejection for a full limit that wrote nothing: told with the next write.
+    fn note_unwritten(&self, demand: bool, now_ms: u64) {
+        let mut u = self.unwritten.get();
+        u.demand = u.demand.saturating_add(u32::from(demand));
+        u.since_ms.get_or_insert(now_ms);
+        u.last_ms = now_ms;
+        self.unwritten.set(u);
     }
 }
 
@@ -253,13 +278,13 @@ impl Gate {
         rule: &dyn SeatRule,
         spot: Option<Spot>,
     ) -> Result<Report<Admission>, GateError> {
-        let report = self.update(store, worker, now_ms, Some(rule), |ledger, current| {
+        let report = self.update_maybe(store, worker, now_ms, Some(rule), |ledger, current| {
             if limits_seq.is_some_and(|seq| ledger.limits_seq() > seq) {
                 return Err(GateError::LimitsChanged(ledger.limits_seq()));
             }
-            let id = match current.filter(|id| ledger.touch(*id, now_ms)) {
-                Some(id) => id,
-                None => ledger.register(now_ms).ok_or(GateError::Full)?,
+            let (id, registered) = match current.filter(|id| ledger.touch(*id, now_ms)) {
+                Some(id) => (id, false),
+                None => (ledger.register(now_ms).ok_or(GateError::Full)?, true),
             };
             let decision = match rule.decide(ledger, seat) {
                 Ok(keys) => {
@@ -267,18 +292,16 @@ impl Gate {
                     Ok(keys)
                 }
                 Err(reason) => {
-                    if reason == RejectReason::WipLimit {
-                        ledger.turned_away(now_ms);
-                        if ledger.adaptive_limit().is_some_and(|a| a <= ceiling) {
-                            ledger.note_rejected();
-                        }
-                    }
+                    let full = reason == RejectReason::WipLimit;
+                    let demand = full && ledger.adaptive_limit().is_some_and(|a| a <= ceiling);
                     match (self.queue, spot) {
                         (Some(queue), Some(spot))
-                            if reason == RejectReason::WipLimit
+                            if full
                                 && ledger.waiting() + ledger.grants().len()
                                     < usize::try_from(queue.max_waiting).unwrap_or(usize::MAX) =>
                         {
+                            ledger.turned_away(now_ms);
+                            ledger.note_rejected(u32::from(demand));
                             ledger.push_waiter(Waiter {
                                 worker: id,
                                 token: spot.token,
@@ -289,12 +312,20 @@ impl Gate {
                             });
                             Err(None)
                         }
-                        _ => Err(Some(reason)),
+                        _ => Err(Some((reason, demand))),
                     }
                 }
             };
-            Ok((id, decision))
+            // A rejection takes nothing: it need not write the ledger (under a flood, the
+            // releases would otherwise compete with every rejection's write).
+            let must_write = registered || !matches!(decision, Err(Some(_)));
+            Ok(((id, decision), must_write))
         })?;
+        if let Err(Some((reason, demand))) = &report.value.1 {
+            if *reason == RejectReason::WipLimit {
+                worker.note_unwritten(*demand, now_ms);
+            }
+        }
         let own_key = worker.diverted.get();
         Ok(report.map(|(id, decision)| {
             worker.current.set(Some(id));
@@ -304,7 +335,7 @@ impl Gate {
                     keys,
                     own_key,
                 }),
-                Err(Some(reason)) => Admission::Rejected(reason),
+                Err(Some((reason, _))) => Admission::Rejected(reason),
                 Err(None) => Admission::Waiting,
             }
         }))
@@ -490,6 +521,22 @@ impl Gate {
         rule: Option<&dyn SeatRule>,
         mut change: impl FnMut(&mut Ledger, Option<WorkerId>) -> Result<T, GateError>,
     ) -> Result<Report<T>, GateError> {
+        self.update_maybe(store, worker, now_ms, rule, |ledger, current| {
+            change(ledger, current).map(|value| (value, true))
+        })
+    }
+
+    /// [`Gate::update`] for a change that may need no write: `change` says whether it
+    /// changed the ledger. Nothing is written when neither it nor the housekeeping (dead VMs,
+    /// owed releases, a closed window, hand-offs, rejections told late) changed anything.
+    fn update_maybe<T>(
+        &self,
+        store: &impl SharedData,
+        worker: &WorkerHandle,
+        now_ms: u64,
+        rule: Option<&dyn SeatRule>,
+        mut change: impl FnMut(&mut Ledger, Option<WorkerId>) -> Result<(T, bool), GateError>,
+    ) -> Result<Report<T>, GateError> {
         let mut diverted = false;
         for attempt in 0..MAX_CAS_ATTEMPTS {
             let (bytes, cas) = store.get(self.key_of(worker))?;
@@ -525,16 +572,43 @@ impl Gate {
                     }
                 }
             }
-            let value = change(&mut ledger, worker.current.get())?;
+            let unwritten = worker.unwritten.get();
+            if let Some(since_ms) = unwritten.since_ms {
+                ledger.turned_away(since_ms);
+                ledger.turned_away(unwritten.last_ms);
+                ledger.note_rejected(unwritten.demand);
+            }
+            let (value, changed) = change(&mut ledger, worker.current.get())?;
             let wake = match (&self.queue, rule) {
                 (Some(queue), Some(rule)) if ledger.waiting() > 0 => {
                     ledger.hand_off(queue, rule, now_ms)
                 }
                 _ => Vec::new(),
             };
+            let stale_unwritten = unwritten
+                .since_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) >= UNWRITTEN_MAX_AGE_MS);
+            let write = changed
+                || bytes.is_none()
+                || reset_corrupt
+                || diverted
+                || reclaimed > 0
+                || window.is_some()
+                || !wake.is_empty()
+                || !worker.owed.borrow().is_empty()
+                || stale_unwritten;
+            if !write {
+                return Ok(Report {
+                    cas_retries: attempt,
+                    limits_seq: ledger.limits_seq(),
+                    pressure: ledger.pressure(now_ms),
+                    ..Report::nothing(value)
+                });
+            }
             match store.set(self.key_of(worker), &ledger.encode(), cas) {
                 Ok(()) => {
                     worker.owed.borrow_mut().clear();
+                    worker.unwritten.set(Unwritten::default());
                     return Ok(Report {
                         value,
                         reclaimed,

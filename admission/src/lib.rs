@@ -25,6 +25,8 @@ pub mod partitions;
 pub mod queue;
 pub mod rejection;
 pub mod retry_after;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod shared_data;
 pub mod sync;
 pub mod tenant;

@@ -77,21 +77,23 @@ impl Rejection {
         u32::from(self.reason.status())
     }
 
-    /// The reply headers, in the contract's names. `x-envoy-overloaded` (503) and
-    /// `x-envoy-ratelimited` (429) are what Envoy's router and Istio read to not retry into
-    /// the gate (Istio retries a 503 twice by default).
-    pub fn headers(&self) -> [(&'static str, String); 4] {
-        let envoy = if self.reason.status() == 503 {
-            "x-envoy-overloaded"
-        } else {
-            "x-envoy-ratelimited"
-        };
-        [
+    /// The reply headers, in the contract's names. Every rejection carries
+    /// `x-envoy-ratelimited`: it is the one response header a calling Envoy's router (and so
+    /// an Istio sidecar, which retries a 503 twice by default) takes as "do not retry",
+    /// unless its policy asks for `envoy-ratelimited` retries; `x-envoy-overloaded` no longer
+    /// stops retries in Envoy 1.40 (the e2e test with a retrying caller shows both). 503s
+    /// also say `x-envoy-overloaded`, as Envoy's own overload answers do.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut headers = vec![
             ("x-wipgate-reason", self.reason.as_str().to_owned()),
             ("retry-after", self.retry_after_s.max(1).to_string()),
             ("content-type", "application/json".to_owned()),
-            (envoy, "true".to_owned()),
-        ]
+            ("x-envoy-ratelimited", "true".to_owned()),
+        ];
+        if self.reason.status() == 503 {
+            headers.push(("x-envoy-overloaded", "true".to_owned()));
+        }
+        headers
     }
 
     /// The JSON body. Every field is either a fixed word or a [`TenantName`], which is
@@ -129,6 +131,7 @@ mod tests {
         assert!(headers.contains(&("x-wipgate-reason", "wip_limit".to_owned())));
         assert!(headers.contains(&("content-type", "application/json".to_owned())));
         assert!(headers.contains(&("x-envoy-overloaded", "true".to_owned())));
+        assert!(headers.contains(&("x-envoy-ratelimited", "true".to_owned())));
         let tenant = Rejection {
             reason: RejectReason::TenantLimit,
             ..r

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use wipgate_admission::fake_host::FakeHost;
 use wipgate_admission::labels::{Label, TenantLabel, Usage};
-use wipgate_admission::ledger::LEDGER_KEY;
+use wipgate_admission::ledger::{Ledger, LEDGER_KEY};
 use wipgate_admission::shared_data::MemoryStore;
 use wipgate_admission::{Admitter, Decision, GateConfig, RejectReason, SharedData, Ticket};
 
@@ -242,4 +242,48 @@ fn retry_after_grows_with_a_sustained_overload_and_is_jittered() {
     assert!(late.iter().all(|s| (5..=8).contains(s)), "{late:?}");
     let distinct: std::collections::BTreeSet<u32> = late.iter().copied().collect();
     assert!(distinct.len() >= 2, "jittered: {distinct:?}");
+}
+
+#[test]
+fn rejections_write_nothing_until_they_are_told_with_a_later_write() {
+    let host = FakeHost::default();
+    let a = admitter(
+        &host,
+        r#"{"max_inflight": 1, "adaptive": {"window_ms": 1000}}"#,
+    );
+    let held = admit(&a, &host, "t", 1_000_000).unwrap();
+    let (_, version) = host.get(LEDGER_KEY).unwrap();
+    for i in 0..100 {
+        // Within 50 ms of the first: read only.
+        assert_eq!(
+            admit(&a, &host, "t", 1_000_000 + i * 100).unwrap_err(),
+            RejectReason::WipLimit
+        );
+    }
+    assert_eq!(
+        host.get(LEDGER_KEY).unwrap().1,
+        version,
+        "100 rejections wrote nothing"
+    );
+    // The release writes, and tells the ledger about them: the window sees the demand.
+    a.release(&host, held, Some(200), 1_020_000);
+    let ledger = || Ledger::decode(&host.get(LEDGER_KEY).unwrap().0.unwrap()).unwrap();
+    assert!(
+        ledger().pressure(1_020).overloaded_for_ms > 0,
+        "the overload is known"
+    );
+    assert_eq!(
+        ledger().window_rejected(),
+        Some(100),
+        "the window counts the demand"
+    );
+    let held = admit(&a, &host, "t", 1_030_000).unwrap();
+    // A VM that only rejects still tells within 50 ms.
+    let (_, version) = host.get(LEDGER_KEY).unwrap();
+    let _ = admit(&a, &host, "t", 1_031_000);
+    let _ = admit(&a, &host, "t", 1_082_000);
+    assert_ne!(host.get(LEDGER_KEY).unwrap().1, version, "told after 50 ms");
+    // The write at 82 ms told the one at 31 ms; its own is told with the next write.
+    assert_eq!(ledger().window_rejected(), Some(101));
+    a.release(&host, held, Some(200), 1_100_000);
 }

@@ -166,7 +166,12 @@ fn a_flood_after_normal_load_reaches_the_knee_within_seconds() {
             let goodput = r.goodput_per_s / s.model.capacity_per_s();
             assert!(goodput >= least, "{name} {load}x: goodput {goodput:.2}");
             // The drain stops once latency is back at no load: never far below the knee.
-            let lowest = r.limits.iter().filter(|(t, _)| *t > 3.0).map(|(_, l)| *l).min();
+            let lowest = r
+                .limits
+                .iter()
+                .filter(|(t, _)| *t > 3.0)
+                .map(|(_, l)| *l)
+                .min();
             assert!(lowest >= Some(7), "{name} {load}x: down to {lowest:?}");
         }
     }

@@ -5,10 +5,12 @@
 
 pub mod app;
 pub mod auth;
+pub mod cli;
 pub mod clock;
 pub mod error;
 pub mod field_error;
 pub mod fleet;
+pub mod http_client;
 pub mod last_replies;
 pub mod metrics;
 pub mod probe_loop;

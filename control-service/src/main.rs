@@ -1,14 +1,40 @@
-//! `wipgate-control`: reads the settings, opens the store, serves until SIGTERM or Ctrl-C.
+//! `wipgate-control`: reads the settings, opens the store, serves until SIGTERM or Ctrl-C;
+//! or, with a subcommand (`policy`, `status`), runs one operator command against a running
+//! service (`cli`).
 
 use std::time::Duration;
 
 use clap::Parser;
+use wipgate_control::cli::{self, Command};
 use wipgate_control::settings::LogFormat;
 use wipgate_control::{app, open_store_with_clock, AdminToken, AppState, Settings, SystemClock};
 
+/// The service's flags, or an operator command.
+#[derive(Debug, Parser)]
+#[command(
+    name = "wipgate-control",
+    version,
+    about = "wipgate's control service: fleet policy and allowances",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = Settings::parse();
+    let Cli { settings, command } = Cli::parse();
+    if let Some(command) = command {
+        // One line, as a command-line tool says it (no Debug form, no backtrace).
+        if let Err(e) = cli::run(command).await {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
     let logs = tracing_subscriber::fmt().with_env_filter(filter);

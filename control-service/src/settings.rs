@@ -67,13 +67,19 @@ impl Settings {
     /// The admin token: `--admin-token-file` wins over `WIPGATE_ADMIN_TOKEN`. Surrounding
     /// whitespace (a trailing newline in the file) is not part of the token.
     pub fn admin_token(&self) -> anyhow::Result<Option<String>> {
-        let raw = match &self.admin_token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("--admin-token-file {}: {e}", path.display()))?,
-            ),
-            None => std::env::var("WIPGATE_ADMIN_TOKEN").ok(),
-        };
-        Ok(raw.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()))
+        read_admin_token(self.admin_token_file.as_deref())
     }
+}
+
+/// The admin token from `file` when given, else from `WIPGATE_ADMIN_TOKEN`; trimmed, and
+/// `None` when empty. The service and the operator CLI read it the same way.
+pub fn read_admin_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let raw = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--admin-token-file {}: {e}", path.display()))?,
+        ),
+        None => std::env::var("WIPGATE_ADMIN_TOKEN").ok(),
+    };
+    Ok(raw.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()))
 }

@@ -85,8 +85,9 @@ impl AdmissionContext {
         self.waiting
     }
 
-    /// The one release path. Every end of a stream (on_done, on_log, the context being
-    /// dropped) calls it; `take()` makes the second and later calls no-ops. A stream that
+    /// The one release path. The end of the upstream's response (its last byte or its
+    /// trailers) and every end of a stream (on_done, on_log, the context being dropped) call
+    /// it; `take()` makes the second and later calls no-ops. A stream that
     /// still waits leaves the queue (and gives back a slot handed to it meanwhile).
     fn finish(&mut self) {
         let now = now_us();
@@ -163,13 +164,31 @@ impl HttpContext for AdmissionContext {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.still_waiting();
         if self.ticket.is_some() && self.plugin.admitter.wants_status() {
             self.status = self
                 .get_http_response_header(":status")
                 .and_then(|s| s.parse().ok());
         }
+        if end_of_stream {
+            self.finish();
+        }
+        Action::Continue
+    }
+
+    // A slot is work at the constraint, not a client's download: it is released when the
+    // upstream's response has passed whole (its last byte or its trailers), even if the
+    // client is still reading it; the end of the stream stays the backstop.
+    fn on_http_response_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
+        if end_of_stream {
+            self.finish();
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.finish();
         Action::Continue
     }
 

@@ -152,6 +152,9 @@ pub struct Metrics {
     sync_failures: [Option<u32>; SyncFailure::ALL.len()],
     on_static: Option<u32>,
     adaptive_limit: Option<u32>,
+    /// The adaptive limit's floor (`min_inflight`, 1 by default; 0 without `adaptive`), so
+    /// an alert can tell a limit pinned at its floor.
+    adaptive_floor: Option<u32>,
     latency_us: [Option<u32>; 3],
     reasons: [Option<u32>; ChangeReason::ALL.len()],
     changes: [Option<u32>; ChangeReason::ALL.len()],
@@ -182,6 +185,7 @@ impl Metrics {
             }),
             on_static: gauge("wipgate.sync.on_static_config"),
             adaptive_limit: gauge("wipgate.adaptive.limit"),
+            adaptive_floor: gauge("wipgate.adaptive.min_limit"),
             latency_us: ["p50", "p90", "p99"]
                 .map(|p| gauge(&format!("wipgate.adaptive.latency_{p}_us"))),
             reasons: ChangeReason::ALL
@@ -209,6 +213,15 @@ impl Metrics {
                 }
                 set(self.limit, u64::from(limits.config.max_inflight));
                 set(self.on_static, u64::from(limits.on_static()));
+                let floor = limits.config.min_inflight.unwrap_or(1).max(1);
+                set(
+                    self.adaptive_floor,
+                    limits
+                        .config
+                        .adaptive
+                        .as_ref()
+                        .map_or(0, |_| u64::from(floor)),
+                );
             }
             Event::Admitted(labels) => self.each(labels, RequestStats::admitted),
             Event::Rejected(labels, reason) => self.each(labels, |s| s.rejected(reason)),

@@ -16,11 +16,12 @@ pub const UPSTREAM_CLUSTER: &str = "upstream";
 /// `wasmcustom.` prefix in front of every stat a wasm plugin defines, and a tag regex sees
 /// that full name; its first group is cut from the tag-extracted name, its second is the
 /// tag's value. So `wasmcustom.wipgate.tenant.acme.rq_rejected.reason.tenant_limit` becomes
-/// `wipgate_tenant_rq_rejected{reason="tenant_limit",tenant="acme"}` in Prometheus.
+/// `wipgate_tenant_rq_rejected{reason="tenant_limit",tenant="acme"}` in Prometheus, and
+/// `wasmcustom.wipgate.sync.failure.reason.timeout` `wipgate_sync_failure{reason="timeout"}`.
 pub const STATS_TAGS: [(&str, &str); 3] = [
     (
         "reason",
-        r"^wasmcustom\.wipgate\.(?:(?:tenant|class)\.[^.]+\.)?rq_rejected(\.reason\.(\w+))$",
+        r"^wasmcustom\.wipgate\.(?:(?:(?:tenant|class)\.[^.]+\.)?rq_rejected|sync\.failure)(\.reason\.(\w+))$",
     ),
     ("tenant", r"^wasmcustom\.wipgate\.tenant(\.([^.]+))\."),
     ("class", r"^wasmcustom\.wipgate\.class(\.([^.]+))\."),
@@ -144,6 +145,10 @@ fn listener(cfg: &EnvoyConfig) -> Value {
             }
         }]}]
     });
+    if let Some(policy) = &cfg.retry_policy {
+        listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+            ["virtual_hosts"][0]["routes"][0]["route"]["retry_policy"] = policy.clone();
+    }
     if cfg.exact_balance {
         listener["connection_balance_config"] = json!({"exact_balance": {}});
     }

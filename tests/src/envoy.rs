@@ -103,6 +103,8 @@ pub struct EnvoyConfig {
     /// The `upstream` cluster's `circuit_breakers` (JSON, Envoy's `CircuitBreakers`);
     /// `None` (the default): every threshold lifted out of the way.
     pub circuit_breakers: Option<serde_json::Value>,
+    /// The route's `retry_policy` (JSON, Envoy's `RetryPolicy`); `None`: no retries.
+    pub retry_policy: Option<serde_json::Value>,
     /// Spread connections over the workers exactly (Envoy's `exact_balance`), so that two
     /// connections open at once are served by two different worker threads.
     pub exact_balance: bool,
@@ -125,6 +127,7 @@ impl EnvoyConfig {
             log_level: "info".to_owned(),
             circuit_breakers: None,
             exact_balance: false,
+            retry_policy: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod load;
 pub mod pg_upstream;
 pub mod postgres;
 pub mod processes;
+pub mod prometheus;
 pub mod rng;
 pub mod sampler;
 pub mod summary;

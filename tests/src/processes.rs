@@ -25,6 +25,16 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A system tool's binary: the environment variable `var` when set and not empty, else
+/// `default` (a name on `PATH`).
+#[must_use]
+pub fn tool_binary(var: &str, default: &str) -> String {
+    std::env::var(var)
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
 fn kill(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -79,10 +89,7 @@ impl Redis {
     /// The binary: `WIPGATE_REDIS_SERVER`, else `redis-server`.
     #[must_use]
     pub fn binary() -> String {
-        std::env::var(REDIS_SERVER_ENV)
-            .ok()
-            .filter(|b| !b.is_empty())
-            .unwrap_or_else(|| "redis-server".to_owned())
+        tool_binary(REDIS_SERVER_ENV, "redis-server")
     }
 
     fn spawn(&mut self) -> Result<()> {

@@ -3,7 +3,8 @@
 //!
 //! Request headers: `x-delay-ms: N` answers after N ms (at most 10 minutes); `x-reset: 1`
 //! then drops the connection without a response (Envoy sees an upstream reset);
-//! `x-status: N` answers with status N instead of 200; `x-hold: 1` waits at the upstream
+//! `x-status: N` answers with status N instead of 200; `x-body-bytes: N` answers N bytes
+//! (at most 16 MiB) instead of `ok`; `x-hold: 1` waits at the upstream
 //! until the test opens its [`Gate`]; `x-tenant-id` keys the per-tenant gauges. `GET /__stats` answers the gauges as JSON and is not counted.
 //! With `capacity: Some(C)`, at most C requests are served at once and the rest wait (a
 //! constrained resource); each served request takes `service_time` plus its delay.
@@ -33,6 +34,8 @@ use tokio::sync::{oneshot, watch, Semaphore};
 
 pub use crate::upstream_stats::{InflightGuard, Span, TenantGauges, UpstreamStats};
 
+/// The largest `x-body-bytes` honoured.
+const MAX_BODY: usize = 16 << 20;
 /// The longest `x-delay-ms` honoured.
 const MAX_DELAY: Duration = Duration::from_secs(600);
 
@@ -265,7 +268,13 @@ async fn handle(
         shared.stats.count_reset();
         return Err(DeliberateReset);
     }
-    let mut resp = Response::new(GuardedBody::new("ok\n", Some(guard)));
+    let body = header(&req, "x-body-bytes")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .map_or_else(
+            || Bytes::from_static(b"ok\n"),
+            |n| Bytes::from(vec![b'x'; n.min(MAX_BODY)]),
+        );
+    let mut resp = Response::new(GuardedBody::new(body, Some(guard)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         "x-upstream",

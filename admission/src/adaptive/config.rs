@@ -6,6 +6,7 @@ use crate::config::ConfigError;
 
 /// Which algorithm moves the limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     /// The default: estimates the bottleneck's knee by Little's law, the most it delivers
@@ -22,6 +23,7 @@ pub enum Algorithm {
 
 /// Validated `adaptive` settings. The limit stays within `min_inflight` … `max_inflight`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AdaptiveConfig {
     /// `knee` (the default), `aimd` or `gradient`.

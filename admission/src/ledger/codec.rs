@@ -440,7 +440,7 @@ mod tests {
             .unwrap();
             l.roll_adaptive(Some(&config), 4, 40, 0);
             l.record_finish(12_000, Outcome::Success);
-            l.note_rejected();
+            l.note_rejected(1);
             assert_eq!(Ledger::decode(&l.encode()), Ok(l.clone()));
             l.roll_adaptive(Some(&config), 4, 40, 50);
             assert_eq!(Ledger::decode(&l.encode()), Ok(l.clone()));

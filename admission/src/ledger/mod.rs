@@ -184,11 +184,16 @@ impl Ledger {
         })
     }
 
-    /// A request was refused because the limit was full: demand above the limit.
-    pub fn note_rejected(&mut self) {
+    /// `n` requests were refused because the limit was full: demand above the limit.
+    pub fn note_rejected(&mut self, n: u32) {
         if let Some((_, w)) = &mut self.adaptive {
-            w.rejected = w.rejected.saturating_add(1);
+            w.rejected = w.rejected.saturating_add(n);
         }
+    }
+
+    /// Requests refused for a full limit in the window being measured (adaptive limits).
+    pub fn window_rejected(&self) -> Option<u32> {
+        self.adaptive.as_ref().map(|(_, w)| w.rejected)
     }
 
     /// An admitted request finished after `latency_us`, ending as `outcome`.
@@ -355,7 +360,7 @@ mod tests {
             serde_json::from_str(r#"{"algorithm": "aimd", "window_ms": 50}"#).unwrap();
         l.roll_adaptive(Some(&config), 4, 40, 0);
         l.record_finish(12_000, Outcome::Success);
-        l.note_rejected();
+        l.note_rejected(1);
         assert_eq!(l.adaptive_limit(), Some(4));
         let closed = l.roll_adaptive(Some(&config), 4, 40, 50).unwrap();
         assert_eq!((closed.sample.count, closed.sample.limited), (1, true));

@@ -13,6 +13,7 @@ pub const MAX_WAITING_LIMIT: u32 = 10_000;
 
 /// Which waiter of equal standing goes first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum QueueOrder {
     /// Oldest first.
@@ -26,6 +27,7 @@ pub enum QueueOrder {
 
 /// Validated `queue` settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     /// How long a request that finds no slot may wait for one before `503 queue_timeout`.

@@ -2,7 +2,7 @@
 //! `wipgate-upstream --port 8081 --capacity 20 --service-ms 50`, then
 //! `curl -H 'x-delay-ms: 200' localhost:8081/` and `curl localhost:8081/__stats`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +10,10 @@ use anyhow::{bail, Context, Result};
 use wipgate_e2e::upstream::{serve, UpstreamOptions, UpstreamStats};
 
 const USAGE: &str =
-    "usage: wipgate-upstream [--port N (default 8081)] [--capacity C] [--service-ms MS]
+    "usage: wipgate-upstream [--host IP (default 127.0.0.1)] [--port N (default 8081)]
+                        [--capacity C] [--service-ms MS]
 
-Serves HTTP/1.1 on 127.0.0.1. Request headers: x-delay-ms: N (answer after N ms),
+Serves HTTP/1.1 on IP:N (--host 0.0.0.0 in a container, so other containers reach it). Request headers: x-delay-ms: N (answer after N ms),
 x-reset: 1 (drop the connection instead of answering), x-status: N, x-tenant-id: T.
 GET /__stats answers the in-flight gauges as JSON. With --capacity C at most C requests
 are served at once and the others wait; each takes --service-ms plus its delay.";
@@ -24,7 +25,8 @@ fn value<T: std::str::FromStr>(flag: &str, v: Option<String>) -> Result<T> {
         .with_context(|| format!("{flag}: bad value {v:?}\n{USAGE}"))
 }
 
-fn parse_args() -> Result<UpstreamOptions> {
+fn parse_args() -> Result<(IpAddr, UpstreamOptions)> {
+    let mut host = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut opts = UpstreamOptions {
         port: 8081,
         ..UpstreamOptions::default()
@@ -33,6 +35,7 @@ fn parse_args() -> Result<UpstreamOptions> {
     // Each round consumes at least one argument, so the loop is bounded by argv.
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--host" => host = value("--host", args.next())?,
             "--port" => opts.port = value("--port", args.next())?,
             "--capacity" => opts.capacity = Some(value("--capacity", args.next())?),
             "--service-ms" => {
@@ -48,16 +51,16 @@ fn parse_args() -> Result<UpstreamOptions> {
     if opts.capacity == Some(0) {
         bail!("--capacity must be at least 1");
     }
-    Ok(opts)
+    Ok((host, opts))
 }
 
 fn main() -> Result<()> {
-    let opts = parse_args()?;
+    let (host, opts) = parse_args()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let addr = SocketAddr::from(([127, 0, 0, 1], opts.port));
+        let addr = SocketAddr::new(host, opts.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
