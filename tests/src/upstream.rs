@@ -5,7 +5,8 @@
 //! then drops the connection without a response (Envoy sees an upstream reset);
 //! `x-status: N` answers with status N instead of 200; `x-body-bytes: N` answers N bytes
 //! (at most 16 MiB) instead of `ok`; `x-hold: 1` waits at the upstream
-//! until the test opens its [`Gate`]; `x-tenant-id` keys the per-tenant gauges. `GET /__stats` answers the gauges as JSON and is not counted.
+//! until the test opens its [`Gate`]; `x-tenant-id` keys the per-tenant gauges; `x-tag: N`
+//! goes into the request's recorded [`Span`]. `GET /__stats` answers the gauges as JSON and is not counted.
 //! With `capacity: Some(C)`, at most C requests are served at once and the rest wait (a
 //! constrained resource); each served request takes `service_time` plus its delay.
 //! With `collapse: Some(..)` the service time grows with the requests in flight beyond a
@@ -230,7 +231,10 @@ async fn handle(
         return Ok(resp);
     }
     let tenant = header(&req, "x-tenant-id").unwrap_or_default();
-    let guard = shared.stats.enter_on(tenant, conn);
+    let tag = header(&req, "x-tag")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let guard = shared.stats.enter_on(tenant, conn, tag);
     let delay = header(&req, "x-delay-ms")
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map_or(Duration::ZERO, |ms| {

@@ -27,6 +27,9 @@ pub struct TenantGauges {
 pub struct Span {
     /// The connection it came on (numbered in accept order from 1; 0: not known).
     pub conn: u64,
+    /// The number its client put in `x-tag` (0 without): which client sent it, through a
+    /// proxy.
+    pub tag: u64,
     /// When the upstream had its headers.
     pub start: Instant,
     /// When it stopped counting in flight: its response handed to hyper whole (or its
@@ -57,12 +60,12 @@ impl UpstreamStats {
     /// Counts a request in; it stays in flight until the guard is dropped.
     #[must_use]
     pub fn enter(self: &Arc<Self>, tenant: &str) -> InflightGuard {
-        self.enter_on(tenant, 0)
+        self.enter_on(tenant, 0, 0)
     }
 
-    /// [`Self::enter`] for a request that came on connection `conn`.
+    /// [`Self::enter`] for a request that came on connection `conn` with `x-tag: tag`.
     #[must_use]
-    pub fn enter_on(self: &Arc<Self>, tenant: &str, conn: u64) -> InflightGuard {
+    pub fn enter_on(self: &Arc<Self>, tenant: &str, conn: u64, tag: u64) -> InflightGuard {
         self.total.fetch_add(1, Ordering::SeqCst);
         let now = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_inflight.fetch_max(now, Ordering::SeqCst);
@@ -77,6 +80,7 @@ impl UpstreamStats {
             stats: Arc::clone(self),
             tenant: tenant.to_owned(),
             conn,
+            tag,
             start: Instant::now(),
         }
     }
@@ -180,6 +184,7 @@ pub struct InflightGuard {
     stats: Arc<UpstreamStats>,
     tenant: String,
     conn: u64,
+    tag: u64,
     start: Instant,
 }
 
@@ -188,6 +193,7 @@ impl Drop for InflightGuard {
         if let Some(spans) = self.stats.spans().as_mut() {
             spans.push(Span {
                 conn: self.conn,
+                tag: self.tag,
                 start: self.start,
                 end: Instant::now(),
             });
@@ -235,14 +241,15 @@ mod tests {
     #[test]
     fn spans_are_recorded_only_between_record_and_take() {
         let s = Arc::new(UpstreamStats::default());
-        drop(s.enter_on("", 1));
+        drop(s.enter_on("", 1, 0));
         s.record_spans();
-        let a = s.enter_on("", 2);
-        let b = s.enter_on("", 3);
+        let a = s.enter_on("", 2, 7);
+        let b = s.enter_on("", 3, 0);
         drop(b);
         drop(a);
         let spans = s.take_spans();
         assert_eq!(spans.iter().map(|x| x.conn).collect::<Vec<_>>(), [3, 2]);
+        assert_eq!(spans[1].tag, 7);
         assert!(spans.iter().all(|x| x.start <= x.end));
         drop(s.enter(""));
         assert!(s.take_spans().is_empty(), "recording stopped at take");
