@@ -475,10 +475,20 @@ pub async fn closed_loop(
     duration: Duration,
     spec: &RequestSpec,
 ) -> ClosedLoopRun {
+    closed_loop_each(addr, conns, duration, |_| spec.clone()).await
+}
+
+/// [`closed_loop`] with connection `k` sending `spec_of(k)`.
+pub async fn closed_loop_each(
+    addr: SocketAddr,
+    conns: usize,
+    duration: Duration,
+    spec_of: impl Fn(usize) -> RequestSpec,
+) -> ClosedLoopRun {
     let end = Instant::now() + duration;
     let mut set = JoinSet::new();
-    for _ in 0..conns.max(1) {
-        let spec = spec.clone();
+    for k in 0..conns.max(1) {
+        let spec = spec_of(k);
         set.spawn(async move {
             let mut ok = 0usize;
             let mut errors = 0usize;

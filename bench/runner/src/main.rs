@@ -114,7 +114,7 @@ fn main() -> Result<()> {
         // The other sections stay as the last full run left them.
         let json_path = args.out.join("results.json");
         let mut results = if json_path.exists() {
-            Results::load(&json_path)?
+            Results::load_without_queue(&json_path)?
         } else {
             Results::default()
         };

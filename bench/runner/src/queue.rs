@@ -131,26 +131,87 @@ fn describe(setup: &Setup) -> String {
     }
 }
 
+/// The upstream's idle gaps at a limit of 1, split by whether the next request came from a
+/// client on the same Envoy worker as the last one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GapSplit {
+    /// Next request from the other worker.
+    pub cross: Vec<Duration>,
+    /// From the same worker.
+    pub same: Vec<Duration>,
+    /// The groups the clients fall into (one per worker when every worker's clients shared an
+    /// upstream connection at least once).
+    pub groups: usize,
+    /// Gaps whose next request came on an upstream connection not seen before (Envoy opened
+    /// it for that request).
+    pub new_conn: usize,
+}
+
+/// Which clients (`x-tag`) share a worker: an upstream connection belongs to one Envoy
+/// worker, so clients whose requests came on one connection are on one worker. Returns
+/// each tag's group and the number of groups.
+fn worker_groups(spans: &[Span]) -> (std::collections::BTreeMap<u64, usize>, usize) {
+    let mut tags: Vec<u64> = spans.iter().map(|s| s.tag).collect();
+    tags.sort_unstable();
+    tags.dedup();
+    let index = |t: u64| tags.binary_search(&t).unwrap_or(0);
+    // Union-find over the tags; each union joins two roots, so the loops are bounded by the
+    // number of tags.
+    let mut parent: Vec<usize> = (0..tags.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut first_on_conn = std::collections::BTreeMap::new();
+    for s in spans {
+        let t = index(s.tag);
+        let other = *first_on_conn.entry(s.conn).or_insert(t);
+        let (a, b) = (root(&mut parent, t), root(&mut parent, other));
+        parent[a] = b;
+    }
+    let mut groups = std::collections::BTreeMap::new();
+    let mut roots = std::collections::BTreeMap::new();
+    for (i, &t) in tags.iter().enumerate() {
+        let r = root(&mut parent, i);
+        let next = roots.len();
+        groups.insert(t, *roots.entry(r).or_insert(next));
+    }
+    (groups, roots.len())
+}
+
 /// Gaps of the upstream between one request's end and the next one's start, for requests
-/// that did not overlap (at a limit of 1, none do): (next on another connection, same one).
+/// that did not overlap (at a limit of 1, none do).
 #[must_use]
-pub fn gaps(spans: &[Span]) -> (Vec<Duration>, Vec<Duration>) {
+pub fn gaps(spans: &[Span]) -> GapSplit {
     let mut sorted = spans.to_vec();
     sorted.sort_by_key(|s| s.start);
-    let (mut cross, mut same) = (Vec::new(), Vec::new());
+    let (group, groups) = worker_groups(&sorted);
+    let mut out = GapSplit {
+        groups,
+        ..GapSplit::default()
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(first) = sorted.first() {
+        seen.insert(first.conn);
+    }
     for w in sorted.windows(2) {
         let (a, b) = (w[0], w[1]);
+        let new_conn = seen.insert(b.conn);
         if b.start < a.end {
             continue;
         }
         let gap = b.start - a.end;
-        if a.conn == b.conn {
-            same.push(gap);
+        out.new_conn += usize::from(new_conn);
+        if group.get(&a.tag) == group.get(&b.tag) {
+            out.same.push(gap);
         } else {
-            cross.push(gap);
+            out.cross.push(gap);
         }
     }
-    (cross, same)
+    out
 }
 
 /// The distribution of `v`.
@@ -197,7 +258,10 @@ async fn through(
     let stat = "wipgate.queue.handoffs";
     let before = envoy.wasm_stat(stat).unwrap_or(0);
     upstream.stats().record_spans();
-    let looped = gen::closed_loop(envoy.listener_addr(), conns, run, &spec).await;
+    let looped = gen::closed_loop_each(envoy.listener_addr(), conns, run, |k| {
+        RequestSpec::get("/").header("x-tag", (k + 1).to_string())
+    })
+    .await;
     let spans = upstream.stats().take_spans();
     Ok(Through {
         spans,
@@ -232,9 +296,9 @@ async fn handoff(wasm: &Wasm, timing: Timing) -> Result<Handoff> {
     )
     .await?;
     let without = through(wasm, &upstream, &baseline_config, 1, timing.handoff_run).await?;
-    let (cross, same) = gaps(&with_queue.spans);
-    let (base_cross, base_same) = gaps(&without.spans);
-    let baseline: Vec<Duration> = base_cross.into_iter().chain(base_same).collect();
+    let split = gaps(&with_queue.spans);
+    let base = gaps(&without.spans);
+    let baseline: Vec<Duration> = base.cross.into_iter().chain(base.same).collect();
     Ok(Handoff {
         workers: wipgate_e2e::EnvoyConfig::new(upstream.addr()).concurrency,
         service_ms: scenarios::ms(HANDOFF_SERVICE),
@@ -244,8 +308,10 @@ async fn handoff(wasm: &Wasm, timing: Timing) -> Result<Handoff> {
         baseline_config,
         errors: with_queue.errors + without.errors,
         handoffs: with_queue.handoffs,
-        cross_worker: distribution(&cross),
-        same_worker: distribution(&same),
+        worker_groups: split.groups,
+        new_conn: split.new_conn,
+        cross_worker: distribution(&split.cross),
+        same_worker: distribution(&split.same),
         baseline: distribution(&baseline),
     })
 }
@@ -377,28 +443,36 @@ async fn retry_after(
 mod tests {
     use super::*;
 
-    fn span(conn: u64, start_ms: u64, end_ms: u64, t0: Instant) -> Span {
+    fn span(conn: u64, tag: u64, start_ms: u64, end_ms: u64, t0: Instant) -> Span {
         Span {
             conn,
+            tag,
             start: t0 + Duration::from_millis(start_ms),
             end: t0 + Duration::from_millis(end_ms),
         }
     }
 
     #[test]
-    fn gaps_are_split_by_connection_and_overlaps_skipped() {
+    fn gaps_are_split_by_worker_and_overlaps_skipped() {
         let t0 = Instant::now();
-        // Ended out of order: sorted by start first.
+        // Clients 1 and 2 share upstream connection 10 (one worker), 3 and 4 connection 20
+        // (the other); connection 11 is a second one of the first worker. Ended out of
+        // order: sorted by start first.
         let spans = [
-            span(2, 12, 20, t0),
-            span(1, 0, 10, t0),
-            span(2, 21, 30, t0),
+            span(20, 3, 12, 20, t0),
+            span(10, 1, 0, 10, t0),
+            span(10, 2, 21, 30, t0),
             // Overlaps the previous one: no gap.
-            span(1, 29, 40, t0),
+            span(20, 4, 29, 40, t0),
+            span(11, 1, 43, 50, t0),
+            span(10, 2, 54, 60, t0),
         ];
-        let (cross, same) = gaps(&spans);
-        assert_eq!(cross, [Duration::from_millis(2)]);
-        assert_eq!(same, [Duration::from_millis(1)]);
+        let g = gaps(&spans);
+        assert_eq!(g.groups, 2);
+        let ms = Duration::from_millis;
+        assert_eq!(g.cross, [ms(2), ms(1), ms(3)]);
+        assert_eq!(g.same, [ms(4)], "client 2 after client 1: one worker");
+        assert_eq!(g.new_conn, 2, "connections 20 and 11 were new");
     }
 
     fn rec(due_ms: u64, latency_ms: u64, kind: Kind, attempt: u32) -> gen::Rec {

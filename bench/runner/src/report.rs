@@ -750,9 +750,10 @@ fn queue(out: &mut String, q: &crate::results::QueueBench) {
          the last one: the gap holds Envoy reading the end of the response on one worker, the \
          release and the hand-off in the shared ledger and queue, the waiter's worker woken \
          (`on_queue_ready`) and its request resumed, and Envoy writing it to its upstream \
-         connection and the upstream reading it. A next request on the other worker's upstream \
-         connection is a hand-off across workers; on the same one, within a worker. The \
-         baseline: the same Envoy and wipgate without a queue (`{}`), one client that sends its \
+         connection and the upstream reading it. Each client connection sends its number in \
+         `x-tag`; an upstream connection belongs to one worker, so client connections whose \
+         requests shared one are on one worker: a next request from a client on the other \
+         worker is a hand-off across workers, else within a worker. The baseline: the same Envoy and wipgate without a queue (`{}`), one client that sends its \
          next request the moment it has the answer: the gap is then the path's own cost (the \
          answer out to the client and the next request in), with no wait and no hand-off.\n",
         h.workers, h.queue_config, h.conns, h.service_ms, h.run_s, h.baseline_config
@@ -760,10 +761,15 @@ fn queue(out: &mut String, q: &crate::results::QueueBench) {
     let _ = writeln!(
         out,
         "wipgate counted {} hand-offs over the measured run with the queue; {} answers of \
-         the two runs were not 2xx.\n",
+         the two runs were not 2xx. The client connections fell into {} worker groups (for {} \
+         workers). {} of the gaps with the queue ended on an upstream connection Envoy opened \
+         for that request (its connect is in the gap).\n",
         h.handoffs
             .map_or_else(|| "(not read)".to_owned(), |n| n.to_string()),
-        h.errors
+        h.errors,
+        h.worker_groups,
+        h.workers,
+        h.new_conn,
     );
     let _ = writeln!(
         out,
