@@ -713,6 +713,11 @@ mod tests {
         let original: serde_json::Value = serde_json::from_str(&text).unwrap();
         let written: serde_json::Value = serde_json::from_str(&results.to_json().unwrap()).unwrap();
         assert!(original == written, "results.json does not round-trip");
+        // To the last digit: a run of one section rewrites the others as they were.
+        assert!(
+            results.to_json().unwrap() == text.trim_end(),
+            "results.json is not written back as it was read"
+        );
     }
 
     #[test]
