@@ -32,6 +32,14 @@ COLORS = {
 KNEE_COLOR = "#444444"
 
 
+def save(fig, out, name, title):
+    """Titles `fig`, writes it to OUT/NAME and frees it."""
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, name), dpi=110)
+    plt.close(fig)
+
+
 def overhead(r, out):
     oh = r["overhead"]
     names = [s["name"] for s in oh["setups"]]
@@ -52,10 +60,7 @@ def overhead(r, out):
     b.legend()
     for ax in (a, b):
         ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle("Overhead: unconstrained upstream")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "overhead.png"), dpi=110)
-    plt.close(fig)
+    save(fig, out, "overhead.png", "Overhead: unconstrained upstream")
 
 
 def shape(sw, out):
@@ -82,10 +87,8 @@ def shape(sw, out):
         ax.set_xlabel("offered load (x capacity)")
         ax.grid(alpha=0.3)
     a.legend(fontsize=8)
-    fig.suptitle(f"{sw['title']}: capacity {sw['capacity_rps']:.0f} req/s, C = {sw['c']}")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, f"shape_{sw['key']}.png"), dpi=110)
-    plt.close(fig)
+    save(fig, out, f"shape_{sw['key']}.png",
+         f"{sw['title']}: capacity {sw['capacity_rps']:.0f} req/s, C = {sw['c']}")
 
 
 def knee_band(ax, knee, band, t_end, limits):
@@ -130,11 +133,9 @@ def shift(r, out):
         for x in (sh["slow_from_s"], sh["slow_to_s"]):
             ax.axvline(x, color="grey", ls="--", lw=1)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"c. Capacity shift: collapsing bottleneck at {sh['mult']:g}x, service time x"
-                 f"{sh['slowdown']:g} from {sh['slow_from_s']:g} s to {sh['slow_to_s']:g} s")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "shift.png"), dpi=110)
-    plt.close(fig)
+    save(fig, out, "shift.png",
+         f"c. Capacity shift: collapsing bottleneck at {sh['mult']:g}x, service time x"
+         f"{sh['slowdown']:g} from {sh['slow_from_s']:g} s to {sh['slow_to_s']:g} s")
 
 
 def steady(r, out):
@@ -154,10 +155,7 @@ def steady(r, out):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper right")
     axes[-1, 0].set_xlabel("seconds since the load started (limit sampled every 100 ms)")
-    fig.suptitle("Steady overload: moving limits against the true knee")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "steady.png"), dpi=110)
-    plt.close(fig)
+    save(fig, out, "steady.png", "Steady overload: moving limits against the true knee")
 
 
 def noisy(r, out):
@@ -181,10 +179,8 @@ def noisy(r, out):
     b.set_yscale("log")
     b.set_title("p99 of successes per tenant (ms, log)")
     a.legend(fontsize=8, loc="upper center", ncol=2)
-    fig.suptitle(f"Noisy tenant: {n['rate']:.0f} req/s in all, 1 tenant at 10x")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "noisy_tenant.png"), dpi=110)
-    plt.close(fig)
+    save(fig, out, "noisy_tenant.png",
+         f"Noisy tenant: {n['rate']:.0f} req/s in all, 1 tenant at 10x")
 
 
 def queue(r, out):
@@ -248,7 +244,8 @@ def queue(r, out):
         col = COLORS.get(s["name"])
         t = [x + rt["bucket_s"] / 2 for x in s["t"]]
         d.plot(t, s["retries_per_s"], "o-", color=col, ms=3,
-               label=f"{s['name']}: retries offered (retry-after median {s['retry_after_p50_s']:.0f} s)")
+               label=f"{s['name']}: retries offered "
+                     f"(retry-after median {s['retry_after_p50_s']:.0f} s)")
         d.plot(t, s["spare_per_s"], ":", color=col, label=f"{s['name']}: spare capacity")
     d.axhline(rt["capacity_rps"], color=KNEE_COLOR, ls="--", lw=1, label="capacity")
     d.axvline(rt["run_s"], color="grey", ls="--", lw=1)
@@ -256,14 +253,13 @@ def queue(r, out):
     d.set_ylim(bottom=0)
     d.set_xlabel("seconds since the load started (first attempts stop at the dashed line)")
     d.set_ylabel("requests per second (log above 10)")
-    d.set_title(f"{rt['mult']:g}x overload, clients honour retry-after (max {rt['max_retries']} retries)")
+    d.set_title(f"{rt['mult']:g}x overload, clients honour retry-after "
+                f"(max {rt['max_retries']} retries)")
     d.legend(fontsize=7)
     d.grid(alpha=0.3)
-    fig.suptitle(f"Bounded wait: timeout_ms {q['timeout_ms']}, collapsing bottleneck, "
-                 f"C = {sw['c']}, {sw['capacity_rps']:.0f} req/s")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "queue.png"), dpi=110)
-    plt.close(fig)
+    save(fig, out, "queue.png",
+         f"Bounded wait: timeout_ms {q['timeout_ms']}, collapsing bottleneck, "
+         f"C = {sw['c']}, {sw['capacity_rps']:.0f} req/s")
 
 
 def main():

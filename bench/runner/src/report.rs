@@ -364,6 +364,20 @@ fn sweep(out: &mut String, s: &Sweep, adaptive: &str) {
          {} s per point, client timeout {} s.\n",
         s.c, s.wipgate_static, s.point_s, s.client_timeout_s
     );
+    goodput_and_p99(out, s);
+    matrix(out, s, "rejected", |p| {
+        format!("{:.1}%", p.reject_rate * 100.0)
+    });
+    every_point(out, s);
+    let _ = writeln!(
+        out,
+        "![{}: goodput and admitted p99 by offered load](shape_{}.png)\n",
+        s.title, s.key
+    );
+}
+
+/// The goodput and admitted-p99 tables of `s`.
+fn goodput_and_p99(out: &mut String, s: &Sweep) {
     matrix(out, s, "goodput (of capacity)", |p| {
         format!("{:.2}", p.goodput)
     });
@@ -374,15 +388,6 @@ fn sweep(out: &mut String, s: &Sweep, adaptive: &str) {
             "—".to_owned()
         }
     });
-    matrix(out, s, "rejected", |p| {
-        format!("{:.1}%", p.reject_rate * 100.0)
-    });
-    every_point(out, s);
-    let _ = writeln!(
-        out,
-        "![{}: goodput and admitted p99 by offered load](shape_{}.png)\n",
-        s.title, s.key
-    );
 }
 
 /// Every figure of every point of `s`, folded.
@@ -710,16 +715,7 @@ fn queue(out: &mut String, q: &crate::results::QueueBench) {
          answers completed while the load runs.\n",
         sw.point_s, sw.client_timeout_s
     );
-    matrix(out, sw, "goodput (of capacity)", |p| {
-        format!("{:.2}", p.goodput)
-    });
-    matrix(out, sw, "admitted p99", |p| {
-        if p.ok > 0 {
-            format!("{:.1} ms", p.ok_p99_ms)
-        } else {
-            "—".to_owned()
-        }
-    });
+    goodput_and_p99(out, sw);
     matrix(out, sw, "rejected (failed)", |p| {
         format!("{:.1}% ({})", p.reject_rate * 100.0, p.failed)
     });
