@@ -8,7 +8,7 @@ use std::rc::Rc;
 use crate::adaptive::Outcome;
 use crate::gate::{Finish, Report, Spot, Withdrawal, DEFAULT_LEASE_MS};
 use crate::host::{Event, Host, WaitEnd};
-use crate::labels::Labels;
+use crate::labels::{InFlight, Labels};
 use crate::ledger::Pressure;
 use crate::limits::Limits;
 use crate::log_limit::LogLimit;
@@ -71,6 +71,8 @@ pub struct Admitter {
     /// The pressure the last ledger write saw, for `retry-after`.
     pressure: Cell<Pressure>,
     jitter: Jitter,
+    /// The next in-flight gauges set every label (a heartbeat asks for it).
+    refresh_gauges: Cell<bool>,
 }
 
 impl Admitter {
@@ -100,6 +102,7 @@ impl Admitter {
             wake_queue: Cell::new(None),
             pressure: Cell::new(Pressure::default()),
             jitter: Jitter::new(0),
+            refresh_gauges: Cell::new(true),
         }
     }
 
@@ -425,6 +428,7 @@ impl Admitter {
     /// notices new or stale limits while no request comes.
     pub fn heartbeat(&self, host: &impl Host, now_ms: u64) {
         let limits = self.limits(host, now_ms);
+        self.refresh_gauges.set(true);
         let result = self
             .gate
             .heartbeat(host, &self.worker, now_ms, Some(&self.rule(&limits)));
@@ -506,6 +510,14 @@ impl Admitter {
                             ))
                         );
                     }
+                }
+                if let Some((total, totals)) = &report.inflight {
+                    let limits = Rc::clone(&self.limits.borrow());
+                    host.record(Event::InFlight(&InFlight {
+                        total: *total,
+                        by_label: limits.partitions.inflight_by_label(*total, totals),
+                        refresh: self.refresh_gauges.replace(false),
+                    }));
                 }
                 if report.cas_retries > 0 {
                     host.record(Event::CasRetries(report.cas_retries));

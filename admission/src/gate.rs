@@ -6,6 +6,7 @@
 //! means another worker made progress, so the loop is lock-free; it is still bounded.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 
 use thiserror::Error;
 
@@ -169,6 +170,9 @@ pub struct Report<T> {
     pub wake: Vec<u32>,
     /// The pressure after this change (for `retry-after`).
     pub pressure: Pressure,
+    /// In flight, in total and per partition, as this change wrote the ledger (`None` when
+    /// it wrote nothing).
+    pub inflight: Option<(u64, BTreeMap<PartitionKey, u64>)>,
 }
 
 impl<T> Report<T> {
@@ -184,6 +188,7 @@ impl<T> Report<T> {
             diverted: false,
             wake: Vec::new(),
             pressure: Pressure::default(),
+            inflight: None,
         }
     }
 
@@ -199,6 +204,7 @@ impl<T> Report<T> {
             diverted: self.diverted,
             wake: self.wake,
             pressure: self.pressure,
+            inflight: self.inflight,
         }
     }
 }
@@ -619,6 +625,7 @@ impl Gate {
                         diverted,
                         wake,
                         pressure: ledger.pressure(now_ms),
+                        inflight: Some((ledger.total(), ledger.partition_totals())),
                     });
                 }
                 Err(CasError::Mismatch) => continue,

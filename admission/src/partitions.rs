@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::WILDCARD_TENANT;
-use crate::labels::{Labels, TenantLabel};
+use crate::labels::{Label, Labels, TenantLabel};
 use crate::ledger::{Ledger, PartitionKey, Seat};
 use crate::queue::SeatRule;
 use crate::{Bulkhead, GateConfig, RejectReason, TenantName};
@@ -146,6 +146,40 @@ impl Partitions {
     /// Stat labels of classes, in configuration order.
     pub fn class_labels(&self) -> impl Iterator<Item = Arc<str>> + '_ {
         self.classes.iter().map(|c| Arc::clone(&c.name))
+    }
+
+    /// Every label of these partitions (listed tenants, the unlisted, classes), each with its
+    /// requests in flight by the ledger: `total` all together, `totals` per partition.
+    /// Every request counts under exactly one tenant, so the unlisted hold what the listed
+    /// do not.
+    pub fn inflight_by_label(
+        &self,
+        total: u64,
+        totals: &BTreeMap<PartitionKey, u64>,
+    ) -> Vec<(Label, u64)> {
+        let count = |key: PartitionKey| totals.get(&key).copied().unwrap_or(0);
+        let mut listed_sum = 0u64;
+        let mut out = Vec::with_capacity(self.tenants.len() + self.classes.len() + 1);
+        for t in &self.tenants {
+            let n = count(t.key);
+            listed_sum = listed_sum.saturating_add(n);
+            out.push((Label::Tenant(TenantLabel::Listed(Arc::clone(&t.name))), n));
+        }
+        out.push((
+            Label::Tenant(TenantLabel::Unlisted),
+            total.saturating_sub(listed_sum),
+        ));
+        for c in &self.classes {
+            out.push((Label::Class(Arc::clone(&c.name)), count(c.key)));
+        }
+        out
+    }
+
+    /// Every label of these partitions: the stats and the sync report follow them.
+    pub fn labels_in_force(&self) -> impl Iterator<Item = Label> + '_ {
+        self.tenant_labels()
+            .map(Label::Tenant)
+            .chain(self.class_labels().map(Label::Class))
     }
 
     /// Where a placed request is counted in the stats.
