@@ -561,6 +561,8 @@ impl Gate {
                 }
                 Some(Err(_)) => (Ledger::default(), true),
             };
+            // First: a jump of the clock moves every stored time before ages are judged.
+            let jumped = ledger.absorb_clock(now_ms).is_some();
             let reclaimed = ledger.expire(now_ms, self.lease_ms);
             let adaptive = self.adaptive.as_ref();
             let window = ledger.roll_adaptive(
@@ -595,6 +597,7 @@ impl Gate {
                 .since_ms
                 .is_some_and(|t| now_ms.saturating_sub(t) >= UNWRITTEN_MAX_AGE_MS);
             let write = changed
+                || jumped
                 || bytes.is_none()
                 || reset_corrupt
                 || diverted

@@ -2,7 +2,7 @@
 //! sync's ticks and callout responses to the core, and, with the queue on, wakes the streams
 //! whose wait ended (a slot handed over through the VM's shared queue, or a deadline).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use wipgate_admission::sync::instance_id;
+use wipgate_admission::tick::TickSchedule;
 use wipgate_admission::{Admitter, GateConfig, SyncDriver, Ticket};
 
 use crate::host::{now_ms, now_us, ProxyHost};
@@ -30,56 +31,37 @@ pub struct Plugin {
 }
 
 /// The root's one timer serves two clocks: the periodic work (heartbeat, sync) and the
-/// waiters' deadlines, each answered on time even when nothing is released.
+/// waiters' deadlines, each answered on time even when nothing is released. When to fire is
+/// the core's [`TickSchedule`]; this arms the host's timer accordingly.
 pub struct Ticker {
-    period_ms: u64,
-    /// When the periodic work is next due.
-    periodic_due_ms: Cell<u64>,
-    /// When the timer fires next, as last armed.
-    fires_at_ms: Cell<u64>,
+    schedule: TickSchedule,
 }
 
 impl Ticker {
     fn new(period_ms: u64, now_ms: u64) -> Self {
         let ticker = Self {
-            period_ms,
-            periodic_due_ms: Cell::new(now_ms),
-            fires_at_ms: Cell::new(u64::MAX),
+            schedule: TickSchedule::new(period_ms, now_ms),
         };
-        ticker.arm(now_ms.saturating_add(period_ms), now_ms);
+        ticker.arm(ticker.schedule.next(None, now_ms), now_ms);
         ticker
     }
 
     /// A deadline at `deadline_ms` must be met: brings the timer forward if it fires later.
     pub fn expect(&self, deadline_ms: u64, now_ms: u64) {
-        if deadline_ms < self.fires_at_ms.get() {
-            self.arm(deadline_ms, now_ms);
+        if let Some(period) = self.schedule.expect(deadline_ms, now_ms) {
+            self.arm(period, now_ms);
         }
-    }
-
-    /// Whether the periodic work is due now (and, if so, when it is due next).
-    fn periodic_due(&self, now_ms: u64) -> bool {
-        let due = now_ms >= self.periodic_due_ms.get();
-        if due {
-            self.periodic_due_ms
-                .set(now_ms.saturating_add(self.period_ms));
-        }
-        due
     }
 
     /// Arms the timer for the periodic work or `deadline_ms`, whichever comes first.
     fn rearm(&self, deadline_ms: Option<u64>, now_ms: u64) {
-        let next = deadline_ms.map_or(self.periodic_due_ms.get(), |d| {
-            d.min(self.periodic_due_ms.get())
-        });
-        self.arm(next, now_ms);
+        self.arm(self.schedule.next(deadline_ms, now_ms), now_ms);
     }
 
-    fn arm(&self, at_ms: u64, now_ms: u64) {
-        let period = at_ms.saturating_sub(now_ms).max(1);
+    fn arm(&self, period_ms: u64, now_ms: u64) {
         // From a stream's context too, the host sets the timer of the stream's root.
-        if hostcalls::set_tick_period(Duration::from_millis(period)).is_ok() {
-            self.fires_at_ms.set(now_ms.saturating_add(period));
+        if hostcalls::set_tick_period(Duration::from_millis(period_ms)).is_ok() {
+            self.schedule.armed(period_ms, now_ms);
         }
     }
 }
@@ -171,7 +153,7 @@ impl RootContext for WipgateRoot {
     fn on_tick(&mut self) {
         let Some(plugin) = &self.plugin else { return };
         let now = now_ms();
-        if plugin.ticker.periodic_due(now) {
+        if plugin.ticker.schedule.periodic_due(now) {
             plugin.admitter.heartbeat(&plugin.host, now);
             if let Some(sync) = &mut self.sync {
                 sync.on_tick(&plugin.host, &plugin.admitter, now);

@@ -17,7 +17,7 @@ use crate::queue::MAX_WAITING_LIMIT;
 /// The one number that names the record format; bump it with every change to the encoding.
 macro_rules! format_version {
     () => {
-        6
+        7
     };
 }
 
@@ -50,7 +50,8 @@ pub enum LedgerError {
 
 impl Ledger {
     /// Serialises the ledger: version, next id, limits seq, entry count, then each entry (id,
-    /// in-flight, last seen, partition count, partitions), then the adaptive state, all
+    /// in-flight, last seen, partition count, partitions), then the adaptive state, the
+    /// waiters and grants, the drain meter and the latest time a write saw, all
     /// little-endian.
     pub fn encode(&self) -> Vec<u8> {
         let parts: usize = self.entries.iter().map(|e| e.parts.len()).sum();
@@ -92,6 +93,7 @@ impl Ledger {
         }
         write_queue(&mut out, &self.waiters, &self.grants);
         write_drain(&mut out, &self.drain);
+        out.extend_from_slice(&self.clock_ms.to_le_bytes());
         out
     }
 
@@ -135,6 +137,7 @@ impl Ledger {
         };
         let (waiters, grants) = read_queue(&mut r)?;
         let drain = read_drain(&mut r)?;
+        let clock_ms = r.u64()?;
         if r.remaining() != 0 {
             return Err(LedgerError::Length(bytes.len()));
         }
@@ -152,6 +155,7 @@ impl Ledger {
             waiters,
             grants,
             drain,
+            clock_ms,
         })
     }
 }
@@ -393,8 +397,8 @@ mod tests {
     }
 
     /// What follows the entries of a ledger without adaptive state or waiters: the adaptive
-    /// tag, the two (zero) counts of waiters and grants, and the drain meter.
-    const EMPTY_TAIL: usize = 1 + 2 + 2 + DRAIN_LEN;
+    /// tag, the two (zero) counts of waiters and grants, the drain meter and the clock.
+    const EMPTY_TAIL: usize = 1 + 2 + 2 + DRAIN_LEN + 8;
 
     #[test]
     fn decode_refuses_garbage() {

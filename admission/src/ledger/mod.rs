@@ -83,6 +83,9 @@ pub struct Ledger {
     grants: Vec<Grant>,
     /// Completion rate and overload age, for `retry-after`.
     drain: DrainMeter,
+    /// The latest time a write saw (ms since the epoch; 0 before the first): how a jump of
+    /// the clock is told from time passing (see [`crate::clock`]).
+    clock_ms: u64,
 }
 
 /// A window that closed during a ledger change: what it measured, and the limit after it.
@@ -277,6 +280,39 @@ impl Ledger {
     pub fn pressure(&self, now_ms: u64) -> Pressure {
         let backlog = self.total() + (self.waiters.len() + self.grants.len()) as u64;
         self.drain.pressure(backlog, now_ms)
+    }
+
+    /// Keeps the ledger's times continuous across a jump of the clock: when `now_ms` is a
+    /// jump from the latest time a write saw, every stored time moves by the jump, so ages
+    /// (a VM's silence, a window's length, an overload's age, a wait) stay what they were.
+    /// Returns the jump absorbed, if any. Call it first in every change.
+    pub fn absorb_clock(&mut self, now_ms: u64) -> Option<i64> {
+        let jump = crate::clock::jump(self.clock_ms, now_ms);
+        if let Some(by) = jump {
+            let shift = |t: &mut u64| *t = crate::clock::shift(*t, by);
+            self.entries
+                .iter_mut()
+                .for_each(|e| shift(&mut e.last_seen_ms));
+            if let Some((_, w)) = &mut self.adaptive {
+                shift(&mut w.start_ms);
+            }
+            for w in &mut self.waiters {
+                shift(&mut w.since_ms);
+                shift(&mut w.deadline_ms);
+            }
+            let d = &mut self.drain;
+            for t in [
+                &mut d.window_start_ms,
+                &mut d.overloaded_since_ms,
+                &mut d.turned_away_ms,
+            ] {
+                shift(t);
+            }
+            self.clock_ms = now_ms;
+        } else {
+            self.clock_ms = self.clock_ms.max(now_ms);
+        }
+        jump
     }
 
     /// Drops the entries not seen for `lease_ms` and returns how many slots they held.
