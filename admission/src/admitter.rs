@@ -189,6 +189,7 @@ impl Admitter {
             let rule = Rule {
                 partitions: &limits.partitions,
                 ceiling: max,
+                adaptive: self.config.adaptive.is_some(),
             };
             let result = self.gate.admit(
                 host,
@@ -404,6 +405,7 @@ impl Admitter {
         Rule {
             partitions: &limits.partitions,
             ceiling: limits.config.max_inflight,
+            adaptive: self.config.adaptive.is_some(),
         }
     }
 

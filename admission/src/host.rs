@@ -81,3 +81,21 @@ pub trait Host: SharedData {
     /// on its own thread). Best effort: a lost wake-up is made good by that VM's timer.
     fn wake(&self, queue: u32);
 }
+
+impl<T: Host + ?Sized> Host for &T {
+    fn dispatch(&self, call: &Callout<'_>) -> Result<u32, String> {
+        (**self).dispatch(call)
+    }
+
+    fn record(&self, event: Event<'_>) {
+        (**self).record(event);
+    }
+
+    fn usage(&self) -> Vec<(Label, Usage)> {
+        (**self).usage()
+    }
+
+    fn wake(&self, queue: u32) {
+        (**self).wake(queue);
+    }
+}

@@ -28,6 +28,7 @@ pub mod rejection;
 pub mod retry_after;
 #[cfg(feature = "schema")]
 pub mod schema;
+pub mod scope;
 pub mod shared_data;
 pub mod sync;
 pub mod tenant;

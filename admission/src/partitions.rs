@@ -319,13 +319,16 @@ pub struct Rule<'a> {
     pub partitions: &'a Partitions,
     /// The limit before the adaptive one.
     pub ceiling: u32,
+    /// This configuration has adaptive limits: only then does the ledger's adaptive limit
+    /// bind (a configuration without them, sharing a `scope` with one that has them, keeps
+    /// its own limit).
+    pub adaptive: bool,
 }
 
 impl SeatRule for Rule<'_> {
     fn decide(&self, ledger: &Ledger, seat: &Seat) -> Result<Vec<PartitionKey>, RejectReason> {
-        let limit = self
-            .ceiling
-            .min(ledger.adaptive_limit().unwrap_or(u32::MAX));
+        let adaptive = ledger.adaptive_limit().filter(|_| self.adaptive);
+        let limit = self.ceiling.min(adaptive.unwrap_or(u32::MAX));
         self.partitions.decide(ledger, limit, seat)
     }
 

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use proxy_wasm::types::{BufferType, ContextType, MapType};
+use wipgate_admission::scope::{namespace, Scoped};
 use wipgate_admission::sync::instance_id;
 use wipgate_admission::tick::TickSchedule;
 use wipgate_admission::{Admitter, GateConfig, SyncDriver, Ticket};
 
-use crate::host::{now_ms, now_us, ProxyHost};
+use crate::host::{buffer, now_ms, now_us, property, status, ProxyHost};
 use crate::http::{resolve, AdmissionContext};
 
 /// How often each VM sends a heartbeat to the shared ledger (at least), in ms.
@@ -22,7 +23,9 @@ const HEARTBEAT_MS: u64 = 1_000;
 
 /// What the root context and every stream of one VM share.
 pub struct Plugin {
-    pub host: ProxyHost,
+    /// The host, its shared data under this configuration's namespace (one ledger per
+    /// plugin configuration, not per `vm_id`).
+    pub host: Scoped<ProxyHost>,
     pub admitter: Admitter,
     /// Slots handed to waiting streams of this VM, by stream id, until the stream takes its
     /// own (it has no callback of its own when it is resumed).
@@ -81,12 +84,8 @@ impl Context for WipgateRoot {
         body_size: usize,
         _trailers: usize,
     ) {
-        let status = self
-            .get_http_call_response_header(":status")
-            .and_then(|s| s.parse::<u16>().ok());
-        let body = self
-            .get_http_call_response_body(0, body_size)
-            .unwrap_or_default();
+        let status = status(MapType::HttpCallResponseHeaders);
+        let body = buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
         let (Some(plugin), Some(sync)) = (&self.plugin, &mut self.sync) else {
             return;
         };
@@ -103,7 +102,7 @@ impl Context for WipgateRoot {
 
 impl RootContext for WipgateRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let bytes = buffer(BufferType::PluginConfiguration, usize::MAX).unwrap_or_default();
         let config = match GateConfig::parse(&bytes) {
             Ok(config) => config,
             Err(e) => {
@@ -118,8 +117,13 @@ impl RootContext for WipgateRoot {
                 pending.join(", ")
             );
         }
-        let host = ProxyHost::new();
-        let node_id = self.get_property(vec!["node", "id"]);
+        // Shared data is per vm_id: this configuration's keys go under its own namespace
+        // (its `scope`, else the root id and a fingerprint of the configuration).
+        let root_id = property(&["plugin_root_id"])
+            .map(|id| String::from_utf8_lossy(&id).into_owned())
+            .unwrap_or_default();
+        let host = Scoped::new(ProxyHost::new(), namespace(&root_id, &config, &bytes));
+        let node_id = property(&["node", "id"]);
         self.sync = config.control.clone().map(|control| {
             let instance = instance_id(&host, node_id.as_deref(), random_seed(now_ms()));
             SyncDriver::new(control, instance)

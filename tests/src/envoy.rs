@@ -108,6 +108,9 @@ pub struct EnvoyConfig {
     /// Spread connections over the workers exactly (Envoy's `exact_balance`), so that two
     /// connections open at once are served by two different worker threads.
     pub exact_balance: bool,
+    /// Further listeners (`ingress-1`, `ingress-2`, ...), each with wipgate configured with
+    /// this JSON text on the same `vm_id`, routing as the first ([`Envoy::listener_addrs`]).
+    pub extra_listeners: Vec<String>,
 }
 
 impl EnvoyConfig {
@@ -128,6 +131,7 @@ impl EnvoyConfig {
             circuit_breakers: None,
             exact_balance: false,
             retry_policy: None,
+            extra_listeners: Vec::new(),
         }
     }
 
@@ -218,14 +222,20 @@ fn is_ready(admin: SocketAddr) -> bool {
     admin_get(admin, "/ready").is_ok_and(|r| r.status == 200)
 }
 
-/// The first listener's bound address from `/listeners?format=json`, if any is bound.
+/// The `ingress` listener's bound address from `/listeners?format=json`, if it is bound.
 fn listener_addr_of(admin: SocketAddr) -> Result<Option<SocketAddr>> {
     let resp = admin_get(admin, "/listeners?format=json")?;
     let v: Value = serde_json::from_slice(&resp.body).context("parsing /listeners")?;
-    let Some(sock) = v
-        .pointer("/listener_statuses/0/local_address/socket_address")
+    // The listener named `ingress` (the first of the bootstrap), else the first listed.
+    let statuses = v["listener_statuses"]
+        .as_array()
         .cloned()
-    else {
+        .unwrap_or_default();
+    let first = statuses
+        .iter()
+        .find(|l| l["name"] == "ingress")
+        .or(statuses.first());
+    let Some(sock) = first.map(|l| l["local_address"]["socket_address"].clone()) else {
         return Ok(None);
     };
     let ip = sock["address"].as_str().unwrap_or("127.0.0.1");
@@ -358,6 +368,28 @@ impl Envoy {
     #[must_use]
     pub fn listener_addr(&self) -> SocketAddr {
         self.listener
+    }
+
+    /// Every listener's bound address, in the order of the bootstrap (the first listener,
+    /// then [`EnvoyConfig::extra_listeners`]).
+    pub fn listener_addrs(&self) -> Result<Vec<SocketAddr>> {
+        let resp = admin_get(self.admin, "/listeners?format=json")?;
+        let v: Value = serde_json::from_slice(&resp.body).context("parsing /listeners")?;
+        let mut named: Vec<(String, SocketAddr)> = Vec::new();
+        for status in v["listener_statuses"].as_array().into_iter().flatten() {
+            let sock = &status["local_address"]["socket_address"];
+            let ip = sock["address"].as_str().unwrap_or("127.0.0.1");
+            let port = sock["port_value"].as_u64().unwrap_or(0);
+            let name = status["name"].as_str().unwrap_or_default().to_owned();
+            named.push((name, format!("{ip}:{port}").parse()?));
+        }
+        // "ingress" first, then "ingress-1", "ingress-2", ... in order.
+        named.sort_by_key(|(name, _)| {
+            name.strip_prefix("ingress-")
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0)
+        });
+        Ok(named.into_iter().map(|(_, addr)| addr).collect())
     }
 
     /// The admin API's address.

@@ -133,8 +133,9 @@ impl Ledger {
         self.adaptive.as_ref().map(|(state, _)| state.limit)
     }
 
-    /// Turns adaptive limits on (cold start as the algorithm starts) or off, and closes the
-    /// current window when it is over, moving the limit within `min ..= max`.
+    /// Turns adaptive limits on (cold start as the algorithm starts), and closes the current
+    /// window when it is over, moving the limit within `min ..= max`. Without a `config` it
+    /// changes nothing: the state is kept for the VMs that have one.
     pub fn roll_adaptive(
         &mut self,
         config: Option<&AdaptiveConfig>,
@@ -142,10 +143,9 @@ impl Ledger {
         max: u32,
         now_ms: u64,
     ) -> Option<ClosedWindow> {
-        let Some(config) = config else {
-            self.adaptive = None;
-            return None;
-        };
+        // A VM without adaptive limits (another configuration of the same `scope`, or the
+        // old one draining after an update) leaves the state to those that have them.
+        let config = config?;
         let (state, window) = self.adaptive.get_or_insert_with(|| {
             (
                 LimitState::cold(Bounds::new(min, max), config.algorithm),
