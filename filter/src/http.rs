@@ -117,6 +117,11 @@ impl HttpContext for AdmissionContext {
             // Headers seen twice on one stream (e.g. an internal redirect): keep the slot.
             return Action::Continue;
         }
+        #[cfg(feature = "test-trap")]
+        if header(MapType::HttpRequestHeaders, "x-wipgate-test-trap").is_some() {
+            // A trap as a bug would cause one (`unreachable` in the module): test builds only.
+            std::process::abort();
+        }
         let plugin = &self.plugin;
         let config = plugin.admitter.config();
         let tenant = header(MapType::HttpRequestHeaders, &config.tenant_header);

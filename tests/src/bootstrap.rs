@@ -107,7 +107,7 @@ fn wasm_filter(cfg: &EnvoyConfig, configuration: &str) -> Value {
             "config": {
                 "name": "wipgate",
                 "root_id": "wipgate",
-                "failure_policy": "FAIL_CLOSED",
+                "failure_policy": cfg.failure_policy,
                 "vm_config": {
                     "vm_id": cfg.vm_id,
                     "runtime": "envoy.wasm.runtime.v8",

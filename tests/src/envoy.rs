@@ -75,6 +75,21 @@ pub fn default_wasm_path() -> PathBuf {
         )
 }
 
+/// The filter built with the test-only `test-trap` feature (`make filter-trap`):
+/// `WIPGATE_TRAP_WASM`, else its place in this workspace.
+#[must_use]
+pub fn trap_wasm_path() -> PathBuf {
+    std::env::var_os("WIPGATE_TRAP_WASM")
+        .filter(|p| !p.is_empty())
+        .map_or_else(
+            || {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../target/trap/wasm32-wasip1/release/wipgate_filter.wasm")
+            },
+            PathBuf::from,
+        )
+}
+
 /// What one test Envoy looks like.
 #[derive(Debug, Clone)]
 pub struct EnvoyConfig {
@@ -111,6 +126,9 @@ pub struct EnvoyConfig {
     /// Further listeners (`ingress-1`, `ingress-2`, ...), each with wipgate configured with
     /// this JSON text on the same `vm_id`, routing as the first ([`Envoy::listener_addrs`]).
     pub extra_listeners: Vec<String>,
+    /// The wasm filter's `failure_policy` (default `FAIL_CLOSED`; the shipped configs use
+    /// `FAIL_RELOAD`).
+    pub failure_policy: String,
 }
 
 impl EnvoyConfig {
@@ -132,6 +150,7 @@ impl EnvoyConfig {
             exact_balance: false,
             retry_policy: None,
             extra_listeners: Vec::new(),
+            failure_policy: "FAIL_CLOSED".to_owned(),
         }
     }
 
