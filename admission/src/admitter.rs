@@ -10,7 +10,7 @@ use crate::clock::JumpWatch;
 use crate::gate::{Finish, Report, Spot, Withdrawal, DEFAULT_LEASE_MS};
 use crate::host::{Event, Host, WaitEnd};
 use crate::labels::{InFlight, Labels};
-use crate::ledger::Pressure;
+use crate::ledger::{GaugeDeltas, Pressure};
 use crate::limits::Limits;
 use crate::log_limit::LogLimit;
 use crate::partitions::{Placement, Rule};
@@ -74,8 +74,6 @@ pub struct Admitter {
     /// The pressure the last ledger write saw, for `retry-after`.
     pressure: Cell<Pressure>,
     jitter: Jitter,
-    /// The next in-flight gauges set every label (a heartbeat asks for it).
-    refresh_gauges: Cell<bool>,
     /// Jumps of the host's clock, as this VM's readings show them.
     clock: JumpWatch,
     /// Rebuild the limits at the next look (the clock jumped).
@@ -109,7 +107,6 @@ impl Admitter {
             wake_queue: Cell::new(None),
             pressure: Cell::new(Pressure::default()),
             jitter: Jitter::new(0),
-            refresh_gauges: Cell::new(true),
             clock: JumpWatch::default(),
             reload_limits: Cell::new(false),
         }
@@ -444,7 +441,6 @@ impl Admitter {
     pub fn heartbeat(&self, host: &impl Host, now_ms: u64) {
         self.observe(now_ms.saturating_mul(1_000));
         let limits = self.limits(host, now_ms);
-        self.refresh_gauges.set(true);
         let result = self
             .gate
             .heartbeat(host, &self.worker, now_ms, Some(&self.rule(&limits)));
@@ -545,12 +541,15 @@ impl Admitter {
                         );
                     }
                 }
-                if let Some((total, totals)) = &report.inflight {
+                if let Some(deltas) = report
+                    .gauges
+                    .as_ref()
+                    .filter(|d| **d != GaugeDeltas::default())
+                {
                     let limits = Rc::clone(&self.limits.borrow());
                     host.record(Event::InFlight(&InFlight {
-                        total: *total,
-                        by_label: limits.partitions.inflight_by_label(*total, totals),
-                        refresh: self.refresh_gauges.replace(false),
+                        total: deltas.total,
+                        by_label: limits.partitions.gauge_deltas(deltas),
                     }));
                 }
                 if report.cas_retries > 0 {

@@ -37,6 +37,8 @@ pub struct Stats {
     pub adaptive_limit: Option<u32>,
     /// The Envoy-wide in-flight gauge.
     pub inflight: u64,
+    /// In-flight gauges that would have gone below 0 (held at 0): a double decrement.
+    pub gauge_underflows: u64,
     /// Releases (including those of slots reclaimed before).
     pub released: u64,
     /// Slots reclaimed from dead VMs.
@@ -160,12 +162,23 @@ impl Host for FakeHost {
                     .or_default() += 1;
             }
             Event::Released(_) => self.stats.borrow_mut().released += 1,
-            Event::InFlight(now) => {
+            Event::InFlight(change) => {
                 let mut stats = self.stats.borrow_mut();
-                stats.inflight = now.total;
-                for (label, n) in &now.by_label {
-                    stats.usage.entry(label.clone()).or_default().inflight = *n;
+                let mut underflows = 0;
+                let mut add = |gauge: &mut u64, d: i64| {
+                    *gauge = gauge.checked_add_signed(d).unwrap_or_else(|| {
+                        underflows += 1;
+                        0
+                    });
+                };
+                add(&mut stats.inflight, change.total);
+                for (label, d) in &change.by_label {
+                    add(
+                        &mut stats.usage.entry(label.clone()).or_default().inflight,
+                        *d,
+                    );
                 }
+                stats.gauge_underflows += underflows;
             }
             Event::Reclaimed(n) => self.stats.borrow_mut().reclaimed += n,
             Event::CasRetries(_) => {}

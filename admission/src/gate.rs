@@ -6,13 +6,13 @@
 //! means another worker made progress, so the loop is lock-free; it is still bounded.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 
 use thiserror::Error;
 
 use crate::adaptive::{AdaptiveConfig, Outcome};
 use crate::ledger::{
-    ClosedWindow, Ledger, LedgerError, PartitionKey, Pressure, Seat, Waiter, WorkerId, LEDGER_KEY,
+    ClosedWindow, GaugeDeltas, Ledger, LedgerError, PartitionKey, Pressure, Seat, Waiter, WorkerId,
+    LEDGER_KEY,
 };
 use crate::queue::{QueueConfig, SeatRule};
 use crate::shared_data::{CasError, SharedData};
@@ -170,9 +170,8 @@ pub struct Report<T> {
     pub wake: Vec<u32>,
     /// The pressure after this change (for `retry-after`).
     pub pressure: Pressure,
-    /// In flight, in total and per partition, as this change wrote the ledger (`None` when
-    /// it wrote nothing).
-    pub inflight: Option<(u64, BTreeMap<PartitionKey, u64>)>,
+    /// What this change adds to the in-flight gauges (`None` when it wrote nothing).
+    pub gauges: Option<GaugeDeltas>,
 }
 
 impl<T> Report<T> {
@@ -188,7 +187,7 @@ impl<T> Report<T> {
             diverted: false,
             wake: Vec::new(),
             pressure: Pressure::default(),
-            inflight: None,
+            gauges: None,
         }
     }
 
@@ -204,7 +203,7 @@ impl<T> Report<T> {
             diverted: self.diverted,
             wake: self.wake,
             pressure: self.pressure,
-            inflight: self.inflight,
+            gauges: self.gauges,
         }
     }
 }
@@ -614,6 +613,7 @@ impl Gate {
                     ..Report::nothing(value)
                 });
             }
+            let gauges = ledger.take_gauge_deltas();
             match store.set(self.key_of(worker), &ledger.encode(), cas) {
                 Ok(()) => {
                     worker.owed.borrow_mut().clear();
@@ -628,7 +628,7 @@ impl Gate {
                         diverted,
                         wake,
                         pressure: ledger.pressure(now_ms),
-                        inflight: Some((ledger.total(), ledger.partition_totals())),
+                        gauges: Some(gauges),
                     });
                 }
                 Err(CasError::Mismatch) => continue,

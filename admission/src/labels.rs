@@ -81,18 +81,16 @@ pub struct Labels {
     pub class: Option<Arc<str>>,
 }
 
-/// Requests in flight by the ledger as one write left it: what the in-flight gauges show.
-/// Gauges are set from it, never moved by +1/-1, so a reclaim, a late release or a lost
-/// event cannot make them drift.
+/// What one write of the ledger changed in flight: what the in-flight gauges add. Gauges
+/// move only by what the ledger's compare-and-swap says changed (once per change), never by
+/// a VM's own +1/-1, so a reclaim, a late release of a reclaimed slot or a lost event cannot
+/// make them drift, and the ledgers of several configurations in one Envoy add up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InFlight {
     /// All workers together.
-    pub total: u64,
-    /// Per label in force (listed tenants, the unlisted, classes).
-    pub by_label: Vec<(Label, u64)>,
-    /// Set every gauge, even those this VM believes unchanged (periodically, since other
-    /// VMs set them too).
-    pub refresh: bool,
+    pub total: i64,
+    /// Per label of the limits in force (listed tenants, the unlisted, classes).
+    pub by_label: Vec<(Label, i64)>,
 }
 
 /// Envoy-wide counts of one label, as the host's stats hold them.

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use crate::config::WILDCARD_TENANT;
 use crate::labels::{Label, Labels, TenantLabel};
-use crate::ledger::{Ledger, PartitionKey, Seat};
+use crate::ledger::{GaugeDeltas, Ledger, PartitionKey, Seat};
 use crate::queue::SeatRule;
 use crate::{Bulkhead, GateConfig, RejectReason, TenantName};
 
@@ -148,29 +148,35 @@ impl Partitions {
         self.classes.iter().map(|c| Arc::clone(&c.name))
     }
 
-    /// Every label of these partitions (listed tenants, the unlisted, classes), each with its
-    /// requests in flight by the ledger: `total` all together, `totals` per partition.
-    /// Every request counts under exactly one tenant, so the unlisted hold what the listed
-    /// do not.
-    pub fn inflight_by_label(
-        &self,
-        total: u64,
-        totals: &BTreeMap<PartitionKey, u64>,
-    ) -> Vec<(Label, u64)> {
-        let count = |key: PartitionKey| totals.get(&key).copied().unwrap_or(0);
-        let mut listed_sum = 0u64;
-        let mut out = Vec::with_capacity(self.tenants.len() + self.classes.len() + 1);
-        for t in &self.tenants {
-            let n = count(t.key);
-            listed_sum = listed_sum.saturating_add(n);
-            out.push((Label::Tenant(TenantLabel::Listed(Arc::clone(&t.name))), n));
+    /// The ledger's gauge deltas by label: a listed tenant's key is its label, any other
+    /// tenant's key the unlisted's, a configured class's key its class (other classes are
+    /// not this configuration's). Without bulkheads nothing is counted per partition, so
+    /// every request is the unlisted's.
+    pub fn gauge_deltas(&self, deltas: &GaugeDeltas) -> Vec<(Label, i64)> {
+        let mut out: Vec<(Label, i64)> = Vec::new();
+        let mut add = |label: Label, d: i64| match out.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, n)) => *n += d,
+            None => out.push((label, d)),
+        };
+        if self.is_plain() {
+            add(Label::Tenant(TenantLabel::Unlisted), deltas.total);
+            return out;
         }
-        out.push((
-            Label::Tenant(TenantLabel::Unlisted),
-            total.saturating_sub(listed_sum),
-        ));
-        for c in &self.classes {
-            out.push((Label::Class(Arc::clone(&c.name)), count(c.key)));
+        for (key, d) in &deltas.parts {
+            if key.is_class() {
+                if let Some(c) = self.classes.iter().find(|c| c.key == *key) {
+                    add(Label::Class(Arc::clone(&c.name)), *d);
+                }
+            } else {
+                let label = self
+                    .tenants
+                    .iter()
+                    .find(|t| t.key == *key)
+                    .map_or(TenantLabel::Unlisted, |t| {
+                        TenantLabel::Listed(Arc::clone(&t.name))
+                    });
+                add(Label::Tenant(label), *d);
+            }
         }
         out
     }

@@ -67,6 +67,7 @@ fn a_reclaim_and_the_late_releases_of_the_reclaimed_slots_count_once() {
     let stats = host.stats();
     assert_eq!(stats.inflight, 0);
     assert!(stats.usage.values().all(|u| u.inflight == 0), "{stats:?}");
+    assert_eq!(stats.gauge_underflows, 0);
 }
 
 const SYNCED: &str = r#"{"max_inflight": 50, "control": {"cluster": "wipgate_control",

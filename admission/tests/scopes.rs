@@ -31,15 +31,23 @@ fn two_configurations_on_one_vm_id_keep_separate_limits() {
     assert!(admit(&two, 1_000).is_none(), "the first is full");
     let other: Vec<Ticket> = (0..3).map(|_| admit(&three, 1_000).unwrap()).collect();
     assert!(admit(&three, 1_000).is_none());
+    // The Envoy's stats add the two ledgers up.
+    assert_eq!(host.stats().inflight, 5);
     // A second VM of the first configuration (another worker) shares its limit.
     let two_again = vm(&host, "{ \"max_inflight\": 2 }");
     assert!(admit(&two_again, 1_000).is_none());
     for t in held {
         two.1.release(&two.0, t, Some(200), 2_000_000);
     }
-    assert!(admit(&two_again, 2_000).is_some());
+    let again = admit(&two_again, 2_000).unwrap();
     assert_eq!(three.1.inflight(&three.0), 3);
-    drop(other);
+    assert_eq!(host.stats().inflight, 4);
+    two_again.1.release(&two_again.0, again, None, 3_000_000);
+    for t in other {
+        three.1.release(&three.0, t, None, 3_000_000);
+    }
+    let stats = host.stats();
+    assert_eq!((stats.inflight, stats.gauge_underflows), (0, 0));
 }
 
 #[test]

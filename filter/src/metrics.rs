@@ -2,10 +2,10 @@
 //! counters and gauges. Counters and gauges are defined in every VM; Envoy backs the same name
 //! with one stat for all worker threads, so increments add up Envoy-wide.
 //!
-//! In-flight gauges are set from the shared ledger as each write left it, never moved by
-//! +1/-1, so a reclaimed VM's slots or a late release cannot make them drift; a worker that
-//! sets a value another worker's later write already replaced is corrected by the next write
-//! (every VM's heartbeat sets them all each second). Per-tenant stats exist for tenants named
+//! In-flight gauges move by what each write of the shared ledger changed (kept in the ledger
+//! and counted once per compare-and-swap), never by a VM's own +1/-1, so a reclaimed VM's
+//! slots or a late release cannot make them drift, and several configurations in one Envoy
+//! add up. Per-tenant stats exist for tenants named
 //! by the configuration or the fleet policy, plus one `_unlisted` label for all others, so
 //! their number never follows what clients send; the sync report carries the labels of the
 //! limits in force only.
@@ -100,13 +100,10 @@ impl RequestStats {
     }
 }
 
-/// One label's stats, and the in-flight value this VM last set on them.
-type LabelStats = (Rc<RequestStats>, Option<u64>);
-
 /// Per-label stats, defined on first use.
 struct Labelled<K> {
     prefix: &'static str,
-    by_label: RefCell<BTreeMap<K, LabelStats>>,
+    by_label: RefCell<BTreeMap<K, Rc<RequestStats>>>,
 }
 
 impl<K: Ord + Clone> Labelled<K> {
@@ -120,23 +117,11 @@ impl<K: Ord + Clone> Labelled<K> {
     /// `segment` is the label's stat name segment (escaped already).
     fn get(&self, label: &K, segment: &str) -> Rc<RequestStats> {
         let mut map = self.by_label.borrow_mut();
-        let (stats, _) = map.entry(label.clone()).or_insert_with(|| {
+        let stats = map.entry(label.clone()).or_insert_with(|| {
             let prefix = format!("wipgate.{}.{segment}", self.prefix);
-            (Rc::new(RequestStats::define(&prefix)), None)
+            Rc::new(RequestStats::define(&prefix))
         });
         Rc::clone(stats)
-    }
-
-    /// Sets the label's in-flight gauge, unless this VM set that value last (or `refresh`).
-    fn set_inflight(&self, label: &K, segment: &str, value: u64, refresh: bool) {
-        let stats = self.get(label, segment);
-        let mut map = self.by_label.borrow_mut();
-        if let Some((_, last)) = map.get_mut(label) {
-            if refresh || *last != Some(value) {
-                set(stats.inflight, value);
-                *last = Some(value);
-            }
-        }
     }
 
     /// Counts of the labels `keep` accepts.
@@ -144,7 +129,7 @@ impl<K: Ord + Clone> Labelled<K> {
         let map = self.by_label.borrow();
         map.iter()
             .filter(|(k, _)| keep(k))
-            .map(|(k, (s, _))| (k.clone(), s.usage()))
+            .map(|(k, s)| (k.clone(), s.usage()))
             .collect()
     }
 }
@@ -266,20 +251,15 @@ impl Metrics {
         }
     }
 
-    /// The in-flight gauges, as the ledger holds them now.
-    fn inflight(&self, now: &InFlight) {
-        set(self.all.inflight, now.total);
-        for (label, value) in &now.by_label {
-            match label {
-                Label::Tenant(t) => {
-                    self.tenants
-                        .set_inflight(t, &t.stat_name(), *value, now.refresh);
-                }
-                Label::Class(c) => {
-                    self.classes
-                        .set_inflight(c, &stat_segment(c), *value, now.refresh);
-                }
-            }
+    /// The in-flight gauges move by what a write of the ledger changed.
+    fn inflight(&self, change: &InFlight) {
+        add(self.all.inflight, change.total);
+        for (label, d) in &change.by_label {
+            let stats = match label {
+                Label::Tenant(t) => self.tenants.get(t, &t.stat_name()),
+                Label::Class(c) => self.classes.get(c, &stat_segment(c)),
+            };
+            add(stats.inflight, *d);
         }
     }
 

@@ -51,8 +51,8 @@ pub enum LedgerError {
 impl Ledger {
     /// Serialises the ledger: version, next id, limits seq, entry count, then each entry (id,
     /// in-flight, last seen, partition count, partitions), then the adaptive state, the
-    /// waiters and grants, the drain meter and the latest time a write saw, all
-    /// little-endian.
+    /// waiters and grants, the drain meter, the latest time a write saw and what the gauges
+    /// were given, all little-endian.
     pub fn encode(&self) -> Vec<u8> {
         let parts: usize = self.entries.iter().map(|e| e.parts.len()).sum();
         let mut out =
@@ -94,6 +94,13 @@ impl Ledger {
         write_queue(&mut out, &self.waiters, &self.grants);
         write_drain(&mut out, &self.drain);
         out.extend_from_slice(&self.clock_ms.to_le_bytes());
+        out.extend_from_slice(&self.gauged_total.to_le_bytes());
+        // The gauged partitions are those with something in flight: bounded as `parts`.
+        out.extend_from_slice(&len_u16(self.gauged.len()).to_le_bytes());
+        for (key, n) in &self.gauged {
+            out.extend_from_slice(&key.0.to_le_bytes());
+            out.extend_from_slice(&n.to_le_bytes());
+        }
         out
     }
 
@@ -138,6 +145,15 @@ impl Ledger {
         let (waiters, grants) = read_queue(&mut r)?;
         let drain = read_drain(&mut r)?;
         let clock_ms = r.u64()?;
+        let gauged_total = r.u64()?;
+        let count = usize::from(r.u16()?);
+        if count * PART_LEN > r.remaining() {
+            return Err(LedgerError::Length(bytes.len()));
+        }
+        let mut gauged = Vec::with_capacity(count);
+        for _ in 0..count {
+            gauged.push((PartitionKey(r.u64()?), r.u32()?));
+        }
         if r.remaining() != 0 {
             return Err(LedgerError::Length(bytes.len()));
         }
@@ -156,6 +172,8 @@ impl Ledger {
             grants,
             drain,
             clock_ms,
+            gauged_total,
+            gauged,
         })
     }
 }
@@ -397,8 +415,9 @@ mod tests {
     }
 
     /// What follows the entries of a ledger without adaptive state or waiters: the adaptive
-    /// tag, the two (zero) counts of waiters and grants, the drain meter and the clock.
-    const EMPTY_TAIL: usize = 1 + 2 + 2 + DRAIN_LEN + 8;
+    /// tag, the two (zero) counts of waiters and grants, the drain meter, the clock and the
+    /// (zero) gauged counts.
+    const EMPTY_TAIL: usize = 1 + 2 + 2 + DRAIN_LEN + 8 + 8 + 2;
 
     #[test]
     fn decode_refuses_garbage() {

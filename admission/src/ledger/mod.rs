@@ -86,6 +86,21 @@ pub struct Ledger {
     /// The latest time a write saw (ms since the epoch; 0 before the first): how a jump of
     /// the clock is told from time passing (see [`crate::clock`]).
     clock_ms: u64,
+    /// What this ledger has added to the host's in-flight gauges so far: in total, and per
+    /// partition (non-zero only). Each write adds the difference to what it holds now, in
+    /// the same compare-and-swap, so the gauges follow the ledger exactly once per change
+    /// and the ledgers of several configurations in one Envoy add up.
+    gauged_total: u64,
+    gauged: Vec<(PartitionKey, u32)>,
+}
+
+/// What one write of the ledger adds to the in-flight gauges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GaugeDeltas {
+    /// To the Envoy-wide gauge.
+    pub total: i64,
+    /// Per partition (only those that changed).
+    pub parts: Vec<(PartitionKey, i64)>,
 }
 
 /// A window that closed during a ledger change: what it measured, and the limit after it.
@@ -280,6 +295,38 @@ impl Ledger {
     pub fn pressure(&self, now_ms: u64) -> Pressure {
         let backlog = self.total() + (self.waiters.len() + self.grants.len()) as u64;
         self.drain.pressure(backlog, now_ms)
+    }
+
+    /// What the in-flight gauges need added to show what this ledger holds now, taken as
+    /// added: call it once per write, in the change that is written.
+    pub fn take_gauge_deltas(&mut self) -> GaugeDeltas {
+        let delta = |now: u64, before: u64| {
+            i64::try_from(now).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX)
+        };
+        let total = self.total();
+        let totals = self.partition_totals();
+        let mut parts = Vec::new();
+        for (key, before) in &self.gauged {
+            let now = totals.get(key).copied().unwrap_or(0);
+            if now != u64::from(*before) {
+                parts.push((*key, delta(now, u64::from(*before))));
+            }
+        }
+        for (key, now) in &totals {
+            if !self.gauged.iter().any(|(k, _)| k == key) {
+                parts.push((*key, delta(*now, 0)));
+            }
+        }
+        let deltas = GaugeDeltas {
+            total: delta(total, self.gauged_total),
+            parts,
+        };
+        self.gauged_total = total;
+        self.gauged = totals
+            .into_iter()
+            .map(|(k, n)| (k, u32::try_from(n).unwrap_or(u32::MAX)))
+            .collect();
+        deltas
     }
 
     /// Keeps the ledger's times continuous across a jump of the clock: when `now_ms` is a
