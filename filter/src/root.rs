@@ -123,7 +123,12 @@ impl RootContext for WipgateRoot {
             .map(|id| String::from_utf8_lossy(&id).into_owned())
             .unwrap_or_default();
         let host = Scoped::new(ProxyHost::new(), namespace(&root_id, &config, &bytes));
-        let node_id = property(&["node", "id"]);
+        // Each scope syncs on its own: its instance id says which (`NODE_ID/SCOPE`), so two
+        // scoped configurations of one Envoy are two instances to the control service.
+        let node_id = property(&["node", "id"]).map(|id| match &config.scope {
+            Some(scope) => [id.as_slice(), b"/", scope.as_bytes()].concat(),
+            None => id,
+        });
         self.sync = config.control.clone().map(|control| {
             let instance = instance_id(&host, node_id.as_deref(), random_seed(now_ms()));
             SyncDriver::new(control, instance)
