@@ -61,33 +61,33 @@ pub fn require_envoy() -> PathBuf {
     }
 }
 
+/// A `.wasm` named by the environment variable `env`, else at `in_workspace` (relative to
+/// the workspace root).
+fn wasm_path(env: &str, in_workspace: &str) -> PathBuf {
+    std::env::var_os(env).filter(|p| !p.is_empty()).map_or_else(
+        || {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(in_workspace)
+        },
+        PathBuf::from,
+    )
+}
+
 /// The filter's `.wasm`: `WIPGATE_WASM`, else the workspace's release build.
 #[must_use]
 pub fn default_wasm_path() -> PathBuf {
-    std::env::var_os(WASM_ENV)
-        .filter(|p| !p.is_empty())
-        .map_or_else(
-            || {
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../target/wasm32-wasip1/release/wipgate_filter.wasm")
-            },
-            PathBuf::from,
-        )
+    wasm_path(WASM_ENV, "target/wasm32-wasip1/release/wipgate_filter.wasm")
 }
 
 /// The filter built with the test-only `test-trap` feature (`make filter-trap`):
 /// `WIPGATE_TRAP_WASM`, else its place in this workspace.
 #[must_use]
 pub fn trap_wasm_path() -> PathBuf {
-    std::env::var_os("WIPGATE_TRAP_WASM")
-        .filter(|p| !p.is_empty())
-        .map_or_else(
-            || {
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../target/trap/wasm32-wasip1/release/wipgate_filter.wasm")
-            },
-            PathBuf::from,
-        )
+    wasm_path(
+        "WIPGATE_TRAP_WASM",
+        "target/trap/wasm32-wasip1/release/wipgate_filter.wasm",
+    )
 }
 
 /// What one test Envoy looks like.

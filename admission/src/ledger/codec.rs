@@ -66,11 +66,7 @@ impl Ledger {
             out.extend_from_slice(&e.id.0.to_le_bytes());
             out.extend_from_slice(&e.inflight.to_le_bytes());
             out.extend_from_slice(&e.last_seen_ms.to_le_bytes());
-            out.extend_from_slice(&len_u16(e.parts.len()).to_le_bytes());
-            for (key, n) in &e.parts {
-                out.extend_from_slice(&key.0.to_le_bytes());
-                out.extend_from_slice(&n.to_le_bytes());
-            }
+            write_parts(&mut out, &e.parts);
         }
         match &self.adaptive {
             None => out.push(0),
@@ -96,11 +92,7 @@ impl Ledger {
         out.extend_from_slice(&self.clock_ms.to_le_bytes());
         out.extend_from_slice(&self.gauged_total.to_le_bytes());
         // The gauged partitions are those with something in flight: bounded as `parts`.
-        out.extend_from_slice(&len_u16(self.gauged.len()).to_le_bytes());
-        for (key, n) in &self.gauged {
-            out.extend_from_slice(&key.0.to_le_bytes());
-            out.extend_from_slice(&n.to_le_bytes());
-        }
+        write_parts(&mut out, &self.gauged);
         out
     }
 
@@ -122,14 +114,7 @@ impl Ledger {
             let id = WorkerId(r.u32()?);
             let inflight = r.u32()?;
             let last_seen_ms = r.u64()?;
-            let nparts = usize::from(r.u16()?);
-            if nparts * PART_LEN > r.remaining() {
-                return Err(LedgerError::Length(bytes.len()));
-            }
-            let mut parts = Vec::with_capacity(nparts);
-            for _ in 0..nparts {
-                parts.push((PartitionKey(r.u64()?), r.u32()?));
-            }
+            let parts = read_parts(&mut r)?;
             entries.push(WorkerEntry {
                 id,
                 inflight,
@@ -146,14 +131,7 @@ impl Ledger {
         let drain = read_drain(&mut r)?;
         let clock_ms = r.u64()?;
         let gauged_total = r.u64()?;
-        let count = usize::from(r.u16()?);
-        if count * PART_LEN > r.remaining() {
-            return Err(LedgerError::Length(bytes.len()));
-        }
-        let mut gauged = Vec::with_capacity(count);
-        for _ in 0..count {
-            gauged.push((PartitionKey(r.u64()?), r.u32()?));
-        }
+        let gauged = read_parts(&mut r)?;
         if r.remaining() != 0 {
             return Err(LedgerError::Length(bytes.len()));
         }
@@ -176,6 +154,25 @@ impl Ledger {
             gauged,
         })
     }
+}
+
+/// A count, then (partition key, count) pairs: an entry's partitions, or the gauged ones.
+fn write_parts(out: &mut Vec<u8>, parts: &[(PartitionKey, u32)]) {
+    out.extend_from_slice(&len_u16(parts.len()).to_le_bytes());
+    for (key, n) in parts {
+        out.extend_from_slice(&key.0.to_le_bytes());
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+}
+
+fn read_parts(r: &mut Reader<'_>) -> Result<Vec<(PartitionKey, u32)>, LedgerError> {
+    let count = usize::from(r.u16()?);
+    if count * PART_LEN > r.remaining() {
+        return Err(LedgerError::Length(r.bytes.len()));
+    }
+    (0..count)
+        .map(|_| Ok((PartitionKey(r.u64()?), r.u32()?)))
+        .collect()
 }
 
 /// The drain meter: window start, completions, rate, overload start, last turned away.
