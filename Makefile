@@ -19,8 +19,8 @@ export WIPGATE_ENVOY   := $(abspath $(ENVOY))
 export WIPGATE_WASM    := $(abspath $(WASM))
 export WIPGATE_CONTROL := $(abspath target/debug/wipgate-control)
 
-.PHONY: help demo test test-unit test-control test-e2e test-deploy bench bench-queue filter prereqs \
-        wasm-target schema images envoy lint validate-configs clean
+.PHONY: help demo test test-unit test-control test-e2e test-deploy bench bench-queue filter \
+        filter-trap prereqs wasm-target schema images envoy lint validate-configs clean
 
 help:
 	@echo "make demo   - live demo: demo upstream, real Envoy with wipgate, load, summary"
@@ -67,6 +67,14 @@ filter: wasm-target
 	cargo build --release --target wasm32-wasip1 -p wipgate-filter
 	@ls -l $(WASM)
 
+# The filter with the test-only `test-trap` feature (a marker header traps the VM), in its own
+# target dir so it never replaces the shipped module; the e2e tests of FAIL_RELOAD use it.
+TRAP_WASM := target/trap/wasm32-wasip1/release/wipgate_filter.wasm
+export WIPGATE_TRAP_WASM := $(abspath $(TRAP_WASM))
+filter-trap: wasm-target
+	cargo build --release --target wasm32-wasip1 -p wipgate-filter --features test-trap --target-dir target/trap
+	@ls -l $(TRAP_WASM)
+
 ## ---- images -----------------------------------------------------------------------
 # OCI image layouts in target/images, without a Docker daemon: the filter as a Wasm image
 # (the module as its content layer) with a WasmPlugin pinned to its digest, and the control
@@ -112,7 +120,7 @@ test-control:
 # tests that need Envoy are #[ignore = "needs Envoy"] (a plain `cargo test` lists them as
 # ignored): --include-ignored runs them here, with WIPGATE_ENVOY set above (and the image
 # checks, on what `make images` built).
-test-e2e: prereqs filter images
+test-e2e: prereqs filter filter-trap images
 	$(call need,redis-server,redis-server)
 	$(call need,prometheus,prometheus)
 	$(call need_postgres)

@@ -30,7 +30,15 @@ impl Limits {
     /// static configuration. Reservations that no longer fit the fleet share are scaled
     /// down (never up), so the bulkhead invariants hold under any share.
     pub fn build(static_config: &GateConfig, allowance: Option<&Allowance>, now_ms: u64) -> Self {
-        let Some(a) = allowance.filter(|a| now_ms < a.valid_until_ms) else {
+        // An allowance is good for `stale_after_ms` at most from its arrival: one valid for
+        // longer from now was stamped before the clock went back, and is stale (the next
+        // sync is due at once after a jump either way).
+        let stale_after = static_config.control.as_ref().map(|c| c.stale_after_ms);
+        let fresh = |a: &&Allowance| {
+            now_ms < a.valid_until_ms
+                && stale_after.map_or(true, |s| a.valid_until_ms <= now_ms.saturating_add(s))
+        };
+        let Some(a) = allowance.filter(fresh) else {
             return Self::of(static_config.clone(), None);
         };
         let mut config = static_config.clone();
