@@ -58,6 +58,10 @@ pub struct ControlConfig {
     /// How long a last good allowance is kept after syncs start failing.
     #[serde(default = "defaults::stale_after_ms")]
     pub stale_after_ms: u64,
+    /// Bearer token of the sync calls (the control service's `--sync-token-file`): 1-4096
+    /// bytes of visible ASCII.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// The configuration as written; [`GateConfig::parse`] turns it into a [`GateConfig`].
@@ -339,6 +343,14 @@ fn validate_control(control: &ControlConfig) -> Result<(), ConfigError> {
             "control.stale_after_ms",
             "must be at least control.interval_ms",
         ));
+    }
+    if let Some(token) = &control.token {
+        if token.is_empty() || token.len() > 4096 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::new(
+                "control.token",
+                "must be 1-4096 bytes of visible ASCII (no spaces)",
+            ));
+        }
     }
     Ok(())
 }

@@ -88,6 +88,35 @@ fn one_call_per_interval_and_the_reply_becomes_every_workers_limit() {
 }
 
 #[test]
+fn the_sync_call_carries_the_configured_token_and_only_then() {
+    let host = FakeHost::default();
+    let mut plain = worker(&host);
+    plain.tick(&host, 1_000);
+    assert_eq!(host.calls()[0].bearer, None);
+
+    let host = FakeHost::default();
+    let config = CONFIG.replace(r#""cluster": "wipgate_control","#, r#""cluster": "wipgate_control", "token": "fleet-secret","#);
+    let config = GateConfig::parse(config.as_bytes()).unwrap();
+    let mut sync = SyncDriver::new(config.control.clone().unwrap(), "envoy-1".to_owned());
+    let admitter = Admitter::new(config, &host);
+    sync.on_tick(&host, &admitter, 1_000);
+    assert_eq!(host.calls()[0].bearer.as_deref(), Some("fleet-secret"));
+    // The token is a header, never part of the report.
+    assert!(!String::from_utf8_lossy(&host.calls()[0].body).contains("fleet-secret"));
+    // Refused (401): counted as a status failure, the static limits stay.
+    let token = host.calls()[0].token;
+    sync.on_response(&host, &admitter, token, Some(401), b"{}", 1_050);
+    assert_eq!(host.stats().sync_failures["status"], 1);
+    assert_eq!(admitter.limits(&host, 1_060).config.max_inflight, 50);
+
+    for bad in [r#""""#, r#""a b""#, "\"é\""] {
+        let config = CONFIG.replace(r#""cluster": "wipgate_control","#, &format!(r#""cluster": "wipgate_control", "token": {bad},"#));
+        let err = GateConfig::parse(config.as_bytes()).unwrap_err();
+        assert_eq!(err.field, "control.token", "{bad}");
+    }
+}
+
+#[test]
 fn a_workers_first_request_after_a_new_allowance_is_decided_under_it() {
     let host = FakeHost::default();
     let (mut a, b) = (worker(&host), worker(&host));

@@ -48,6 +48,11 @@ async fn main() -> anyhow::Result<()> {
             "no admin token (WIPGATE_ADMIN_TOKEN or --admin-token-file): admin calls are refused"
         );
     }
+    if settings.sync_token_file.is_none() {
+        tracing::warn!(
+            "no sync token (--sync-token-file): POST /v1/sync is open to anyone who reaches the service"
+        );
+    }
     let clock = SystemClock::shared();
     let store = open_store_with_clock(&settings, clock.clone())?;
     let state = AppState::with_clock(store, AdminToken::new(token), &settings, clock)?;

@@ -41,6 +41,10 @@ pub struct Settings {
     /// File holding the admin bearer token (else `WIPGATE_ADMIN_TOKEN`).
     #[arg(long, env = "WIPGATE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// File holding the sync token: with it, `POST /v1/sync` needs `authorization: Bearer
+    /// TOKEN` (the filters' `control.token`); without it, syncs are not authenticated.
+    #[arg(long, env = "WIPGATE_SYNC_TOKEN_FILE")]
+    pub sync_token_file: Option<PathBuf>,
     /// An instance that has not synced for this long drops out and its share is freed, ms.
     #[arg(long, env = "WIPGATE_STALE_AFTER_MS", default_value_t = 15_000,
           value_parser = clap::value_parser!(u64).range(1000..=3_600_000))]
@@ -68,6 +72,25 @@ impl Settings {
     /// whitespace (a trailing newline in the file) is not part of the token.
     pub fn admin_token(&self) -> anyhow::Result<Option<String>> {
         read_admin_token(self.admin_token_file.as_deref())
+    }
+
+    /// The sync token from `--sync-token-file`, trimmed; `None` without the flag. A file
+    /// that cannot be read, or holds no token, is an error: a service told to authenticate
+    /// syncs never starts open.
+    pub fn sync_token(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.sync_token_file else {
+            return Ok(None);
+        };
+        let raw = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--sync-token-file {}: {e}", path.display()))?;
+        let token = raw.trim();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            anyhow::bail!(
+                "--sync-token-file {}: the token must be visible ASCII, without spaces",
+                path.display()
+            );
+        }
+        Ok(Some(token.to_owned()))
     }
 }
 

@@ -212,6 +212,46 @@ async fn admin_calls_without_the_right_token_get_401_and_change_nothing() {
 }
 
 #[tokio::test]
+async fn with_a_sync_token_syncs_without_it_get_401_and_take_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sync-token");
+    std::fs::write(&file, "fleet-secret\n").unwrap();
+    let api = Api::new(&["--sync-token-file", file.to_str().unwrap()]);
+    let report = json!({"instance": "intruder", "inflight": 1_000_000});
+    let wrong = [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer fleet-secre"),
+        Some("fleet-secret"),
+        Some("Bearer test-admin"),
+    ];
+    for auth in wrong {
+        for body in [report.to_string(), "not json".to_owned(), "x".repeat(2 << 20)] {
+            let r = api.call("POST", "/v1/sync", &body, auth).await;
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{auth:?}");
+            assert_eq!(r.headers[header::WWW_AUTHENTICATE], "Bearer");
+        }
+    }
+    // The admin token is not the sync token.
+    let r = api
+        .call("POST", "/v1/sync", &report.to_string(), Some(&format!("Bearer {TOKEN}")))
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.get("/v1/status").await.json()["totals"]["instances"], 0);
+    let r = api
+        .call("POST", "/v1/sync", &json!({"instance": "envoy-1"}).to_string(), Some("Bearer fleet-secret"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(api.get("/v1/status").await.json()["totals"]["instances"], 1);
+
+    // A token file that holds no token stops the service at start.
+    std::fs::write(&file, "\n").unwrap();
+    let settings = settings(&["--sync-token-file", file.to_str().unwrap()]);
+    let store = open_store_with_clock(&settings, ManualClock::new(START_MS)).unwrap();
+    assert!(AppState::with_clock(store, AdminToken::new(None), &settings, ManualClock::new(START_MS)).is_err());
+}
+
+#[tokio::test]
 async fn bad_input_gets_400_or_422_naming_the_field() {
     let api = Api::new(&[]);
     let cases = [

@@ -91,6 +91,7 @@ impl SyncDriver {
             path: SYNC_PATH,
             body: &body,
             timeout_ms: self.control.timeout_ms,
+            bearer: self.control.token.as_deref(),
         };
         match host.dispatch(&call) {
             Ok(token) => {

@@ -1,4 +1,5 @@
-//! Middleware of the API: admin auth in front of the admin routes, and per-route request
+//! Middleware of the API: admin auth in front of the admin routes, the sync token in front
+//! of `/v1/sync`, and per-route request
 //! counts and latencies for every request.
 
 use std::time::Instant;
@@ -16,6 +17,18 @@ pub async fn require_admin(
     next: Next,
 ) -> Response {
     match state.token.check(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Refuses syncs without the sync token (when one is configured) before their body is read.
+pub async fn require_sync_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state.sync_token.check(request.headers()) {
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     }
