@@ -73,6 +73,7 @@ fn one_call_per_interval_and_the_reply_becomes_every_workers_limit() {
     assert!(a.sync.is_pending() && !b.sync.is_pending());
     let report: SyncRequest = serde_json::from_slice(&host.calls()[0].body).unwrap();
     assert_eq!((report.instance.as_str(), report.inflight), ("envoy-1", 0));
+    assert_eq!(report.in_force, None, "nothing from the fleet in force yet");
     a.answer(&host, Some(200), &reply(7), 1_050);
     assert_eq!(host.stats().syncs, 1);
     assert_eq!(load_allowance(&host).unwrap().seq, 1);
@@ -83,6 +84,11 @@ fn one_call_per_interval_and_the_reply_becomes_every_workers_limit() {
     assert_eq!(host.calls().len(), 1, "not due before the interval");
     b.tick(&host, 2_000);
     assert_eq!(host.calls().len(), 2);
+    // The next report says what is in force (the service keeps counting it until a report
+    // shows less), with the protocol version and this Envoy's own maximum.
+    let report: SyncRequest = serde_json::from_slice(&host.calls()[1].body).unwrap();
+    assert_eq!(report.in_force.as_ref().map(|f| f.max_inflight), Some(7));
+    assert_eq!((report.version, report.max_inflight), (Some(2), Some(50)));
     // Stale after the reply's 4 s: back on the static configuration.
     assert_eq!(a.limit(&host, 5_100), 50);
 }

@@ -53,6 +53,19 @@ pub struct Settings {
     #[arg(long, env = "WIPGATE_FLOOR_PERCENT", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(0..=100))]
     pub floor_percent: u32,
+    /// For this long after the fleet's records start empty (a memory store's start, a Redis
+    /// that lost its keys), grants are capped while the census is unknown, ms.
+    #[arg(long, env = "WIPGATE_WARM_UP_MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub warm_up_ms: u64,
+    /// Most live instances; a sync from one more gets 429.
+    #[arg(long, env = "WIPGATE_MAX_INSTANCES", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_instances: u32,
+    /// Most instances that may join in one second; beyond, a joining one gets 429.
+    #[arg(long, env = "WIPGATE_MAX_JOINS_PER_S", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_joins_per_s: u32,
     /// Largest request body accepted, bytes.
     #[arg(long, env = "WIPGATE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,

@@ -72,6 +72,9 @@ impl AppState {
             params: SplitParams {
                 floor_percent: settings.floor_percent,
                 stale_after_ms: settings.stale_after_ms,
+                warm_up_ms: settings.warm_up_ms,
+                max_instances: settings.max_instances,
+                max_joins_per_s: settings.max_joins_per_s,
             },
             probes: ProbeHub::new(
                 ProbeMetrics::register(metrics.registry())?,

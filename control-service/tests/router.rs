@@ -424,7 +424,8 @@ async fn policy_round_trip_with_versions() {
 
 #[tokio::test]
 async fn sync_reply_and_status_shapes() {
-    let api = Api::new(&[]);
+    // Past the warm-up (a_fresh_store_warms_up shows it): the steady-state split.
+    let api = Api::new(&["--warm-up-ms", "0"]);
     let r = api
         .sync(&json!({"instance": "envoy-1", "inflight": 12,
             "tenants": {"acme": {"inflight": 10, "admitted": 300, "rejected": 4}},
@@ -469,10 +470,39 @@ async fn sync_reply_and_status_shapes() {
     assert_eq!(status["probes"], json!([]));
 }
 
+#[tokio::test]
+async fn a_fresh_store_warms_up_and_a_version_2_report_is_read_whole() {
+    let api = Api::new(&[]);
+    // While the census is unknown (2 s by default): no more than an even share among the
+    // instances known so far and one more.
+    let first = api
+        .sync(&json!({"version": 2, "instance": "envoy-1", "nonce": "p1", "inflight": 900,
+            "max_inflight": 2000, "future_field": {"ignored": true}}))
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    assert_eq!(first.json()["max_inflight"], 500);
+    api.clock.advance(2_000);
+    let later = api
+        .sync(&json!({"version": 2, "instance": "envoy-1", "nonce": "p1", "inflight": 900,
+            "in_force": {"max_inflight": 500}}))
+        .await
+        .json();
+    assert_eq!(later["max_inflight"], 950);
+    let status = api.get("/v1/status").await.json();
+    assert_eq!(status["instances"][0]["nonce"], "p1");
+    // The caps refuse a joining instance with 429, naming the field.
+    let capped = Api::new(&["--max-instances", "1", "--warm-up-ms", "0"]);
+    assert_eq!(capped.sync(&json!({"instance": "a"})).await.status, StatusCode::OK);
+    let refused = capped.sync(&json!({"instance": "b"})).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.json()["field"], "instance");
+    assert_eq!(refused.headers[header::RETRY_AFTER], "1");
+}
+
 /// Was a real-time wait in `tests/api.rs`: now the clock moves past the stale window.
 #[tokio::test]
 async fn stale_instances_drop_out() {
-    let api = Api::new(&["--stale-after-ms", "1000"]);
+    let api = Api::new(&["--stale-after-ms", "1000", "--warm-up-ms", "0"]);
     api.sync(&json!({"instance": "gone", "inflight": 10})).await;
     api.sync(&json!({"instance": "stays", "inflight": 10}))
         .await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
-use wipgate_admission::sync::instance_id;
+use wipgate_admission::sync::{instance_id, process_nonce};
 use wipgate_admission::{Admitter, GateConfig, SyncDriver, Ticket};
 
 use crate::host::{now_ms, now_us, ProxyHost};
@@ -140,7 +140,8 @@ impl RootContext for WipgateRoot {
         let node_id = self.get_property(vec!["node", "id"]);
         self.sync = config.control.clone().map(|control| {
             let instance = instance_id(&host, node_id.as_deref(), random_seed(now_ms()));
-            SyncDriver::new(control, instance)
+            let nonce = process_nonce(&host, random_seed(now_ms()));
+            SyncDriver::new(control, instance).with_nonce(nonce)
         });
         let queued = config.queue.is_some();
         let admitter = Admitter::new(config, &host);

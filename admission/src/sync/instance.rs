@@ -1,7 +1,7 @@
 //! The id this Envoy reports under: Envoy's node id when it is set, else one generated once
 //! per Envoy and kept in shared data, so every worker reports the same id.
 
-use super::INSTANCE_KEY;
+use super::{INSTANCE_KEY, NONCE_KEY};
 use crate::wire::sync::MAX_INSTANCE_LEN;
 use crate::SharedData;
 
@@ -32,6 +32,26 @@ pub fn instance_id(store: &impl SharedData, node_id: Option<&[u8]>, seed: u64) -
     stored().unwrap_or(id)
 }
 
+/// This Envoy process's nonce (16 hex digits from `seed`), kept in shared data so every
+/// worker, and every VM after a configuration reload, reports the same one; a new process
+/// (a restart, a second Envoy on the same node id) has its own.
+pub fn process_nonce(store: &impl SharedData, seed: u64) -> String {
+    let stored = || {
+        store
+            .get(NONCE_KEY)
+            .ok()
+            .and_then(|(bytes, _)| bytes)
+            .filter(|n| n.len() == 16 && n.iter().all(u8::is_ascii_hexdigit))
+            .map(|n| String::from_utf8_lossy(&n).into_owned())
+    };
+    if let Some(nonce) = stored() {
+        return nonce;
+    }
+    let nonce = format!("{seed:016x}");
+    let _ = store.set(NONCE_KEY, nonce.as_bytes(), None);
+    stored().unwrap_or(nonce)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +71,13 @@ mod tests {
             "the first generated id is kept for every worker"
         );
         assert_eq!(instance_id(&store, None, 3), "wipgate-0000000000000001");
+    }
+
+    #[test]
+    fn one_nonce_per_process() {
+        let store = MemoryStore::default();
+        assert_eq!(process_nonce(&store, 0xab), "00000000000000ab");
+        assert_eq!(process_nonce(&store, 0xcd), "00000000000000ab", "every worker the same");
+        assert_eq!(process_nonce(&MemoryStore::default(), 0xcd), "00000000000000cd");
     }
 }

@@ -17,7 +17,7 @@ mod report;
 
 pub use allowance::{accept_reply, load_allowance, Allowance};
 pub use driver::SyncDriver;
-pub use instance::instance_id;
+pub use instance::{instance_id, process_nonce};
 pub use lease::SyncLease;
 pub use report::{build_report, Reported};
 
@@ -27,6 +27,8 @@ pub const LEASE_KEY: &str = "wipgate.sync.lease.v2";
 pub const ALLOWANCE_KEY: &str = "wipgate.sync.allowance.v1";
 /// Shared-data key of this Envoy's generated instance id (when the node id is not set).
 pub const INSTANCE_KEY: &str = "wipgate.instance.v1";
+/// Shared-data key of this Envoy process's nonce.
+pub const NONCE_KEY: &str = "wipgate.nonce.v1";
 /// The control service's sync endpoint.
 pub const SYNC_PATH: &str = "/v1/sync";
 

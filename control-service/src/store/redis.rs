@@ -7,9 +7,11 @@
 //! reads and writes several keys runs as one Lua script, so it is atomic. The one clock is
 //! Redis's (`TIME`), so replicas with skewed clocks agree on who is stale.
 //!
-//! A sync takes two scripts: `report.lua` records the demand and returns the fleet sums;
-//! the targets are computed here with the same code as the memory store; `grant.lua`
-//! clips them against the other instances' grants and stores them.
+//! A sync takes two scripts: `report.lua` records the demand (or refuses a joining instance
+//! beyond the caps) and returns the fleet sums; the targets are computed here with the same
+//! code as the memory store; `grant.lua` clips them against what the other instances hold
+//! and stores what this one holds now (allowance.rs, step 4). An instance's key is its id,
+//! or its id and its process's nonce (`book_key`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -20,7 +22,10 @@ use redis::{Script, Value};
 use wipgate_admission::wire::{SyncReply, SyncRequest};
 
 use super::{BoxFuture, FleetStore, StoreError, Versioned};
-use crate::fleet::allowance::{build_reply, demands, fleet_limits, target_share};
+use crate::fleet::allowance::{
+    build_reply, demands, fleet_limits, in_force, target_share, warm_up_cap,
+};
+use crate::fleet::instance_book::{book_key, Refusal};
 use crate::fleet::{Dim, FleetPolicy, InstanceView, SplitParams};
 
 /// Demands are capped so that Lua's doubles and `HINCRBY` stay exact.
@@ -155,45 +160,69 @@ impl RedisStore {
     ) -> Result<Option<SyncReply>, StoreError> {
         let policy = self.cached_policy();
         let own = demands(report, &policy.policy);
+        let enforced = in_force(report, &policy.policy);
+        let key = book_key(report);
         let mut call = self.scripts.report.prepare_invoke();
         call.key(&self.keys.live)
             .key(&self.keys.agg)
             .key(&self.keys.policy);
         call.arg(&self.keys.instance_prefix)
-            .arg(&report.instance)
+            .arg(&key)
             .arg(params.stale_after_ms)
-            .arg(report_json);
+            .arg(report_json)
+            .arg(params.max_instances)
+            .arg(params.max_joins_per_s);
         for (dim, demand) in &own {
             call.arg(dim.key()).arg((*demand).min(MAX_DEMAND));
         }
         let out: Vec<Value> = self.run(call.invoke_async(conn)).await?;
+        if text(out.first()).as_deref() == Some("refused") {
+            return Err(StoreError::Refused(
+                if text(out.get(1)).as_deref() == Some("joins") {
+                    Refusal::TooManyJoins
+                } else {
+                    Refusal::TooManyInstances
+                },
+            ));
+        }
+        let now = int(out.first())?;
         let live = int(out.get(1))?;
         let current = parse_policy(out.get(2), out.get(3))?;
+        let born = int(out.get(4))?;
         if current.version != policy.version {
             // The dimensions reported were those of an older policy: report again.
             self.remember(current);
             return Ok(None);
         }
+        let warming = now < born.saturating_add(params.warm_up_ms);
         let limits = fleet_limits(&policy.policy);
         let mut call = self.scripts.grant.prepare_invoke();
         call.key(&self.keys.live)
             .key(&self.keys.agg)
             .key(&self.keys.policy);
         call.arg(&self.keys.instance_prefix)
-            .arg(&report.instance)
-            .arg(policy.version.to_string());
+            .arg(&key)
+            .arg(policy.version.to_string())
+            .arg(if warming { "1" } else { "0" });
         let instances = u32::try_from(live).unwrap_or(u32::MAX);
         for (i, (dim, own_demand)) in own.iter().enumerate() {
-            let fleet_demand = int(out.get(4 + i))?;
+            let fleet_demand = int(out.get(5 + i))?;
             let limit = limits.get(dim).copied().unwrap_or(0);
-            let target = target_share(
+            let held = enforced.get(dim).copied();
+            let mut target = target_share(
                 limit,
                 instances,
                 fleet_demand,
                 (*own_demand).min(MAX_DEMAND),
                 params,
             );
-            call.arg(dim.key()).arg(target).arg(limit);
+            if warming {
+                target = warm_up_cap(target, limit, instances, held);
+            }
+            call.arg(dim.key())
+                .arg(target)
+                .arg(limit)
+                .arg(held.unwrap_or(0));
         }
         let granted: Vec<Value> = self.run(call.invoke_async(conn)).await?;
         if text(granted.first()).as_deref() != Some("ok") {
@@ -302,7 +331,8 @@ impl FleetStore for RedisStore {
                 let Value::Array(fields) = entry else {
                     continue;
                 };
-                let (Some(id), Some(report)) = (text(fields.first()), text(fields.get(2))) else {
+                // The member is the instance's key; the report names its id and nonce.
+                let Some(report) = text(fields.get(2)) else {
                     continue;
                 };
                 let Ok(report) = serde_json::from_str::<SyncRequest>(&report) else {
@@ -319,9 +349,16 @@ impl FleetStore for RedisStore {
                         }
                     }
                 }
-                let allowance = build_reply(&id, &policy.policy, policy.version, &grants, params);
+                let allowance = build_reply(
+                    &report.instance,
+                    &policy.policy,
+                    policy.version,
+                    &grants,
+                    params,
+                );
                 views.push(InstanceView {
-                    instance: id,
+                    instance: report.instance.clone(),
+                    nonce: report.nonce.clone(),
                     last_seen_ms: int(fields.get(1))?,
                     report,
                     allowance,
