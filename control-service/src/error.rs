@@ -46,6 +46,9 @@ pub enum ApiError {
     /// The store cannot be reached.
     #[error("the store is unavailable; retry later")]
     Unavailable,
+    /// `If-Match` names another version than the policy's (the current one).
+    #[error("the policy is at version {0}, not the one in if-match")]
+    PreconditionFailed(u64),
     /// A sync refused by the fleet's caps (live instances, joins per second).
     #[error("{0}")]
     Refused(Refusal),
@@ -88,6 +91,7 @@ impl ApiError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict => StatusCode::CONFLICT,
             Self::Refused(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -106,6 +110,10 @@ impl ApiError {
             Self::Refused(_) => ErrorBody {
                 error: self.to_string(),
                 field: Some("instance".to_owned()),
+            },
+            Self::PreconditionFailed(_) => ErrorBody {
+                error: self.to_string(),
+                field: Some("if-match".to_owned()),
             },
             _ => ErrorBody {
                 error: self.to_string(),

@@ -265,3 +265,33 @@ async fn lost_replies_duplicates_and_caps_on_redis() {
     let fresh = Service::redis(&url, &unique_prefix(), &[]).await;
     assert_eq!(max(&fresh.sync(&v2("first", 900, None)).await.json()), 500);
 }
+
+/// A Redis that may evict keys without a TTL is refused: not ready, syncs fail, naming the
+/// policy; set back to noeviction, the service uses it without a restart.
+#[tokio::test]
+async fn a_redis_that_can_evict_fleet_keys_is_refused() {
+    let server = common::Redis::start().unwrap();
+    let url = server.url();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let set = |policy: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory-policy")
+                .arg(policy)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    set("allkeys-lru").await;
+    let service = Service::redis(&url, &unique_prefix(), &[]).await;
+    let ready = service.get("/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert!(ready.json()["reason"].as_str().unwrap().contains("allkeys-lru"), "{}", ready.text());
+    assert_ne!(service.sync(&json!({"instance": "e"})).await.status, 200);
+    set("noeviction").await;
+    assert_eq!(service.get("/readyz").await.status, 200);
+}

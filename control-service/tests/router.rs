@@ -499,6 +499,56 @@ async fn a_fresh_store_warms_up_and_a_version_2_report_is_read_whole() {
     assert_eq!(refused.headers[header::RETRY_AFTER], "1");
 }
 
+#[tokio::test]
+async fn writes_with_if_match_apply_only_to_that_version() {
+    let api = Api::new(&[]);
+    let auth = format!("Bearer {TOKEN}");
+    let read = api.get("/v1/policy").await;
+    let v0 = read.version();
+    assert_eq!(read.headers[header::ETAG], format!("\"{v0}\""));
+    let put = |if_match: String, body: &'static str| {
+        let request = Request::builder()
+            .method("PUT")
+            .uri("/v1/policy")
+            .header(header::AUTHORIZATION, auth.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::IF_MATCH, if_match)
+            .body(Body::from(body))
+            .unwrap();
+        let router = api.router.clone();
+        async move { router.oneshot(request).await.unwrap() }
+    };
+    // Two operators read v0; the first write wins, the second is 412 and changes nothing.
+    let first = put(v0.to_string(), POLICY).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let v1: u64 = first.headers()["x-wipgate-policy-version"].to_str().unwrap().parse().unwrap();
+    let second = put(format!("\"{v0}\""), r#"{"global_max_inflight": 5}"#).await;
+    assert_eq!(second.status(), StatusCode::PRECONDITION_FAILED);
+    let body: Value = serde_json::from_slice(&second.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["field"], "if-match");
+    let now = api.get("/v1/policy").await;
+    assert_eq!((now.version(), now.json()["global_max_inflight"].as_u64()), (v1, Some(100)));
+    // The current version (or its weak etag, or `*`) applies; garbage is 422.
+    assert_eq!(put(format!("W/\"{v1}\""), POLICY).await.status(), StatusCode::OK);
+    assert_eq!(put("*".into(), POLICY).await.status(), StatusCode::OK);
+    assert_eq!(put("yesterday".into(), POLICY).await.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Tenant edits honour it too.
+    let stale = api
+        .call("PUT", "/v1/tenants/acme", r#"{"max": 3}"#, Some(&auth))
+        .await;
+    assert_eq!(stale.status, StatusCode::OK);
+    let request = Request::builder()
+        .method("DELETE")
+        .uri("/v1/tenants/acme")
+        .header(header::AUTHORIZATION, auth.clone())
+        .header(header::IF_MATCH, v1.to_string())
+        .body(Body::empty())
+        .unwrap();
+    let r = api.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(api.get("/v1/policy").await.json()["tenants"]["acme"]["max"], 3);
+}
+
 /// Was a real-time wait in `tests/api.rs`: now the clock moves past the stale window.
 #[tokio::test]
 async fn stale_instances_drop_out() {

@@ -122,7 +122,45 @@ impl RedisStore {
         .await
         .map_err(|_| StoreError::Unavailable("connecting to Redis timed out".into()))?
         .map_err(unavailable)?;
+        self.check_eviction_policy(&mut conn.clone()).await?;
         Ok(self.conn.get_or_init(|| async { conn }).await.clone())
+    }
+
+    /// Refuses a Redis that may evict keys without a TTL (`allkeys-*`): it could drop the
+    /// fleet's records, and with them what Envoys hold, so the sums would no longer hold.
+    /// `noeviction` and the `volatile-*` policies (the fleet's keys have no TTL) are fine; a
+    /// Redis that does not allow `CONFIG GET` (managed services) is taken as it is.
+    async fn check_eviction_policy(&self, conn: &mut ConnectionManager) -> Result<(), StoreError> {
+        let reply: redis::RedisResult<Vec<String>> = self
+            .run_raw(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async(conn),
+            )
+            .await?;
+        match reply {
+            Ok(pair) => match pair.get(1) {
+                Some(policy) if policy.starts_with("allkeys-") => Err(StoreError::Internal(
+                    format!("Redis maxmemory-policy is {policy}: it can evict the fleet's keys; use noeviction (or a volatile-* policy)"),
+                )),
+                _ => Ok(()),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read Redis's maxmemory-policy; make sure it is noeviction");
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs one Redis call within the timeout; the call's own error is the caller's.
+    async fn run_raw<T, F>(&self, call: F) -> Result<redis::RedisResult<T>, StoreError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| StoreError::Unavailable("Redis timed out".into()))
     }
 
     /// Runs one Redis call within the timeout; errors become [`StoreError`]s.
