@@ -62,6 +62,22 @@ pub struct ControlConfig {
     /// bytes of visible ASCII.
     #[serde(default)]
     pub token: Option<String>,
+    /// What to enforce without a fresh allowance (before the first one, and past the stale
+    /// window). Without it: the static configuration until the first allowance, and the
+    /// last allowance (never below 1) past the stale window.
+    #[serde(default)]
+    pub fallback: Option<FallbackConfig>,
+}
+
+/// Limits without a fresh allowance, chosen by the operator so that the fleet stays within
+/// its number while the control service is out of reach (e.g. the fleet's number divided by
+/// the most Envoys it runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    /// This Envoy's in-flight limit (at most its `max_inflight`, at least 1).
+    pub max_inflight: u32,
 }
 
 /// The configuration as written; [`GateConfig::parse`] turns it into a [`GateConfig`].
@@ -342,6 +358,12 @@ fn validate_control(control: &ControlConfig) -> Result<(), ConfigError> {
         return Err(ConfigError::new(
             "control.stale_after_ms",
             "must be at least control.interval_ms",
+        ));
+    }
+    if control.fallback.is_some_and(|f| f.max_inflight == 0) {
+        return Err(ConfigError::new(
+            "control.fallback.max_inflight",
+            "must be at least 1",
         ));
     }
     if let Some(token) = &control.token {

@@ -89,8 +89,14 @@ fn one_call_per_interval_and_the_reply_becomes_every_workers_limit() {
     let report: SyncRequest = serde_json::from_slice(&host.calls()[1].body).unwrap();
     assert_eq!(report.in_force.as_ref().map(|f| f.max_inflight), Some(7));
     assert_eq!((report.version, report.max_inflight), (Some(2), Some(50)));
-    // Stale after the reply's 4 s: back on the static configuration.
-    assert_eq!(a.limit(&host, 5_100), 50);
+    // Past the reply's 4 s with no newer one: the last allowance holds, never the static
+    // 50 (a fleet cut off from its control service must not admit N x static), and the
+    // next report says so.
+    assert_eq!(a.limit(&host, 5_100), 7);
+    a.sync.on_response(&host, &a.admitter, host.calls()[1].token, None, b"", 2_300);
+    a.tick(&host, 5_100);
+    let report: SyncRequest = serde_json::from_slice(&host.calls()[2].body).unwrap();
+    assert_eq!(report.in_force.map(|f| f.max_inflight), Some(7));
 }
 
 #[test]

@@ -9,6 +9,7 @@ use super::{
 use crate::admitter::Admitter;
 use crate::config::ControlConfig;
 use crate::host::{Callout, Event, Host};
+use crate::limits::past_stale;
 use crate::log_limit::LogLimit;
 use crate::wire::{InForce, PROTOCOL_VERSION};
 use crate::{CasError, SharedData};
@@ -96,14 +97,21 @@ impl SyncDriver {
         report.nonce.clone_from(&self.nonce);
         report.max_inflight = Some(admitter.config().max_inflight);
         // What this Envoy enforces until the reply arrives (or for good, if it is lost): the
-        // service keeps counting it against the fleet until a report shows less.
-        report.in_force = load_allowance(host)
-            .filter(|a| now_ms < a.valid_until_ms)
-            .map(|a| InForce {
+        // service keeps counting it against the fleet until a report shows less. Past the
+        // stale window that is what the last allowance still holds.
+        let fallback = self.control.fallback.map(|f| f.max_inflight);
+        report.in_force = load_allowance(host).map(|a| {
+            let a = if now_ms < a.valid_until_ms {
+                a
+            } else {
+                past_stale(&a, fallback)
+            };
+            InForce {
                 max_inflight: a.max_inflight,
                 tenants: a.tenants,
                 classes: a.classes,
-            });
+            }
+        });
         let body = serde_json::to_vec(&report).unwrap_or_default();
         let call = Callout {
             cluster: &self.control.cluster,
