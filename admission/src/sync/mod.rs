@@ -5,9 +5,11 @@
 //! [`SyncLease`] in shared data says when the next call is due and whether one is under way;
 //! a worker that wins the compare-and-swap on it makes the call ([`SyncDriver`]). A good
 //! reply becomes the [`Allowance`] in shared data, announced to every worker through the
-//! ledger, valid until its stale deadline; a failed call never clears a good allowance. Past
-//! the deadline the filter falls back to its static configuration: never zero, never
-//! unlimited.
+//! ledger, fresh until its stale deadline; a failed call never clears a good allowance. Past
+//! the deadline the last allowance stays in force (or `control.fallback`), never the static
+//! configuration, so a fleet cut off from the service does not admit N x static. Every
+//! report says what is in force, so the service never counts less against an Envoy than it
+//! may be enforcing (lost replies included).
 
 mod allowance;
 mod driver;
