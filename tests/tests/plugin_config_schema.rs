@@ -48,21 +48,15 @@ fn envoy_plugin_config(path: &str) -> Value {
     serde_json::from_str(value).unwrap()
 }
 
-/// The first JSON block of the contract's "Plugin configuration" section (the contract sits
-/// in `shared/` beside the repository, as on every machine of this project and in CI).
+/// The contract's plugin configuration example (the first JSON block of its "Plugin
+/// configuration" section), kept in the repository so that a clone alone runs this test.
 fn contract_example() -> Value {
-    let path = root().join("../shared/CONTRACT.md");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (the contract sits beside the repo)",
-            path.display()
-        )
-    });
-    let section = &text[text.find("## Plugin configuration").unwrap()..];
-    let start = section.find("```json\n").unwrap() + "```json\n".len();
-    let end = start + section[start..].find("```").unwrap();
-    serde_json::from_str(&section[start..end]).unwrap()
+    let text = std::fs::read_to_string(root().join(CONTRACT_EXAMPLE)).unwrap();
+    serde_json::from_str(&text).unwrap()
 }
+
+/// Where the contract's example lives in the repository.
+const CONTRACT_EXAMPLE: &str = "tests/fixtures/contract-plugin-config.json";
 
 #[test]
 fn the_checked_in_schema_is_the_generated_one() {
