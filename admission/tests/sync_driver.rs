@@ -93,7 +93,8 @@ fn one_call_per_interval_and_the_reply_becomes_every_workers_limit() {
     // 50 (a fleet cut off from its control service must not admit N x static), and the
     // next report says so.
     assert_eq!(a.limit(&host, 5_100), 7);
-    a.sync.on_response(&host, &a.admitter, host.calls()[1].token, None, b"", 2_300);
+    a.sync
+        .on_response(&host, &a.admitter, host.calls()[1].token, None, b"", 2_300);
     a.tick(&host, 5_100);
     let report: SyncRequest = serde_json::from_slice(&host.calls()[2].body).unwrap();
     assert_eq!(report.in_force.map(|f| f.max_inflight), Some(7));
@@ -107,7 +108,10 @@ fn the_sync_call_carries_the_configured_token_and_only_then() {
     assert_eq!(host.calls()[0].bearer, None);
 
     let host = FakeHost::default();
-    let config = CONFIG.replace(r#""cluster": "wipgate_control","#, r#""cluster": "wipgate_control", "token": "fleet-secret","#);
+    let config = CONFIG.replace(
+        r#""cluster": "wipgate_control","#,
+        r#""cluster": "wipgate_control", "token": "fleet-secret","#,
+    );
     let config = GateConfig::parse(config.as_bytes()).unwrap();
     let mut sync = SyncDriver::new(config.control.clone().unwrap(), "envoy-1".to_owned());
     let admitter = Admitter::new(config, &host);
@@ -122,7 +126,10 @@ fn the_sync_call_carries_the_configured_token_and_only_then() {
     assert_eq!(admitter.limits(&host, 1_060).config.max_inflight, 50);
 
     for bad in [r#""""#, r#""a b""#, "\"é\""] {
-        let config = CONFIG.replace(r#""cluster": "wipgate_control","#, &format!(r#""cluster": "wipgate_control", "token": {bad},"#));
+        let config = CONFIG.replace(
+            r#""cluster": "wipgate_control","#,
+            &format!(r#""cluster": "wipgate_control", "token": {bad},"#),
+        );
         let err = GateConfig::parse(config.as_bytes()).unwrap_err();
         assert_eq!(err.field, "control.token", "{bad}");
     }

@@ -24,8 +24,7 @@ impl LastReplies {
                 .retain(|_, (r, at)| now_ms.saturating_sub(*at) < r.stale_after_ms);
             self.sweep_at = self.replies.len() * 2 + 64;
         }
-        self.replies
-            .insert(key.to_owned(), (reply.clone(), now_ms));
+        self.replies.insert(key.to_owned(), (reply.clone(), now_ms));
     }
 
     /// The last reply to `instance`, marked degraded, with what is left at `now_ms` of its
@@ -48,7 +47,11 @@ impl LastReplies {
 /// A report of protocol version 2 or later without an allowance in force gets no repeat
 /// (`None`): its last grant may have been freed; version 1 reports say nothing, and get the
 /// repeat as before.
-pub fn within_in_force(reply: SyncReply, version: u32, in_force: Option<&InForce>) -> Option<SyncReply> {
+pub fn within_in_force(
+    reply: SyncReply,
+    version: u32,
+    in_force: Option<&InForce>,
+) -> Option<SyncReply> {
     if version < 2 {
         return Some(reply);
     }
@@ -132,18 +135,56 @@ mod tests {
     #[test]
     fn a_repeat_never_raises_what_a_version_2_envoy_enforces() {
         let mut given = reply("e1", 1_000);
-        given.tenants.insert("acme".into(), Bulkhead { reserved: 4, max: Some(9) });
-        given.tenants.insert("new".into(), Bulkhead { reserved: 2, max: Some(5) });
+        given.tenants.insert(
+            "acme".into(),
+            Bulkhead {
+                reserved: 4,
+                max: Some(9),
+            },
+        );
+        given.tenants.insert(
+            "new".into(),
+            Bulkhead {
+                reserved: 2,
+                max: Some(5),
+            },
+        );
         let in_force = InForce {
             max_inflight: 5,
-            tenants: [("acme".to_owned(), Bulkhead { reserved: 6, max: Some(3) })].into(),
+            tenants: [(
+                "acme".to_owned(),
+                Bulkhead {
+                    reserved: 6,
+                    max: Some(3),
+                },
+            )]
+            .into(),
             classes: std::collections::BTreeMap::new(),
         };
         let r = within_in_force(given.clone(), 2, Some(&in_force)).unwrap();
         assert_eq!(r.max_inflight, 5);
-        assert_eq!(r.tenants["acme"], Bulkhead { reserved: 3, max: Some(3) });
-        assert_eq!(r.tenants["new"], Bulkhead { reserved: 0, max: Some(5) });
-        assert!(within_in_force(given.clone(), 2, None).is_none(), "nothing in force");
-        assert_eq!(within_in_force(given.clone(), 1, None), Some(given), "version 1");
+        assert_eq!(
+            r.tenants["acme"],
+            Bulkhead {
+                reserved: 3,
+                max: Some(3)
+            }
+        );
+        assert_eq!(
+            r.tenants["new"],
+            Bulkhead {
+                reserved: 0,
+                max: Some(5)
+            }
+        );
+        assert!(
+            within_in_force(given.clone(), 2, None).is_none(),
+            "nothing in force"
+        );
+        assert_eq!(
+            within_in_force(given.clone(), 1, None),
+            Some(given),
+            "version 1"
+        );
     }
 }

@@ -259,7 +259,10 @@ async fn lost_replies_duplicates_and_caps_on_redis() {
     assert_eq!(status["totals"]["instances"], 3, "{status}");
     assert!(status["totals"]["allowance"].as_u64().unwrap() <= 100);
     let refused = b.sync(&v2("envoy-d", 1, None)).await;
-    assert_eq!((refused.status, refused.json()["field"].as_str()), (429, Some("instance")));
+    assert_eq!(
+        (refused.status, refused.json()["field"].as_str()),
+        (429, Some("instance"))
+    );
 
     // A fleet whose records start empty warms up: the first Envoy gets no more than half.
     let fresh = Service::redis(&url, &unique_prefix(), &[]).await;
@@ -290,7 +293,14 @@ async fn a_redis_that_can_evict_fleet_keys_is_refused() {
     let service = Service::redis(&url, &unique_prefix(), &[]).await;
     let ready = service.get("/readyz").await;
     assert_eq!(ready.status, 503);
-    assert!(ready.json()["reason"].as_str().unwrap().contains("allkeys-lru"), "{}", ready.text());
+    assert!(
+        ready.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("allkeys-lru"),
+        "{}",
+        ready.text()
+    );
     assert_ne!(service.sync(&json!({"instance": "e"})).await.status, 200);
     set("noeviction").await;
     assert_eq!(service.get("/readyz").await.status, 200);

@@ -226,7 +226,11 @@ async fn with_a_sync_token_syncs_without_it_get_401_and_take_nothing() {
         Some("Bearer test-admin"),
     ];
     for auth in wrong {
-        for body in [report.to_string(), "not json".to_owned(), "x".repeat(2 << 20)] {
+        for body in [
+            report.to_string(),
+            "not json".to_owned(),
+            "x".repeat(2 << 20),
+        ] {
             let r = api.call("POST", "/v1/sync", &body, auth).await;
             assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{auth:?}");
             assert_eq!(r.headers[header::WWW_AUTHENTICATE], "Bearer");
@@ -234,12 +238,22 @@ async fn with_a_sync_token_syncs_without_it_get_401_and_take_nothing() {
     }
     // The admin token is not the sync token.
     let r = api
-        .call("POST", "/v1/sync", &report.to_string(), Some(&format!("Bearer {TOKEN}")))
+        .call(
+            "POST",
+            "/v1/sync",
+            &report.to_string(),
+            Some(&format!("Bearer {TOKEN}")),
+        )
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(api.get("/v1/status").await.json()["totals"]["instances"], 0);
     let r = api
-        .call("POST", "/v1/sync", &json!({"instance": "envoy-1"}).to_string(), Some("Bearer fleet-secret"))
+        .call(
+            "POST",
+            "/v1/sync",
+            &json!({"instance": "envoy-1"}).to_string(),
+            Some("Bearer fleet-secret"),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(api.get("/v1/status").await.json()["totals"]["instances"], 1);
@@ -248,7 +262,13 @@ async fn with_a_sync_token_syncs_without_it_get_401_and_take_nothing() {
     std::fs::write(&file, "\n").unwrap();
     let settings = settings(&["--sync-token-file", file.to_str().unwrap()]);
     let store = open_store_with_clock(&settings, ManualClock::new(START_MS)).unwrap();
-    assert!(AppState::with_clock(store, AdminToken::new(None), &settings, ManualClock::new(START_MS)).is_err());
+    assert!(AppState::with_clock(
+        store,
+        AdminToken::new(None),
+        &settings,
+        ManualClock::new(START_MS)
+    )
+    .is_err());
 }
 
 #[tokio::test]
@@ -476,15 +496,19 @@ async fn a_fresh_store_warms_up_and_a_version_2_report_is_read_whole() {
     // While the census is unknown (2 s by default): no more than an even share among the
     // instances known so far and one more.
     let first = api
-        .sync(&json!({"version": 2, "instance": "envoy-1", "nonce": "p1", "inflight": 900,
-            "max_inflight": 2000, "future_field": {"ignored": true}}))
+        .sync(
+            &json!({"version": 2, "instance": "envoy-1", "nonce": "p1", "inflight": 900,
+            "max_inflight": 2000, "future_field": {"ignored": true}}),
+        )
         .await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.text());
     assert_eq!(first.json()["max_inflight"], 500);
     api.clock.advance(2_000);
     let later = api
-        .sync(&json!({"version": 2, "instance": "envoy-1", "nonce": "p1", "inflight": 900,
-            "in_force": {"max_inflight": 500}}))
+        .sync(
+            &json!({"version": 2, "instance": "envoy-1", "nonce": "p1", "inflight": 900,
+            "in_force": {"max_inflight": 500}}),
+        )
         .await
         .json();
     assert_eq!(later["max_inflight"], 950);
@@ -492,7 +516,10 @@ async fn a_fresh_store_warms_up_and_a_version_2_report_is_read_whole() {
     assert_eq!(status["instances"][0]["nonce"], "p1");
     // The caps refuse a joining instance with 429, naming the field.
     let capped = Api::new(&["--max-instances", "1", "--warm-up-ms", "0"]);
-    assert_eq!(capped.sync(&json!({"instance": "a"})).await.status, StatusCode::OK);
+    assert_eq!(
+        capped.sync(&json!({"instance": "a"})).await.status,
+        StatusCode::OK
+    );
     let refused = capped.sync(&json!({"instance": "b"})).await;
     assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refused.json()["field"], "instance");
@@ -521,17 +548,31 @@ async fn writes_with_if_match_apply_only_to_that_version() {
     // Two operators read v0; the first write wins, the second is 412 and changes nothing.
     let first = put(v0.to_string(), POLICY).await;
     assert_eq!(first.status(), StatusCode::OK);
-    let v1: u64 = first.headers()["x-wipgate-policy-version"].to_str().unwrap().parse().unwrap();
+    let v1: u64 = first.headers()["x-wipgate-policy-version"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let second = put(format!("\"{v0}\""), r#"{"global_max_inflight": 5}"#).await;
     assert_eq!(second.status(), StatusCode::PRECONDITION_FAILED);
-    let body: Value = serde_json::from_slice(&second.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let body: Value =
+        serde_json::from_slice(&second.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body["field"], "if-match");
     let now = api.get("/v1/policy").await;
-    assert_eq!((now.version(), now.json()["global_max_inflight"].as_u64()), (v1, Some(100)));
+    assert_eq!(
+        (now.version(), now.json()["global_max_inflight"].as_u64()),
+        (v1, Some(100))
+    );
     // The current version (or its weak etag, or `*`) applies; garbage is 422.
-    assert_eq!(put(format!("W/\"{v1}\""), POLICY).await.status(), StatusCode::OK);
+    assert_eq!(
+        put(format!("W/\"{v1}\""), POLICY).await.status(),
+        StatusCode::OK
+    );
     assert_eq!(put("*".into(), POLICY).await.status(), StatusCode::OK);
-    assert_eq!(put("yesterday".into(), POLICY).await.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        put("yesterday".into(), POLICY).await.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
     // Tenant edits honour it too.
     let stale = api
         .call("PUT", "/v1/tenants/acme", r#"{"max": 3}"#, Some(&auth))
@@ -546,7 +587,10 @@ async fn writes_with_if_match_apply_only_to_that_version() {
         .unwrap();
     let r = api.router.clone().oneshot(request).await.unwrap();
     assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
-    assert_eq!(api.get("/v1/policy").await.json()["tenants"]["acme"]["max"], 3);
+    assert_eq!(
+        api.get("/v1/policy").await.json()["tenants"]["acme"]["max"],
+        3
+    );
 }
 
 /// Was a real-time wait in `tests/api.rs`: now the clock moves past the stale window.

@@ -455,7 +455,9 @@ async fn with_a_sync_token_only_envoys_that_carry_it_get_an_allowance() {
     let status = control.get_json("/v1/status").unwrap();
     assert_eq!(status["totals"]["instances"], 1, "{status}");
     // Alone in the census: all of the fleet limit but the floor held back for a joiner.
-    let share = status["instances"][0]["allowance"]["max_inflight"].as_u64().unwrap();
+    let share = status["instances"][0]["allowance"]["max_inflight"]
+        .as_u64()
+        .unwrap();
     assert!((10..=12).contains(&share), "{status}");
     wait_until(DEADLINE, "the member's share in force", || {
         member.wasm_stat("wipgate.inflight_limit") == Some(share)

@@ -13,7 +13,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wipgate_e2e::processes::{static_cluster, ControlService};
-use wipgate_e2e::{burst, require_envoy, wait_until, Envoy, EnvoyConfig, RequestSpec, Summary, Upstream};
+use wipgate_e2e::{
+    burst, require_envoy, wait_until, Envoy, EnvoyConfig, RequestSpec, Summary, Upstream,
+};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const CLUSTER: &str = "wipgate_control";
@@ -111,7 +113,10 @@ async fn lossy_proxy(target: SocketAddr, delay: Duration, counts: Arc<ProxyCount
 
 /// Samples every Envoy's limit in force (`wipgate.inflight_limit`) every 100 ms until told
 /// to stop; returns the largest sum seen and how many samples were taken.
-fn sample_limits(envoys: Vec<SocketAddr>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, u64)> {
+fn sample_limits(
+    envoys: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(u64, u64)> {
     std::thread::spawn(move || {
         let (mut worst, mut samples) = (0, 0);
         while !stop.load(Ordering::SeqCst) {
@@ -146,7 +151,12 @@ async fn lost_and_late_replies_never_let_the_fleet_exceed_its_limit() {
         .unwrap();
     assert_eq!(status, 200, "{body}");
     let counts = Arc::new(ProxyCounts::default());
-    let proxy = lossy_proxy(control.addr(), Duration::from_millis(400), Arc::clone(&counts)).await;
+    let proxy = lossy_proxy(
+        control.addr(),
+        Duration::from_millis(400),
+        Arc::clone(&counts),
+    )
+    .await;
     let upstream = Upstream::start_default().unwrap();
     // Interval 200 ms, timeout 100 ms: a delayed reply arrives after the Envoy gave up.
     let envoys: Vec<Envoy> = (0..3)
@@ -156,7 +166,10 @@ async fn lost_and_late_replies_never_let_the_fleet_exceed_its_limit() {
         wait_until(DEADLINE, "a first good sync", || syncs(e) >= 1).unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sample_limits(envoys.iter().map(Envoy::admin_addr).collect(), Arc::clone(&stop));
+    let sampler = sample_limits(
+        envoys.iter().map(Envoy::admin_addr).collect(),
+        Arc::clone(&stop),
+    );
     // Demand moves from Envoy to Envoy, so that shares grow and shrink while replies are
     // lost: 8 rounds, each loading one Envoy hard and the others lightly.
     upstream.reset_stats();
@@ -168,7 +181,10 @@ async fn lost_and_late_replies_never_let_the_fleet_exceed_its_limit() {
         });
         let out: Vec<_> = futures_join_all(loads).await;
         let admitted: Vec<usize> = out.iter().map(|o| Summary::of(o).status(200)).collect();
-        eprintln!("round {round}: busy envoy {busy}, admitted {admitted:?}, upstream max {}", upstream.max_inflight());
+        eprintln!(
+            "round {round}: busy envoy {busy}, admitted {admitted:?}, upstream max {}",
+            upstream.max_inflight()
+        );
     }
     stop.store(true, Ordering::SeqCst);
     let (worst, samples) = sampler.join().unwrap();
@@ -182,10 +198,20 @@ async fn lost_and_late_replies_never_let_the_fleet_exceed_its_limit() {
         envoys.iter().map(failed_syncs).collect::<Vec<_>>(),
         upstream.max_inflight()
     );
-    assert!(lost >= 10, "the proxy lost too few replies to show anything");
+    assert!(
+        lost >= 10,
+        "the proxy lost too few replies to show anything"
+    );
     assert!(samples >= 20);
-    assert!(worst <= LIMIT, "the limits in force summed to {worst} > {LIMIT}");
-    assert!(upstream.max_inflight() as u64 <= LIMIT, "upstream saw {}", upstream.max_inflight());
+    assert!(
+        worst <= LIMIT,
+        "the limits in force summed to {worst} > {LIMIT}"
+    );
+    assert!(
+        upstream.max_inflight() as u64 <= LIMIT,
+        "upstream saw {}",
+        upstream.max_inflight()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,8 +241,16 @@ async fn a_fleet_cut_off_past_the_stale_window_stays_within_its_limit() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     upstream.reset_stats();
     let (a, b) = tokio::join!(
-        burst(envoys[0].listener_addr(), 40, RequestSpec::get("/c").delay_ms(500)),
-        burst(envoys[1].listener_addr(), 40, RequestSpec::get("/c").delay_ms(500))
+        burst(
+            envoys[0].listener_addr(),
+            40,
+            RequestSpec::get("/c").delay_ms(500)
+        ),
+        burst(
+            envoys[1].listener_addr(),
+            40,
+            RequestSpec::get("/c").delay_ms(500)
+        )
     );
     let limits: Vec<u64> = envoys
         .iter()
@@ -228,7 +262,11 @@ async fn a_fleet_cut_off_past_the_stale_window_stays_within_its_limit() {
         Summary::of(&b),
         upstream.max_inflight()
     );
-    assert!(upstream.max_inflight() <= 10, "upstream saw {}", upstream.max_inflight());
+    assert!(
+        upstream.max_inflight() <= 10,
+        "upstream saw {}",
+        upstream.max_inflight()
+    );
     assert!(Summary::of(&a).status(200) >= 1 && Summary::of(&b).status(200) >= 1);
     assert!(limits.iter().sum::<u64>() <= 10, "{limits:?}");
     for e in &envoys {
@@ -237,7 +275,9 @@ async fn a_fleet_cut_off_past_the_stale_window_stays_within_its_limit() {
 }
 
 /// Runs the futures concurrently and returns their outputs in order.
-async fn futures_join_all<F: std::future::Future + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
 where
     F::Output: Send + 'static,
 {

@@ -67,14 +67,24 @@ fn the_istio_wasmplugin_is_valid_and_names_the_control_services_cluster() {
     assert!(control.token.is_some());
     let deployment = kind(&control_docs, "Deployment");
     let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
-    let args: Vec<&str> = args.as_sequence().unwrap().iter().filter_map(Value::as_str).collect();
-    assert!(args.windows(2).any(|w| w[0] == "--sync-token-file"), "{args:?}");
+    let args: Vec<&str> = args
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        args.windows(2).any(|w| w[0] == "--sync-token-file"),
+        "{args:?}"
+    );
     let peer = kind(&control_docs, "PeerAuthentication");
     assert_eq!(peer["spec"]["mtls"]["mode"], "STRICT");
     let policy = kind(&control_docs, "AuthorizationPolicy");
     assert_eq!(policy["spec"]["action"], "DENY");
     let rule = &policy["spec"]["rules"][0];
     assert_eq!(rule["to"][0]["operation"]["paths"][0], "/v1/sync");
-    let allowed = rule["from"][0]["source"]["notNamespaces"][0].as_str().unwrap();
+    let allowed = rule["from"][0]["source"]["notNamespaces"][0]
+        .as_str()
+        .unwrap();
     assert_eq!(allowed, plugin["metadata"]["namespace"].as_str().unwrap());
 }

@@ -166,10 +166,21 @@ mod tests {
         assert!(!e.on_static());
         assert_eq!(e.valid_until_ms, u64::MAX, "until a new allowance arrives");
         // A share of 0 does not shut the Envoy for the length of an outage.
-        let zero = Allowance { max_inflight: 0, ..a.clone() };
-        assert_eq!(Limits::build(&static_config(), Some(&zero), 14_500).config.max_inflight, 1);
+        let zero = Allowance {
+            max_inflight: 0,
+            ..a.clone()
+        };
+        assert_eq!(
+            Limits::build(&static_config(), Some(&zero), 14_500)
+                .config
+                .max_inflight,
+            1
+        );
         // Old health is not kept.
-        let saturated = Allowance { health: ResourceHealth::Saturated, ..a.clone() };
+        let saturated = Allowance {
+            health: ResourceHealth::Saturated,
+            ..a.clone()
+        };
         assert!(!Limits::build(&static_config(), Some(&saturated), 14_500).saturated);
         // Without any allowance: the static configuration.
         assert_eq!(
@@ -187,12 +198,25 @@ mod tests {
         .unwrap();
         let before = Limits::build(&config, None, 0);
         assert_eq!(before.config.max_inflight, 10);
-        assert!(before.config.tenants["acme"].reserved <= 10, "reservations fit");
+        assert!(
+            before.config.tenants["acme"].reserved <= 10,
+            "reservations fit"
+        );
         let a = reply(GOOD).unwrap();
-        assert_eq!(Limits::build(&config, Some(&a), 2_000).config.max_inflight, 40);
-        assert_eq!(Limits::build(&config, Some(&a), 14_500).config.max_inflight, 10);
-        let zero = br#"{"max_inflight": 1, "control": {"cluster": "c", "fallback": {"max_inflight": 0}}}"#;
-        assert_eq!(GateConfig::parse(zero).unwrap_err().field, "control.fallback.max_inflight");
+        assert_eq!(
+            Limits::build(&config, Some(&a), 2_000).config.max_inflight,
+            40
+        );
+        assert_eq!(
+            Limits::build(&config, Some(&a), 14_500).config.max_inflight,
+            10
+        );
+        let zero =
+            br#"{"max_inflight": 1, "control": {"cluster": "c", "fallback": {"max_inflight": 0}}}"#;
+        assert_eq!(
+            GateConfig::parse(zero).unwrap_err().field,
+            "control.fallback.max_inflight"
+        );
     }
 
     #[test]

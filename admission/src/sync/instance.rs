@@ -77,7 +77,14 @@ mod tests {
     fn one_nonce_per_process() {
         let store = MemoryStore::default();
         assert_eq!(process_nonce(&store, 0xab), "00000000000000ab");
-        assert_eq!(process_nonce(&store, 0xcd), "00000000000000ab", "every worker the same");
-        assert_eq!(process_nonce(&MemoryStore::default(), 0xcd), "00000000000000cd");
+        assert_eq!(
+            process_nonce(&store, 0xcd),
+            "00000000000000ab",
+            "every worker the same"
+        );
+        assert_eq!(
+            process_nonce(&MemoryStore::default(), 0xcd),
+            "00000000000000cd"
+        );
     }
 }

@@ -202,8 +202,18 @@ pub fn in_force(report: &SyncRequest, policy: &FleetPolicy) -> BTreeMap<Dim, u32
             }
         }
     };
-    add(&policy.tenants, &f.tenants, Dim::TenantMax, Dim::TenantReserved);
-    add(&policy.classes, &f.classes, Dim::ClassMax, Dim::ClassReserved);
+    add(
+        &policy.tenants,
+        &f.tenants,
+        Dim::TenantMax,
+        Dim::TenantReserved,
+    );
+    add(
+        &policy.classes,
+        &f.classes,
+        Dim::ClassMax,
+        Dim::ClassReserved,
+    );
     out
 }
 

@@ -169,7 +169,11 @@ impl InstanceBook {
             return Err(Refusal::TooManyInstances);
         }
         let second = now_ms / 1000;
-        let joined = if self.joins.0 == second { self.joins.1 } else { 0 };
+        let joined = if self.joins.0 == second {
+            self.joins.1
+        } else {
+            0
+        };
         if joined >= params.max_joins_per_s {
             return Err(Refusal::TooManyJoins);
         }
@@ -295,8 +299,10 @@ mod tests {
         let mut book = InstanceBook::default();
         for round in 0..3 {
             let now = 1000 * round;
-            book.sync(now, &report(0, 150, 100, 10, 40), &p, 1, params).unwrap();
-            book.sync(now, &report(1, 2, 1, 1, 0), &p, 1, params).unwrap();
+            book.sync(now, &report(0, 150, 100, 10, 40), &p, 1, params)
+                .unwrap();
+            book.sync(now, &report(1, 2, 1, 1, 0), &p, 1, params)
+                .unwrap();
         }
         let views = book.instances();
         assert!(
@@ -306,7 +312,9 @@ mod tests {
         assert!(views[1].allowance.max_inflight >= 1);
         // envoy-1 keeps syncing; envoy-0 goes quiet past the stale window.
         let later = 2000 + params.stale_after_ms + 1;
-        let reply = book.sync(later, &report(1, 2, 1, 1, 0), &p, 1, params).unwrap();
+        let reply = book
+            .sync(later, &report(1, 2, 1, 1, 0), &p, 1, params)
+            .unwrap();
         assert_eq!(book.instances().len(), 1);
         // Alone now: the stale grant is freed, so envoy-1 gets all but the held-back floor.
         assert_eq!(reply.max_inflight, 200 - 10);
@@ -317,10 +325,12 @@ mod tests {
         let (p, params) = (policy(), SplitParams::default());
         let mut book = InstanceBook::default();
         for i in 0..5 {
-            book.sync(0, &report(i, 100, 50, 5, 10), &p, 1, params).unwrap();
+            book.sync(0, &report(i, 100, 50, 5, 10), &p, 1, params)
+                .unwrap();
         }
         for i in 0..5 {
-            book.sync(1, &report(i, 100, 50, 5, 10), &p, 1, params).unwrap();
+            book.sync(1, &report(i, 100, 50, 5, 10), &p, 1, params)
+                .unwrap();
         }
         let reply = book.sync(2, &report(9, 0, 0, 0, 0), &p, 1, params).unwrap();
         assert!(reply.max_inflight >= 1, "{reply:?}");
@@ -369,7 +379,9 @@ mod tests {
         assert!(a1.max_inflight > 150, "{a1:?}");
         let lost = book.sync(100, &v2(0, 0, Some(&a1)), &p, 1, params).unwrap();
         assert!(lost.max_inflight < 50, "A's share falls: {lost:?}");
-        let b2 = book.sync(200, &v2(1, 190, Some(&b1)), &p, 1, params).unwrap();
+        let b2 = book
+            .sync(200, &v2(1, 190, Some(&b1)), &p, 1, params)
+            .unwrap();
         assert!(
             a1.max_inflight + b2.max_inflight <= 200,
             "A enforces {} (its reply lost), B got {}",
@@ -377,8 +389,11 @@ mod tests {
             b2.max_inflight
         );
         // Once A shows the lower allowance in force, B gets the room.
-        book.sync(300, &v2(0, 0, Some(&lost)), &p, 1, params).unwrap();
-        let b3 = book.sync(400, &v2(1, 190, Some(&b2)), &p, 1, params).unwrap();
+        book.sync(300, &v2(0, 0, Some(&lost)), &p, 1, params)
+            .unwrap();
+        let b3 = book
+            .sync(400, &v2(1, 190, Some(&b2)), &p, 1, params)
+            .unwrap();
         assert!(b3.max_inflight > 150, "{b3:?}");
     }
 
@@ -395,27 +410,51 @@ mod tests {
         for round in 0..3 {
             sum = 0;
             for nonce in ["aaaa", "bbbb"] {
-                sum += book.sync(round, &with_nonce(nonce), &p, 1, params).unwrap().max_inflight;
+                sum += book
+                    .sync(round, &with_nonce(nonce), &p, 1, params)
+                    .unwrap()
+                    .max_inflight;
             }
         }
         assert!(sum <= 200, "{sum}");
         let views = book.instances();
         assert_eq!(views.len(), 2);
-        assert_eq!((views[0].instance.as_str(), views[0].nonce.as_deref()), ("node", Some("aaaa")));
+        assert_eq!(
+            (views[0].instance.as_str(), views[0].nonce.as_deref()),
+            ("node", Some("aaaa"))
+        );
     }
 
     #[test]
     fn caps_on_live_instances_and_joins_per_second() {
         let p = policy();
-        let params = SplitParams { max_instances: 3, max_joins_per_s: 2, ..SplitParams::default() };
+        let params = SplitParams {
+            max_instances: 3,
+            max_joins_per_s: 2,
+            ..SplitParams::default()
+        };
         let mut book = InstanceBook::default();
-        assert!(book.sync(1_000, &report(0, 1, 0, 0, 0), &p, 1, params).is_ok());
-        assert!(book.sync(1_500, &report(1, 1, 0, 0, 0), &p, 1, params).is_ok());
-        assert_eq!(book.sync(1_900, &report(2, 1, 0, 0, 0), &p, 1, params), Err(Refusal::TooManyJoins));
+        assert!(book
+            .sync(1_000, &report(0, 1, 0, 0, 0), &p, 1, params)
+            .is_ok());
+        assert!(book
+            .sync(1_500, &report(1, 1, 0, 0, 0), &p, 1, params)
+            .is_ok());
+        assert_eq!(
+            book.sync(1_900, &report(2, 1, 0, 0, 0), &p, 1, params),
+            Err(Refusal::TooManyJoins)
+        );
         // Known instances always sync.
-        assert!(book.sync(1_900, &report(0, 1, 0, 0, 0), &p, 1, params).is_ok());
-        assert!(book.sync(2_000, &report(2, 1, 0, 0, 0), &p, 1, params).is_ok());
-        assert_eq!(book.sync(3_000, &report(3, 1, 0, 0, 0), &p, 1, params), Err(Refusal::TooManyInstances));
+        assert!(book
+            .sync(1_900, &report(0, 1, 0, 0, 0), &p, 1, params)
+            .is_ok());
+        assert!(book
+            .sync(2_000, &report(2, 1, 0, 0, 0), &p, 1, params)
+            .is_ok());
+        assert_eq!(
+            book.sync(3_000, &report(3, 1, 0, 0, 0), &p, 1, params),
+            Err(Refusal::TooManyInstances)
+        );
         assert_eq!(book.instances().len(), 3, "refused syncs record nothing");
     }
 
@@ -424,27 +463,45 @@ mod tests {
         let (p, params) = (policy(), SplitParams::default());
         let mut book = InstanceBook::default();
         let real = report(0, 20, 0, 0, 0);
-        let liar = SyncRequest { max_inflight: Some(20), ..report(1, u32::MAX, 0, 0, u64::MAX) };
+        let liar = SyncRequest {
+            max_inflight: Some(20),
+            ..report(1, u32::MAX, 0, 0, u64::MAX)
+        };
         for now in 0..3 {
             book.sync(now, &liar, &p, 1, params).unwrap();
             book.sync(now, &real, &p, 1, params).unwrap();
         }
         let views = book.instances();
-        assert_eq!(views[0].allowance.max_inflight, views[1].allowance.max_inflight);
+        assert_eq!(
+            views[0].allowance.max_inflight,
+            views[1].allowance.max_inflight
+        );
     }
 
     #[test]
     fn a_cold_fleet_does_not_give_the_first_envoy_nearly_everything() {
         let p = policy();
-        let params = SplitParams { warm_up_ms: 2_000, ..SplitParams::default() };
+        let params = SplitParams {
+            warm_up_ms: 2_000,
+            ..SplitParams::default()
+        };
         let mut book = InstanceBook::starting(0);
-        let first = book.sync(10, &report(0, 300, 0, 0, 0), &p, 1, params).unwrap();
+        let first = book
+            .sync(10, &report(0, 300, 0, 0, 0), &p, 1, params)
+            .unwrap();
         assert!(first.max_inflight <= 100, "{first:?}");
-        let second = book.sync(20, &report(1, 300, 0, 0, 0), &p, 1, params).unwrap();
+        let second = book
+            .sync(20, &report(1, 300, 0, 0, 0), &p, 1, params)
+            .unwrap();
         assert!(second.max_inflight >= 60, "{second:?}");
         // After the warm-up the split follows demand again.
-        let later = book.sync(3_000, &report(0, 300, 0, 0, 0), &p, 1, params).unwrap();
-        assert!(later.max_inflight > first.max_inflight.min(second.max_inflight), "{later:?}");
+        let later = book
+            .sync(3_000, &report(0, 300, 0, 0, 0), &p, 1, params)
+            .unwrap();
+        assert!(
+            later.max_inflight > first.max_inflight.min(second.max_inflight),
+            "{later:?}"
+        );
     }
 
     proptest! {

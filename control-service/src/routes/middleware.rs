@@ -47,12 +47,12 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     state
         .metrics
         .requests
-        .with_label_values(&[&method, &route, &status])
+        .with_label_values(&[method, &route, &status])
         .inc();
     state
         .metrics
         .latency
-        .with_label_values(&[&method, &route])
+        .with_label_values(&[method, &route])
         .observe(started.elapsed().as_secs_f64());
     response
 }
@@ -81,7 +81,10 @@ mod tests {
     #[test]
     fn invented_methods_share_one_label() {
         assert_eq!(method_label(&Method::GET), "GET");
-        assert_eq!(method_label(&Method::from_bytes(b"FOO123").unwrap_or(Method::TRACE)), "other");
+        assert_eq!(
+            method_label(&Method::from_bytes(b"FOO123").unwrap_or(Method::TRACE)),
+            "other"
+        );
         assert_eq!(method_label(&Method::TRACE), "other");
     }
 }
