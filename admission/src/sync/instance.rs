@@ -15,41 +15,41 @@ pub fn instance_id(store: &impl SharedData, node_id: Option<&[u8]>, seed: u64) -
         // Visible ASCII only, so the conversion is lossless.
         return String::from_utf8_lossy(id).into_owned();
     }
-    let stored = || {
-        store
-            .get(INSTANCE_KEY)
-            .ok()
-            .and_then(|(bytes, _)| bytes)
-            .filter(|id| valid(id))
-            .map(|id| String::from_utf8_lossy(&id).into_owned())
-    };
-    if let Some(id) = stored() {
-        return id;
-    }
-    let id = format!("wipgate-{seed:016x}");
     // Another VM may be writing its own at the same moment: everyone uses what is stored.
-    let _ = store.set(INSTANCE_KEY, id.as_bytes(), None);
-    stored().unwrap_or(id)
+    stored_once(store, INSTANCE_KEY, format!("wipgate-{seed:016x}"), valid)
 }
 
 /// This Envoy process's nonce (16 hex digits from `seed`), kept in shared data so every
 /// worker, and every VM after a configuration reload, reports the same one; a new process
 /// (a restart, a second Envoy on the same node id) has its own.
 pub fn process_nonce(store: &impl SharedData, seed: u64) -> String {
+    stored_once(store, NONCE_KEY, format!("{seed:016x}"), |n| {
+        n.len() == 16 && n.iter().all(u8::is_ascii_hexdigit)
+    })
+}
+
+/// The value under `key` when it is `valid`; else `fresh`, stored unless another worker
+/// stored one first (then that one). Valid values are visible ASCII, so the conversion is
+/// lossless.
+fn stored_once(
+    store: &impl SharedData,
+    key: &str,
+    fresh: String,
+    valid: impl Fn(&[u8]) -> bool,
+) -> String {
     let stored = || {
         store
-            .get(NONCE_KEY)
+            .get(key)
             .ok()
             .and_then(|(bytes, _)| bytes)
-            .filter(|n| n.len() == 16 && n.iter().all(u8::is_ascii_hexdigit))
-            .map(|n| String::from_utf8_lossy(&n).into_owned())
+            .filter(|v| valid(v))
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
     };
-    if let Some(nonce) = stored() {
-        return nonce;
+    if let Some(value) = stored() {
+        return value;
     }
-    let nonce = format!("{seed:016x}");
-    let _ = store.set(NONCE_KEY, nonce.as_bytes(), None);
-    stored().unwrap_or(nonce)
+    let _ = store.set(key, fresh.as_bytes(), None);
+    stored().unwrap_or(fresh)
 }
 
 #[cfg(test)]

@@ -1,6 +1,5 @@
 //! Middleware of the API: admin auth in front of the admin routes, the sync token in front
-//! of `/v1/sync`, and per-route request
-//! counts and latencies for every request.
+//! of `/v1/sync`, and per-route request counts and latencies for every request.
 
 use std::time::Instant;
 
@@ -8,6 +7,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// Refuses admin calls without the right token before their body is looked at.
@@ -16,10 +16,8 @@ pub async fn require_admin(
     request: Request,
     next: Next,
 ) -> Response {
-    match state.token.check(request.headers()) {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
-    }
+    let checked = state.token.check(request.headers());
+    run_if(checked, request, next).await
 }
 
 /// Refuses syncs without the sync token (when one is configured) before their body is read.
@@ -28,7 +26,13 @@ pub async fn require_sync_token(
     request: Request,
     next: Next,
 ) -> Response {
-    match state.sync_token.check(request.headers()) {
+    let checked = state.sync_token.check(request.headers());
+    run_if(checked, request, next).await
+}
+
+/// The rest of the stack when `checked` passed, else its error.
+async fn run_if(checked: Result<(), ApiError>, request: Request, next: Next) -> Response {
+    match checked {
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     }
