@@ -454,11 +454,16 @@ async fn with_a_sync_token_only_envoys_that_carry_it_get_an_allowance() {
     }
     let status = control.get_json("/v1/status").unwrap();
     assert_eq!(status["totals"]["instances"], 1, "{status}");
-    // Alone in the census: all of the fleet limit but the floor held back for a joiner.
-    let share = status["instances"][0]["allowance"]["max_inflight"]
-        .as_u64()
-        .unwrap();
-    assert!((10..=12).contains(&share), "{status}");
+    // Alone in the census, once the service's warm-up (2 s) is over: all of the fleet limit
+    // but the floor held back for a joiner.
+    let share = |status: &Value| status["instances"][0]["allowance"]["max_inflight"].as_u64();
+    wait_until(DEADLINE, "the member's full share", || {
+        control
+            .get_json("/v1/status")
+            .is_ok_and(|s| share(&s).is_some_and(|n| (10..=12).contains(&n)))
+    })
+    .unwrap();
+    let share = share(&control.get_json("/v1/status").unwrap()).unwrap();
     wait_until(DEADLINE, "the member's share in force", || {
         member.wasm_stat("wipgate.inflight_limit") == Some(share)
     })
