@@ -28,6 +28,10 @@ pub struct Settings {
     /// Redis URL (`redis://host:port/db`); without it the state is kept in memory (one instance).
     #[arg(long, env = "WIPGATE_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// `--redis-url` is a comma-separated list of seed nodes of a Redis Cluster; the key
+    /// prefix becomes a hash tag, so each script's keys are in one slot.
+    #[arg(long, env = "WIPGATE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
     /// Prefix of every Redis key this service writes.
     #[arg(long, env = "WIPGATE_REDIS_PREFIX", default_value = "wipgate:")]
     pub redis_prefix: String,

@@ -31,6 +31,7 @@ pub fn open_store_with_clock(
                 url,
                 &settings.redis_prefix,
                 Duration::from_millis(settings.redis_timeout_ms),
+                settings.redis_cluster,
             )?);
             if let Some(path) = &settings.policy_file {
                 let bytes = std::fs::read(path)

@@ -7,6 +7,9 @@
 //! reads and writes several keys runs as one Lua script, so it is atomic. The one clock is
 //! Redis's (`TIME`), so replicas with skewed clocks agree on who is stale.
 //!
+//! With `--redis-cluster` the keys share one hash tag (the prefix, `{wipgate:}live`, …), so
+//! every script's keys, the per-instance keys it computes included, are in one slot.
+//!
 //! A sync takes two scripts: `report.lua` records the demand (or refuses a joining instance
 //! beyond the caps) and returns the fleet sums; the targets are computed here with the same
 //! code as the memory store; `grant.lua` clips them against what the other instances hold
@@ -33,11 +36,52 @@ const MAX_DEMAND: u64 = 1 << 40;
 /// A sync retries this often when the policy changes under it.
 const SYNC_ATTEMPTS: usize = 4;
 
+/// Where the store connects: one Redis, or the seed nodes of a Redis Cluster.
+enum Client {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// A connection to either; both reconnect by themselves.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// The Redis store.
 pub struct RedisStore {
-    client: redis::Client,
-    /// Connected on first use; afterwards the manager reconnects by itself.
-    conn: tokio::sync::OnceCell<ConnectionManager>,
+    client: Client,
+    /// Connected on first use; afterwards the connection reconnects by itself.
+    conn: tokio::sync::OnceCell<Conn>,
     /// Held while connecting, so that one task connects at a time.
     connecting: tokio::sync::Mutex<()>,
     timeout: Duration,
@@ -62,9 +106,26 @@ struct Scripts {
 }
 
 impl RedisStore {
-    /// A store on `url` with keys under `prefix`; does not connect yet.
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?;
+    /// A store on `url` with keys under `prefix`; does not connect yet. With `cluster`,
+    /// `url` is a comma-separated list of seed nodes of a Redis Cluster, and the prefix is
+    /// made a hash tag (`{PREFIX}`) unless it holds one: every key of the fleet is then in
+    /// one slot, so each Lua script runs on one node.
+    pub fn new(url: &str, prefix: &str, timeout: Duration, cluster: bool) -> anyhow::Result<Self> {
+        let (client, prefix) = if cluster {
+            let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
+            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(1)
+                .build()
+                .map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?;
+            (Client::Cluster(client), hash_tagged(prefix))
+        } else {
+            let client =
+                redis::Client::open(url).map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?;
+            (Client::Single(client), prefix.to_owned())
+        };
+        let prefix = prefix.as_str();
         Ok(Self {
             client,
             conn: tokio::sync::OnceCell::new(),
@@ -98,7 +159,7 @@ impl RedisStore {
         }
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    async fn conn(&self) -> Result<Conn, StoreError> {
         if let Some(conn) = self.conn.get() {
             return Ok(conn.clone());
         }
@@ -110,17 +171,26 @@ impl RedisStore {
         if let Some(conn) = self.conn.get() {
             return Ok(conn.clone());
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1)
-            .set_max_delay(1000);
-        let conn = tokio::time::timeout(
-            self.timeout * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| StoreError::Unavailable("connecting to Redis timed out".into()))?
+        let conn = match &self.client {
+            Client::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(self.timeout)
+                    .set_response_timeout(self.timeout)
+                    .set_number_of_retries(1)
+                    .set_max_delay(1000);
+                let connecting = ConnectionManager::new_with_config(client.clone(), config);
+                tokio::time::timeout(self.timeout * 2, connecting)
+                    .await
+                    .map_err(|_| StoreError::Unavailable("connecting to Redis timed out".into()))?
+                    .map(Conn::Single)
+            }
+            Client::Cluster(client) => {
+                tokio::time::timeout(self.timeout * 2, client.get_async_connection())
+                    .await
+                    .map_err(|_| StoreError::Unavailable("connecting to Redis timed out".into()))?
+                    .map(Conn::Cluster)
+            }
+        }
         .map_err(unavailable)?;
         self.check_eviction_policy(&mut conn.clone()).await?;
         Ok(self.conn.get_or_init(|| async { conn }).await.clone())
@@ -130,7 +200,7 @@ impl RedisStore {
     /// fleet's records, and with them what Envoys hold, so the sums would no longer hold.
     /// `noeviction` and the `volatile-*` policies (the fleet's keys have no TTL) are fine; a
     /// Redis that does not allow `CONFIG GET` (managed services) is taken as it is.
-    async fn check_eviction_policy(&self, conn: &mut ConnectionManager) -> Result<(), StoreError> {
+    async fn check_eviction_policy(&self, conn: &mut Conn) -> Result<(), StoreError> {
         let reply: redis::RedisResult<Vec<String>> = self
             .run_raw(
                 redis::cmd("CONFIG")
@@ -191,7 +261,7 @@ impl RedisStore {
 
     async fn sync_once(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         report: &SyncRequest,
         report_json: &str,
         params: SplitParams,
@@ -404,6 +474,18 @@ impl FleetStore for RedisStore {
             }
             Ok((views, now))
         })
+    }
+}
+
+/// `prefix` as a hash tag, `{prefix}`, unless it holds one already (`wipgate:{fleet1}:`).
+fn hash_tagged(prefix: &str) -> String {
+    let tagged = prefix
+        .find('{')
+        .is_some_and(|open| prefix[open + 1..].find('}').is_some_and(|len| len > 0));
+    if tagged {
+        prefix.to_owned()
+    } else {
+        format!("{{{prefix}}}")
     }
 }
 
