@@ -28,6 +28,10 @@ pub struct Settings {
     /// Redis URL (`redis://host:port/db`); without it the state is kept in memory (one instance).
     #[arg(long, env = "WIPGATE_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// PEM file of the CA that signed Redis's certificate (`rediss://`); without it the
+    /// system's roots are trusted.
+    #[arg(long, env = "WIPGATE_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// `--redis-url` is a comma-separated list of seed nodes of a Redis Cluster; the key
     /// prefix becomes a hash tag, so each script's keys are in one slot.
     #[arg(long, env = "WIPGATE_REDIS_CLUSTER")]

@@ -305,3 +305,93 @@ async fn a_redis_that_can_evict_fleet_keys_is_refused() {
     set("noeviction").await;
     assert_eq!(service.get("/readyz").await.status, 200);
 }
+
+/// `rediss://`: a redis-server of the test's own with TLS on a second port and a
+/// certificate from a throwaway CA (openssl). With `--redis-ca-file` the service connects
+/// and syncs; without it (the system's roots do not know the CA) it is not ready.
+#[tokio::test]
+async fn rediss_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl (apt-get install -y openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(path("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &path("ca.key"),
+        "-out",
+        &path("ca.crt"),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=wipgate-test-ca",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &path("redis.key"),
+        "-out",
+        &path("redis.csr"),
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &path("redis.csr"),
+        "-CA",
+        &path("ca.crt"),
+        "-CAkey",
+        &path("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &path("redis.crt"),
+        "-days",
+        "2",
+        "-extfile",
+        &path("ext"),
+    ]);
+    let tls_port = common::free_port().to_string();
+    let _server = common::Redis::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &path("redis.crt"),
+        "--tls-key-file",
+        &path("redis.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--tls-auth-clients",
+        "no",
+    ])
+    .unwrap();
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let ca = path("ca.crt");
+    let service = Service::redis(&url, &unique_prefix(), &["--redis-ca-file", &ca]).await;
+    let ready = service.get("/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    let reply = service
+        .sync(&json!({"instance": "e1", "inflight": 3}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let untrusted = Service::redis(&url, &unique_prefix(), &[]).await;
+    assert_eq!(untrusted.get("/readyz").await.status, 503);
+}

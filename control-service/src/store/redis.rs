@@ -109,20 +109,39 @@ impl RedisStore {
     /// A store on `url` with keys under `prefix`; does not connect yet. With `cluster`,
     /// `url` is a comma-separated list of seed nodes of a Redis Cluster, and the prefix is
     /// made a hash tag (`{PREFIX}`) unless it holds one: every key of the fleet is then in
-    /// one slot, so each Lua script runs on one node.
-    pub fn new(url: &str, prefix: &str, timeout: Duration, cluster: bool) -> anyhow::Result<Self> {
+    /// one slot, so each Lua script runs on one node. `rediss://` URLs connect with TLS,
+    /// trusting `ca` (PEM) when given, else the system's roots.
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        cluster: bool,
+        ca: Option<Vec<u8>>,
+    ) -> anyhow::Result<Self> {
+        let certs = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: ca.clone(),
+        };
+        let bad_url = |e: redis::RedisError| anyhow::anyhow!("--redis-url: {e}");
         let (client, prefix) = if cluster {
             let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
-            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+            let tls = ca.is_some() && nodes.iter().all(|n| n.starts_with("rediss://"));
+            let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
-                .retries(1)
-                .build()
-                .map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?;
+                .retries(1);
+            if tls {
+                builder = builder.certs(certs());
+            }
+            let client = builder.build().map_err(bad_url)?;
             (Client::Cluster(client), hash_tagged(prefix))
         } else {
-            let client =
-                redis::Client::open(url).map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?;
+            let client = if ca.is_some() && url.starts_with("rediss://") {
+                redis::Client::build_with_tls(url, certs())
+            } else {
+                redis::Client::open(url)
+            }
+            .map_err(bad_url)?;
             (Client::Single(client), prefix.to_owned())
         };
         let prefix = prefix.as_str();
