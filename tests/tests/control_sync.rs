@@ -468,4 +468,24 @@ async fn with_a_sync_token_only_envoys_that_carry_it_get_an_allowance() {
         member.wasm_stat("wipgate.inflight_limit") == Some(share)
     })
     .unwrap();
+
+    // A flood of fake instances with huge demand and no token takes nothing from it.
+    for i in 0..200 {
+        let fake = json!({"instance": format!("fake-{i}"), "inflight": 1_000_000,
+                          "tenants": {"*": {"inflight": 1_000_000, "rejected": 1_000_000}}});
+        let r = wipgate_e2e::blocking_http::request(
+            control.addr(),
+            "POST",
+            "/v1/sync",
+            &[("content-type", "application/json")],
+            fake.to_string().as_bytes(),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        assert_eq!(r.status, 401);
+    }
+    wait_syncs(&member, 2);
+    let status = control.get_json("/v1/status").unwrap();
+    assert_eq!(status["totals"]["instances"], 1, "{status}");
+    assert_eq!(member.wasm_stat("wipgate.inflight_limit"), Some(share));
 }
