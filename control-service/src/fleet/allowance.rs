@@ -214,6 +214,10 @@ pub fn in_force(report: &SyncRequest, policy: &FleetPolicy) -> BTreeMap<Dim, u32
         Dim::ClassMax,
         Dim::ClassReserved,
     );
+    // An Envoy enforces no more than its own limit (the filter caps every share by it).
+    if let Some(own) = report.max_inflight {
+        out.values_mut().for_each(|v| *v = (*v).min(own));
+    }
     out
 }
 
