@@ -516,9 +516,11 @@ async fn a_fresh_store_warms_up_and_a_version_2_report_is_read_whole() {
     assert_eq!(status["instances"][0]["nonce"], "p1");
     assert_eq!(status["totals"]["inflight"], 900);
     // In-flight counts no more than the Envoy's own limit: the load cannot be inflated.
-    api.sync(&json!({"version": 2, "instance": "liar", "inflight": 4_000_000_000u32,
-        "max_inflight": 100, "tenants": {"x": {"inflight": 4_000_000_000u32}}}))
-        .await;
+    api.sync(
+        &json!({"version": 2, "instance": "liar", "inflight": 4_000_000_000u32,
+        "max_inflight": 100, "tenants": {"x": {"inflight": 4_000_000_000u32}}}),
+    )
+    .await;
     let status = api.get("/v1/status").await.json();
     assert_eq!(status["totals"]["inflight"], 1000);
     // The caps refuse a joining instance with 429, naming the field.
