@@ -120,7 +120,11 @@ fn sample_limits(
     std::thread::spawn(move || {
         let (mut worst, mut samples) = (0, 0);
         while !stop.load(Ordering::SeqCst) {
-            let sum: u64 = envoys.iter().map(|admin| limit_at(*admin)).sum();
+            let limits: Vec<u64> = envoys.iter().map(|admin| limit_at(*admin)).collect();
+            let sum: u64 = limits.iter().sum();
+            if sum > worst {
+                eprintln!("limits in force {limits:?}");
+            }
             worst = worst.max(sum);
             samples += 1;
             std::thread::sleep(Duration::from_millis(100));
@@ -287,4 +291,67 @@ where
         out.push(h.await.unwrap());
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
+async fn a_restarted_memory_store_does_not_hand_out_what_envoys_still_enforce() {
+    require_envoy();
+    const LIMIT: u64 = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, json!({"global_max_inflight": LIMIT}).to_string()).unwrap();
+    let mut control =
+        ControlService::start(None, &["--policy-file", policy.to_str().unwrap()]).unwrap();
+    let upstream = Upstream::start_default().unwrap();
+    let envoys: Vec<Envoy> = (0..3)
+        .map(|_| start_envoy(&upstream, control.addr(), config(40, 200, 100, 10_000)))
+        .collect();
+    let load = |e: &Envoy, rate: f64, secs: u64| {
+        tokio::spawn(wipgate_e2e::open_loop(
+            e.listener_addr(),
+            rate,
+            Duration::from_secs(secs),
+            |_| RequestSpec::get("/r").delay_ms(300),
+        ))
+    };
+    // Envoy 0 busy, the others nearly idle, until Envoy 0 holds the larger share.
+    let busy0 = load(&envoys[0], 60.0, 6);
+    let idle: Vec<_> = envoys[1..].iter().map(|e| load(e, 2.0, 12)).collect();
+    wait_until(DEADLINE, "Envoy 0 with the larger share", || {
+        envoys.iter().all(|e| syncs(e) >= 3)
+            && limit_at(envoys[0].admin_addr()) >= 6
+            && envoys.iter().all(|e| limit_at(e.admin_addr()) <= LIMIT)
+    })
+    .unwrap();
+    upstream.reset_stats();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_limits(
+        envoys.iter().map(Envoy::admin_addr).collect(),
+        Arc::clone(&stop),
+    );
+    // Demand moves to Envoy 1 as the service restarts knowing nobody: Envoy 0 still
+    // enforces its large share, so Envoy 1 must not get it before Envoy 0 has reported.
+    let busy1 = load(&envoys[1], 60.0, 6);
+    control.kill();
+    control.restart().unwrap();
+    let before: Vec<u64> = envoys.iter().map(syncs).collect();
+    wait_until(DEADLINE, "every Envoy synced with the new service", || {
+        envoys.iter().zip(&before).all(|(e, b)| syncs(e) >= b + 3)
+    })
+    .unwrap();
+    for task in [busy0, busy1].into_iter().chain(idle) {
+        task.await.unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (worst, samples) = sampler.join().unwrap();
+    eprintln!(
+        "memory store restarted as demand moved: largest sum of limits in force {worst} in {samples} samples; upstream max {}",
+        upstream.max_inflight()
+    );
+    assert!(
+        worst <= LIMIT,
+        "the limits in force summed to {worst} > {LIMIT}"
+    );
+    assert!(upstream.max_inflight() as u64 <= LIMIT);
 }

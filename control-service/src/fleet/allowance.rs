@@ -169,13 +169,17 @@ pub fn held(grant: u32, in_force: u32, previous: Option<u32>) -> u32 {
 }
 
 /// A target during warm-up, while the census is unknown (the fleet's records were just
-/// lost or created: Envoys that have not reported yet may enforce allowances given before,
-/// or be about to join): no more than what the instance already enforces or an even share
-/// among the instances known so far and one more, whichever is larger. So the first Envoy
-/// of a cold fleet no longer takes nearly all of it.
+/// lost or created: Envoys that have not reported yet may enforce allowances given before).
+/// An instance that reports an allowance in force gets no more than it: nobody's share
+/// grows until every holder has been counted, so the sum in force stays where it was. One
+/// that reports none (it enforces its static configuration, which a grant only tightens)
+/// gets no more than an even share among the instances known so far and one more, so the
+/// first Envoy of a cold fleet no longer takes nearly all of it.
 pub fn warm_up_cap(target: u32, limit: u32, instances: u32, in_force: Option<u32>) -> u32 {
-    let even = limit / instances.saturating_add(1).max(2);
-    target.min(in_force.unwrap_or(0).max(even))
+    match in_force {
+        Some(f) => target.min(f),
+        None => target.min(limit / instances.saturating_add(1).max(2)),
+    }
 }
 
 /// What an instance enforces in every dimension of `policy`, by its report's `in_force`;
