@@ -19,7 +19,7 @@ export WIPGATE_ENVOY   := $(abspath $(ENVOY))
 export WIPGATE_WASM    := $(abspath $(WASM))
 export WIPGATE_CONTROL := $(abspath target/debug/wipgate-control)
 
-.PHONY: help demo test test-unit test-control test-e2e test-deploy bench filter prereqs wasm-target schema images \
+.PHONY: help demo test test-unit test-control test-e2e test-deploy bench filter filter-trap prereqs wasm-target schema images \
         envoy lint validate-configs clean
 
 help:
@@ -65,6 +65,14 @@ endef
 filter: wasm-target
 	cargo build --release --target wasm32-wasip1 -p wipgate-filter
 	@ls -l $(WASM)
+
+# The filter with the test-only `test-trap` feature (a marker header traps the VM), in its own
+# target dir so it never replaces the shipped module; the e2e tests of FAIL_RELOAD use it.
+TRAP_WASM := target/trap/wasm32-wasip1/release/wipgate_filter.wasm
+export WIPGATE_TRAP_WASM := $(abspath $(TRAP_WASM))
+filter-trap: wasm-target
+	cargo build --release --target wasm32-wasip1 -p wipgate-filter --features test-trap --target-dir target/trap
+	@ls -l $(TRAP_WASM)
 
 ## ---- images -----------------------------------------------------------------------
 # OCI image layouts in target/images, without a Docker daemon: the filter as a Wasm image
@@ -112,7 +120,7 @@ test-control:
 # tests that need Envoy are #[ignore = "needs Envoy"] (a plain `cargo test` lists them as
 # ignored): --include-ignored runs them here, with WIPGATE_ENVOY set above (and the image
 # checks, on what `make images` built).
-test-e2e: prereqs filter images
+test-e2e: prereqs filter filter-trap images
 	$(call need,redis-server,redis-server)
 	$(call need,prometheus,prometheus)
 	$(call need_postgres)

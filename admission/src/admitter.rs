@@ -6,10 +6,11 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::adaptive::Outcome;
+use crate::clock::JumpWatch;
 use crate::gate::{Finish, Report, Spot, Withdrawal, DEFAULT_LEASE_MS};
 use crate::host::{Event, Host, WaitEnd};
-use crate::labels::Labels;
-use crate::ledger::Pressure;
+use crate::labels::{InFlight, Labels};
+use crate::ledger::{GaugeDeltas, Pressure};
 use crate::limits::Limits;
 use crate::log_limit::LogLimit;
 use crate::partitions::{Placement, Rule};
@@ -29,6 +30,8 @@ pub struct Ticket {
     permit: Permit,
     labels: Labels,
     admitted_us: u64,
+    /// The VM's clock epoch at admission: a jump since leaves no latency to tell.
+    epoch: u32,
 }
 
 /// What to do with a request.
@@ -71,6 +74,10 @@ pub struct Admitter {
     /// The pressure the last ledger write saw, for `retry-after`.
     pressure: Cell<Pressure>,
     jitter: Jitter,
+    /// Jumps of the host's clock, as this VM's readings show them.
+    clock: JumpWatch,
+    /// Rebuild the limits at the next look (the clock jumped).
+    reload_limits: Cell<bool>,
 }
 
 impl Admitter {
@@ -100,6 +107,8 @@ impl Admitter {
             wake_queue: Cell::new(None),
             pressure: Cell::new(Pressure::default()),
             jitter: Jitter::new(0),
+            clock: JumpWatch::default(),
+            reload_limits: Cell::new(false),
         }
     }
 
@@ -165,7 +174,7 @@ impl Admitter {
         spot: Option<Spot>,
         now_us: u64,
     ) -> Decision {
-        let now_ms = now_us / 1_000;
+        let now_ms = self.observe(now_us);
         let tenant = TenantName::from_header(tenant, &self.config.default_tenant);
         // Limits another worker replaced since this one loaded them are reloaded, and the
         // request decided again (bounded: a new allowance comes once per sync interval).
@@ -177,6 +186,7 @@ impl Admitter {
             let rule = Rule {
                 partitions: &limits.partitions,
                 ceiling: max,
+                adaptive: self.config.adaptive.is_some(),
             };
             let result = self.gate.admit(
                 host,
@@ -207,6 +217,7 @@ impl Admitter {
                     permit,
                     labels,
                     admitted_us: now_us,
+                    epoch: self.clock.epoch(),
                 })
             }
             Admission::Rejected(reason) => self.reject(host, &labels, placement, reason, now_us),
@@ -264,10 +275,10 @@ impl Admitter {
     /// This VM was woken (its host queue had a message): picks up the slots handed to its
     /// waiters. A slot whose waiter left meanwhile goes back in the same write.
     pub fn on_wake(&self, host: &impl Host, now_us: u64) -> Vec<Resolved> {
+        let now_ms = self.observe(now_us);
         if self.worker.current_id().is_none() {
             return Vec::new();
         }
-        let now_ms = now_us / 1_000;
         let limits = self.limits(host, now_ms);
         let rule = self.rule(&limits);
         let result = self
@@ -335,10 +346,10 @@ impl Admitter {
     /// A waiting stream's client went away: its wait is withdrawn, and a slot already handed
     /// to it goes back at once. Does nothing for a token that does not wait here.
     pub fn leave(&self, host: &impl Host, token: u32, now_us: u64) {
+        let now_ms = self.observe(now_us);
         let Some(waiting) = self.room.borrow_mut().leave(token) else {
             return;
         };
-        let now_ms = now_us / 1_000;
         let limits = self.limits(host, now_ms);
         let rule = self.rule(&limits);
         let result = self
@@ -381,6 +392,7 @@ impl Admitter {
                 permit,
                 labels: waiting.labels,
                 admitted_us: now_us,
+                epoch: self.clock.epoch(),
             },
         )
     }
@@ -390,6 +402,7 @@ impl Admitter {
         Rule {
             partitions: &limits.partitions,
             ceiling: limits.config.max_inflight,
+            adaptive: self.config.adaptive.is_some(),
         }
     }
 
@@ -398,7 +411,10 @@ impl Admitter {
     /// counts against the resource, no response says nothing. If the ledger cannot be
     /// written now, the release is owed and paid by this VM's next write.
     pub fn release(&self, host: &impl Host, ticket: Ticket, status: Option<u16>, now_us: u64) {
-        let finish = status.filter(|_| self.wants_status()).map(|status| Finish {
+        let now_ms = self.observe(now_us);
+        // Across a jump of the clock the request's latency is unknown: no sample.
+        let measured = self.wants_status() && ticket.epoch == self.clock.epoch();
+        let finish = status.filter(|_| measured).map(|status| Finish {
             latency_us: now_us.saturating_sub(ticket.admitted_us),
             outcome: if status >= 500 {
                 Outcome::Error
@@ -406,7 +422,6 @@ impl Admitter {
                 Outcome::Success
             },
         });
-        let now_ms = now_us / 1_000;
         let limits = self.limits(host, now_ms);
         let rule = self.rule(&limits);
         let result = self.gate.release(
@@ -424,12 +439,29 @@ impl Admitter {
     /// Periodic sign of life: reclaims the slots of dead VMs, pays owed releases, and
     /// notices new or stale limits while no request comes.
     pub fn heartbeat(&self, host: &impl Host, now_ms: u64) {
+        self.observe(now_ms.saturating_mul(1_000));
         let limits = self.limits(host, now_ms);
         let result = self
             .gate
             .heartbeat(host, &self.worker, now_ms, Some(&self.rule(&limits)));
         self.account(host, result, now_ms);
         self.limits(host, now_ms);
+    }
+
+    /// Takes a reading of the host's clock (µs), in ms. After a jump back, this VM's waits
+    /// keep their time left (else they would wait for the clock to come back) and its limits
+    /// are rebuilt (an allowance's validity was measured on the old time); after a jump
+    /// forward a wait may end early, by at most its `timeout_ms`.
+    fn observe(&self, now_us: u64) -> u64 {
+        let now_ms = now_us / 1_000;
+        if let Some(by) = self.clock.observe(now_ms) {
+            if by < 0 {
+                self.room.borrow_mut().shift(by);
+            }
+            self.reload_limits.set(true);
+            log::warn!("the host clock jumped by {by} ms: times kept by wipgate moved with it");
+        }
+        now_ms
     }
 
     /// Requests in flight through this Envoy now.
@@ -449,9 +481,11 @@ impl Admitter {
     /// The limits in force: rebuilt only when a new allowance was announced in the ledger
     /// or the current one went stale.
     pub fn limits(&self, host: &impl Host, now_ms: u64) -> Rc<Limits> {
+        self.observe(now_ms.saturating_mul(1_000));
         let current = Rc::clone(&self.limits.borrow());
         let seq = self.seen_seq.get();
-        if now_ms < current.valid_until_ms && seq == self.loaded_seq.get() {
+        let reload = self.reload_limits.replace(false);
+        if !reload && now_ms < current.valid_until_ms && seq == self.loaded_seq.get() {
             return current;
         }
         let next = Rc::new(Limits::build(
@@ -506,6 +540,17 @@ impl Admitter {
                             ))
                         );
                     }
+                }
+                if let Some(deltas) = report
+                    .gauges
+                    .as_ref()
+                    .filter(|d| **d != GaugeDeltas::default())
+                {
+                    let limits = Rc::clone(&self.limits.borrow());
+                    host.record(Event::InFlight(&InFlight {
+                        total: deltas.total,
+                        by_label: limits.partitions.gauge_deltas(deltas),
+                    }));
                 }
                 if report.cas_retries > 0 {
                     host.record(Event::CasRetries(report.cas_retries));

@@ -110,6 +110,8 @@ pub(crate) struct RawConfig {
     adaptive: Option<AdaptiveConfig>,
     #[serde(default)]
     queue: Option<QueueConfig>,
+    #[serde(default)]
+    scope: Option<String>,
 }
 
 mod defaults {
@@ -175,6 +177,10 @@ pub struct GateConfig {
     pub adaptive: Option<AdaptiveConfig>,
     /// The bounded wait for a slot; without it a request that finds none is rejected at once.
     pub queue: Option<QueueConfig>,
+    /// The name of the ledger (limits, adaptive state, sync) this configuration shares with
+    /// every other configuration of the same name in this Envoy; without it, each distinct
+    /// configuration has its own (see [`crate::scope`]).
+    pub scope: Option<String>,
 }
 
 impl GateConfig {
@@ -288,6 +294,14 @@ impl RawConfig {
         if let Some(queue) = &self.queue {
             queue.validate()?;
         }
+        if let Some(scope) = &self.scope {
+            if TenantName::parse(scope).is_none() {
+                return Err(ConfigError::new(
+                    "scope",
+                    "must be 1-64 bytes of [A-Za-z0-9._-]",
+                ));
+            }
+        }
         Ok(GateConfig {
             max_inflight: self.max_inflight,
             min_inflight: self.min_inflight,
@@ -302,6 +316,7 @@ impl RawConfig {
             control: self.control,
             adaptive: self.adaptive,
             queue: self.queue,
+            scope: self.scope,
         })
     }
 }

@@ -4,7 +4,7 @@
 //! drivers sharing one `FakeHost` behave like the worker VMs of one Envoy.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::host::{Callout, Event, Host, WaitEnd};
 use crate::labels::{Label, Labels, Usage};
@@ -37,6 +37,12 @@ pub struct Stats {
     pub limit: Option<(u32, bool)>,
     /// The adaptive limit after the last closed window.
     pub adaptive_limit: Option<u32>,
+    /// The Envoy-wide in-flight gauge.
+    pub inflight: u64,
+    /// In-flight gauges that would have gone below 0 (held at 0): a double decrement.
+    pub gauge_underflows: u64,
+    /// Releases (including those of slots reclaimed before).
+    pub released: u64,
     /// Slots reclaimed from dead VMs.
     pub reclaimed: u64,
     /// Ledger errors.
@@ -61,6 +67,8 @@ pub struct FakeHost {
     stats: RefCell<Stats>,
     windows: RefCell<Vec<ClosedWindow>>,
     woken: RefCell<Vec<u32>>,
+    /// The labels of the limits in force: the sync report's lines.
+    in_force: RefCell<BTreeSet<Label>>,
 }
 
 impl FakeHost {
@@ -140,17 +148,13 @@ impl Host for FakeHost {
             Event::LimitsInForce(limits) => {
                 let mut stats = self.stats.borrow_mut();
                 stats.limit = Some((limits.config.max_inflight, limits.on_static()));
-                for tenant in limits.partitions.tenant_labels() {
-                    stats.usage.entry(Label::Tenant(tenant)).or_default();
+                let labels: BTreeSet<Label> = limits.partitions.labels_in_force().collect();
+                for label in &labels {
+                    stats.usage.entry(label.clone()).or_default();
                 }
-                for class in limits.partitions.class_labels() {
-                    stats.usage.entry(Label::Class(class)).or_default();
-                }
+                *self.in_force.borrow_mut() = labels;
             }
-            Event::Admitted(labels) => self.count(labels, |u| {
-                u.admitted += 1;
-                u.inflight += 1;
-            }),
+            Event::Admitted(labels) => self.count(labels, |u| u.admitted += 1),
             Event::Rejected(labels, reason) => {
                 self.count(labels, |u| u.rejected += 1);
                 *self
@@ -160,7 +164,25 @@ impl Host for FakeHost {
                     .entry(RejectReason::as_str(reason))
                     .or_default() += 1;
             }
-            Event::Released(labels) => self.count(labels, |u| u.inflight -= 1),
+            Event::Released(_) => self.stats.borrow_mut().released += 1,
+            Event::InFlight(change) => {
+                let mut stats = self.stats.borrow_mut();
+                let mut underflows = 0;
+                let mut add = |gauge: &mut u64, d: i64| {
+                    *gauge = gauge.checked_add_signed(d).unwrap_or_else(|| {
+                        underflows += 1;
+                        0
+                    });
+                };
+                add(&mut stats.inflight, change.total);
+                for (label, d) in &change.by_label {
+                    add(
+                        &mut stats.usage.entry(label.clone()).or_default().inflight,
+                        *d,
+                    );
+                }
+                stats.gauge_underflows += underflows;
+            }
             Event::Reclaimed(n) => self.stats.borrow_mut().reclaimed += n,
             Event::CasRetries(_) => {}
             Event::GateError => self.stats.borrow_mut().gate_errors += 1,
@@ -196,10 +218,12 @@ impl Host for FakeHost {
     }
 
     fn usage(&self) -> Vec<(Label, Usage)> {
+        let in_force = self.in_force.borrow();
         self.stats
             .borrow()
             .usage
             .iter()
+            .filter(|(l, _)| in_force.contains(*l))
             .map(|(l, u)| (l.clone(), *u))
             .collect()
     }

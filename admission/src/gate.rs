@@ -11,7 +11,8 @@ use thiserror::Error;
 
 use crate::adaptive::{AdaptiveConfig, Outcome};
 use crate::ledger::{
-    ClosedWindow, Ledger, LedgerError, PartitionKey, Pressure, Seat, Waiter, WorkerId, LEDGER_KEY,
+    ClosedWindow, GaugeDeltas, Ledger, LedgerError, PartitionKey, Pressure, Seat, Waiter, WorkerId,
+    LEDGER_KEY,
 };
 use crate::queue::{QueueConfig, SeatRule};
 use crate::shared_data::{CasError, SharedData};
@@ -169,6 +170,8 @@ pub struct Report<T> {
     pub wake: Vec<u32>,
     /// The pressure after this change (for `retry-after`).
     pub pressure: Pressure,
+    /// What this change adds to the in-flight gauges (`None` when it wrote nothing).
+    pub gauges: Option<GaugeDeltas>,
 }
 
 impl<T> Report<T> {
@@ -184,6 +187,7 @@ impl<T> Report<T> {
             diverted: false,
             wake: Vec::new(),
             pressure: Pressure::default(),
+            gauges: None,
         }
     }
 
@@ -199,6 +203,7 @@ impl<T> Report<T> {
             diverted: self.diverted,
             wake: self.wake,
             pressure: self.pressure,
+            gauges: self.gauges,
         }
     }
 }
@@ -555,6 +560,8 @@ impl Gate {
                 }
                 Some(Err(_)) => (Ledger::default(), true),
             };
+            // First: a jump of the clock moves every stored time before ages are judged.
+            let jumped = ledger.absorb_clock(now_ms).is_some();
             let reclaimed = ledger.expire(now_ms, self.lease_ms);
             let adaptive = self.adaptive.as_ref();
             let window = ledger.roll_adaptive(
@@ -589,6 +596,7 @@ impl Gate {
                 .since_ms
                 .is_some_and(|t| now_ms.saturating_sub(t) >= UNWRITTEN_MAX_AGE_MS);
             let write = changed
+                || jumped
                 || bytes.is_none()
                 || reset_corrupt
                 || diverted
@@ -605,6 +613,7 @@ impl Gate {
                     ..Report::nothing(value)
                 });
             }
+            let gauges = ledger.take_gauge_deltas();
             match store.set(self.key_of(worker), &ledger.encode(), cas) {
                 Ok(()) => {
                     worker.owed.borrow_mut().clear();
@@ -619,6 +628,7 @@ impl Gate {
                         diverted,
                         wake,
                         pressure: ledger.pressure(now_ms),
+                        gauges: Some(gauges),
                     });
                 }
                 Err(CasError::Mismatch) => continue,

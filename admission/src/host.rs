@@ -4,7 +4,7 @@
 //! The clock is not part of it: the host's entry points read the time once and pass it down
 //! as an argument, so every decision is a function of `now` that tests choose freely.
 
-use crate::labels::{Label, Labels, Usage};
+use crate::labels::{InFlight, Label, Labels, Usage};
 use crate::ledger::ClosedWindow;
 use crate::limits::Limits;
 use crate::shared_data::SharedData;
@@ -37,10 +37,12 @@ pub enum Event<'a> {
     Admitted(&'a Labels),
     /// A request was rejected.
     Rejected(&'a Labels, RejectReason),
-    /// An admitted request gave its slot back.
+    /// An admitted request gave its slot back (or found it reclaimed already).
     Released(&'a Labels),
-    /// Slots of dead VMs were given back (their labels died with the VM's memory).
+    /// Slots of dead VMs were given back (a counter; the gauges follow [`Event::InFlight`]).
     Reclaimed(u64),
+    /// The ledger was written: requests in flight as it now holds them.
+    InFlight(&'a InFlight),
     /// Write attempts lost to concurrent writers of the ledger.
     CasRetries(u32),
     /// The shared ledger could not be read or written.
@@ -80,4 +82,22 @@ pub trait Host: SharedData {
     /// Wakes the VM behind host queue `queue` (its [`crate::Admitter::on_wake`] runs soon,
     /// on its own thread). Best effort: a lost wake-up is made good by that VM's timer.
     fn wake(&self, queue: u32);
+}
+
+impl<T: Host + ?Sized> Host for &T {
+    fn dispatch(&self, call: &Callout<'_>) -> Result<u32, String> {
+        (**self).dispatch(call)
+    }
+
+    fn record(&self, event: Event<'_>) {
+        (**self).record(event);
+    }
+
+    fn usage(&self) -> Vec<(Label, Usage)> {
+        (**self).usage()
+    }
+
+    fn wake(&self, queue: u32) {
+        (**self).wake(queue);
+    }
 }

@@ -13,6 +13,7 @@
 pub mod adaptive;
 pub mod admitter;
 pub mod bulkhead;
+pub mod clock;
 pub mod config;
 pub mod fake_host;
 pub mod gate;
@@ -27,9 +28,11 @@ pub mod rejection;
 pub mod retry_after;
 #[cfg(feature = "schema")]
 pub mod schema;
+pub mod scope;
 pub mod shared_data;
 pub mod sync;
 pub mod tenant;
+pub mod tick;
 pub mod wire;
 
 pub use admitter::{Admitter, Decision, Resolved, Ticket};

@@ -33,6 +33,14 @@ impl Limits {
     /// within `control.fallback`. Reservations that no longer fit the fleet share are scaled
     /// down (never up), so the bulkhead invariants hold under any share.
     pub fn build(static_config: &GateConfig, allowance: Option<&Allowance>, now_ms: u64) -> Self {
+        // An allowance is good for `stale_after_ms` at most from its arrival: one valid for
+        // longer from now was stamped before the clock went back, and is stale (the next
+        // sync is due at once after a jump either way).
+        let stale_after = static_config.control.as_ref().map(|c| c.stale_after_ms);
+        let fresh = |a: &Allowance| {
+            now_ms < a.valid_until_ms
+                && stale_after.map_or(true, |s| a.valid_until_ms <= now_ms.saturating_add(s))
+        };
         let fallback = static_config
             .control
             .as_ref()
@@ -40,7 +48,7 @@ impl Limits {
             .map(|f| f.max_inflight);
         let held;
         let a = match allowance {
-            Some(a) if now_ms < a.valid_until_ms => a,
+            Some(a) if fresh(a) => a,
             Some(a) => {
                 held = past_stale(a, fallback);
                 &held

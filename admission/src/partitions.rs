@@ -22,8 +22,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::config::WILDCARD_TENANT;
-use crate::labels::{Labels, TenantLabel};
-use crate::ledger::{Ledger, PartitionKey, Seat};
+use crate::labels::{Label, Labels, TenantLabel};
+use crate::ledger::{GaugeDeltas, Ledger, PartitionKey, Seat};
 use crate::queue::SeatRule;
 use crate::{Bulkhead, GateConfig, RejectReason, TenantName};
 
@@ -146,6 +146,46 @@ impl Partitions {
     /// Stat labels of classes, in configuration order.
     pub fn class_labels(&self) -> impl Iterator<Item = Arc<str>> + '_ {
         self.classes.iter().map(|c| Arc::clone(&c.name))
+    }
+
+    /// The ledger's gauge deltas by label: a listed tenant's key is its label, any other
+    /// tenant's key the unlisted's, a configured class's key its class (other classes are
+    /// not this configuration's). Without bulkheads nothing is counted per partition, so
+    /// every request is the unlisted's.
+    pub fn gauge_deltas(&self, deltas: &GaugeDeltas) -> Vec<(Label, i64)> {
+        let mut out: Vec<(Label, i64)> = Vec::new();
+        let mut add = |label: Label, d: i64| match out.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, n)) => *n += d,
+            None => out.push((label, d)),
+        };
+        if self.is_plain() {
+            add(Label::Tenant(TenantLabel::Unlisted), deltas.total);
+            return out;
+        }
+        for (key, d) in &deltas.parts {
+            if key.is_class() {
+                if let Some(c) = self.classes.iter().find(|c| c.key == *key) {
+                    add(Label::Class(Arc::clone(&c.name)), *d);
+                }
+            } else {
+                let label = self
+                    .tenants
+                    .iter()
+                    .find(|t| t.key == *key)
+                    .map_or(TenantLabel::Unlisted, |t| {
+                        TenantLabel::Listed(Arc::clone(&t.name))
+                    });
+                add(Label::Tenant(label), *d);
+            }
+        }
+        out
+    }
+
+    /// Every label of these partitions: the stats and the sync report follow them.
+    pub fn labels_in_force(&self) -> impl Iterator<Item = Label> + '_ {
+        self.tenant_labels()
+            .map(Label::Tenant)
+            .chain(self.class_labels().map(Label::Class))
     }
 
     /// Where a placed request is counted in the stats.
@@ -285,13 +325,16 @@ pub struct Rule<'a> {
     pub partitions: &'a Partitions,
     /// The limit before the adaptive one.
     pub ceiling: u32,
+    /// This configuration has adaptive limits: only then does the ledger's adaptive limit
+    /// bind (a configuration without them, sharing a `scope` with one that has them, keeps
+    /// its own limit).
+    pub adaptive: bool,
 }
 
 impl SeatRule for Rule<'_> {
     fn decide(&self, ledger: &Ledger, seat: &Seat) -> Result<Vec<PartitionKey>, RejectReason> {
-        let limit = self
-            .ceiling
-            .min(ledger.adaptive_limit().unwrap_or(u32::MAX));
+        let adaptive = ledger.adaptive_limit().filter(|_| self.adaptive);
+        let limit = self.ceiling.min(adaptive.unwrap_or(u32::MAX));
         self.partitions.decide(ledger, limit, seat)
     }
 

@@ -86,3 +86,13 @@ impl SharedData for MemoryStore {
         Ok(())
     }
 }
+
+impl<T: SharedData + ?Sized> SharedData for &T {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), CasError> {
+        (**self).get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), CasError> {
+        (**self).set(key, value, cas)
+    }
+}

@@ -4,7 +4,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::Status;
+use proxy_wasm::types::{BufferType, MapType, Status};
 use wipgate_admission::labels::{Label, Usage};
 use wipgate_admission::{Callout, CasError, Event, Host, SharedData};
 
@@ -75,6 +75,33 @@ impl Host for ProxyHost {
             log::debug!("cannot wake queue {queue}: {status:?}");
         }
     }
+}
+
+// The SDK's `Context` helpers (`get_property`, `get_http_request_header_bytes`, ...) unwrap the
+// host's status, and its `String` header getters unwrap UTF-8: a status or a header value
+// they do not expect would trap the VM. These read through the calls that return a status.
+
+/// A header (or trailer) value as bytes; `None` when absent or unreadable.
+pub fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(map, name).ok().flatten()
+}
+
+/// A response status header (`:status`) as a number; `None` when absent or not a number.
+pub fn status(map: MapType) -> Option<u16> {
+    std::str::from_utf8(&header(map, ":status")?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The first `max` bytes of a host buffer; `None` when absent or unreadable.
+pub fn buffer(kind: BufferType, max: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(kind, 0, max).ok().flatten()
+}
+
+/// A host property; `None` when absent or unreadable.
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    hostcalls::get_property(path.to_vec()).ok().flatten()
 }
 
 /// Microseconds since the epoch by the host's clock; 0 if it is unreadable.

@@ -5,10 +5,10 @@ use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, MapType};
 use wipgate_admission::{Decision, Rejection, Resolved, Ticket};
 
-use crate::host::{now_ms, now_us};
+use crate::host::{header, now_ms, now_us, status};
 use crate::root::Plugin;
 
 /// Per-stream state. Invariant: this stream holds a slot exactly while `ticket` is `Some` or
@@ -117,10 +117,15 @@ impl HttpContext for AdmissionContext {
             // Headers seen twice on one stream (e.g. an internal redirect): keep the slot.
             return Action::Continue;
         }
+        #[cfg(feature = "test-trap")]
+        if header(MapType::HttpRequestHeaders, "x-wipgate-test-trap").is_some() {
+            // A trap as a bug would cause one (`unreachable` in the module): test builds only.
+            std::process::abort();
+        }
         let plugin = &self.plugin;
         let config = plugin.admitter.config();
-        let tenant = self.get_http_request_header_bytes(&config.tenant_header);
-        let priority = self.get_http_request_header_bytes(&config.priority_header);
+        let tenant = header(MapType::HttpRequestHeaders, &config.tenant_header);
+        let priority = header(MapType::HttpRequestHeaders, &config.priority_header);
         let decision = plugin.admitter.admit_or_wait(
             &plugin.host,
             tenant.as_deref(),
@@ -167,9 +172,7 @@ impl HttpContext for AdmissionContext {
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.still_waiting();
         if self.ticket.is_some() && self.plugin.admitter.wants_status() {
-            self.status = self
-                .get_http_response_header(":status")
-                .and_then(|s| s.parse().ok());
+            self.status = status(MapType::HttpResponseHeaders);
         }
         if end_of_stream {
             self.finish();

@@ -2,20 +2,23 @@
 //! counters and gauges. Counters and gauges are defined in every VM; Envoy backs the same name
 //! with one stat for all worker threads, so increments add up Envoy-wide.
 //!
-//! In-flight gauges are only ever moved by +1/-1 (and by minus what a reclaim gave back),
-//! never set, so concurrent workers cannot overwrite each other's view. Per-tenant stats
-//! exist for tenants named by the configuration or the fleet policy, plus one `_unlisted`
-//! label for all others, so their number never follows what clients send.
+//! In-flight gauges move by what each write of the shared ledger changed (kept in the ledger
+//! and counted once per compare-and-swap), never by a VM's own +1/-1, so a reclaimed VM's
+//! slots or a late release cannot make them drift, and several configurations in one Envoy
+//! add up. Per-tenant stats exist for tenants named
+//! by the configuration or the fleet policy, plus one `_unlisted` label for all others, so
+//! their number never follows what clients send; the sync report carries the labels of the
+//! limits in force only.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 use wipgate_admission::adaptive::ChangeReason;
-use wipgate_admission::labels::{Label, Labels, TenantLabel, Usage};
+use wipgate_admission::labels::{stat_segment, InFlight, Label, Labels, TenantLabel, Usage};
 use wipgate_admission::ledger::ClosedWindow;
 use wipgate_admission::sync::SyncFailure;
 use wipgate_admission::{Event, RejectReason, WaitEnd};
@@ -49,11 +52,6 @@ fn define_each<T: Copy, const N: usize>(
     all.map(|item| define(MetricType::Counter, &name(item)))
 }
 
-/// Stat names carry a label between dots: keep it one name segment.
-fn segment(label: &str) -> String {
-    label.replace('.', "_")
-}
-
 /// Admitted, rejected per reason and in-flight, under one prefix (Envoy-wide, a tenant or
 /// a class). An id of `None` means the host refused to define it: updates skip it.
 struct RequestStats {
@@ -85,11 +83,6 @@ impl RequestStats {
 
     fn admitted(&self) {
         add(self.admitted, 1);
-        add(self.inflight, 1);
-    }
-
-    fn released(&self) {
-        add(self.inflight, -1);
     }
 
     fn rejected(&self, reason: RejectReason) {
@@ -121,27 +114,31 @@ impl<K: Ord + Clone> Labelled<K> {
         }
     }
 
-    fn get(&self, label: &K, name: &str) -> Rc<RequestStats> {
+    /// `segment` is the label's stat name segment (escaped already).
+    fn get(&self, label: &K, segment: &str) -> Rc<RequestStats> {
         let mut map = self.by_label.borrow_mut();
         let stats = map.entry(label.clone()).or_insert_with(|| {
-            Rc::new(RequestStats::define(&format!(
-                "wipgate.{}.{}",
-                self.prefix,
-                segment(name)
-            )))
+            let prefix = format!("wipgate.{}.{segment}", self.prefix);
+            Rc::new(RequestStats::define(&prefix))
         });
         Rc::clone(stats)
     }
 
-    fn usage(&self) -> Vec<(K, Usage)> {
+    /// Counts of the labels `keep` accepts.
+    fn usage(&self, keep: impl Fn(&K) -> bool) -> Vec<(K, Usage)> {
         let map = self.by_label.borrow();
-        map.iter().map(|(k, s)| (k.clone(), s.usage())).collect()
+        map.iter()
+            .filter(|(k, _)| keep(k))
+            .map(|(k, s)| (k.clone(), s.usage()))
+            .collect()
     }
 }
 
 /// Metric ids of this VM.
 pub struct Metrics {
     all: RequestStats,
+    /// The labels of the limits in force (the sync report's lines).
+    in_force: RefCell<BTreeSet<Label>>,
     tenants: Labelled<TenantLabel>,
     classes: Labelled<Arc<str>>,
     limit: Option<u32>,
@@ -173,6 +170,7 @@ impl Metrics {
         let counter = |name: &str| define(MetricType::Counter, name);
         Self {
             all: RequestStats::define("wipgate"),
+            in_force: RefCell::default(),
             tenants: Labelled::new("tenant"),
             classes: Labelled::new("class"),
             limit: gauge("wipgate.inflight_limit"),
@@ -206,11 +204,12 @@ impl Metrics {
         match event {
             Event::LimitsInForce(limits) => {
                 for tenant in limits.partitions.tenant_labels() {
-                    self.tenants.get(&tenant, tenant.stat_name());
+                    self.tenants.get(&tenant, &tenant.stat_name());
                 }
                 for class in limits.partitions.class_labels() {
-                    self.classes.get(&class, &class);
+                    self.classes.get(&class, &stat_segment(&class));
                 }
+                *self.in_force.borrow_mut() = limits.partitions.labels_in_force().collect();
                 set(self.limit, u64::from(limits.config.max_inflight));
                 set(self.on_static, u64::from(limits.on_static()));
                 let floor = limits.config.min_inflight.unwrap_or(1).max(1);
@@ -225,14 +224,11 @@ impl Metrics {
             }
             Event::Admitted(labels) => self.each(labels, RequestStats::admitted),
             Event::Rejected(labels, reason) => self.each(labels, |s| s.rejected(reason)),
-            Event::Released(labels) => self.each(labels, RequestStats::released),
+            Event::Released(_) => {}
             Event::Reclaimed(slots) => {
-                // Only the Envoy-wide gauge can follow: which tenants those slots belonged to
-                // died with the VM's memory.
-                let slots = i64::try_from(slots).unwrap_or(i64::MAX);
-                add(self.reclaimed, slots);
-                add(self.all.inflight, -slots);
+                add(self.reclaimed, i64::try_from(slots).unwrap_or(i64::MAX));
             }
+            Event::InFlight(now) => self.inflight(now),
             Event::CasRetries(n) => add(self.cas_retries, i64::from(n)),
             Event::GateError => add(self.gate_errors, 1),
             Event::WindowClosed(window) => self.adaptive(window),
@@ -255,10 +251,30 @@ impl Metrics {
         }
     }
 
-    /// Envoy-wide counts per tenant and class, for the sync report.
+    /// The in-flight gauges move by what a write of the ledger changed.
+    fn inflight(&self, change: &InFlight) {
+        add(self.all.inflight, change.total);
+        for (label, d) in &change.by_label {
+            let stats = match label {
+                Label::Tenant(t) => self.tenants.get(t, &t.stat_name()),
+                Label::Class(c) => self.classes.get(c, &stat_segment(c)),
+            };
+            add(stats.inflight, *d);
+        }
+    }
+
+    /// Envoy-wide counts per tenant and class of the limits in force, for the sync report
+    /// (labels of limits no longer in force are not reported, so the report stays bounded).
     pub fn usage(&self) -> Vec<(Label, Usage)> {
-        let tenants = self.tenants.usage().into_iter();
-        let classes = self.classes.usage().into_iter();
+        let in_force = self.in_force.borrow();
+        let tenants = self
+            .tenants
+            .usage(|t| in_force.contains(&Label::Tenant(t.clone())))
+            .into_iter();
+        let classes = self
+            .classes
+            .usage(|c| in_force.contains(&Label::Class(Arc::clone(c))))
+            .into_iter();
         tenants
             .map(|(t, u)| (Label::Tenant(t), u))
             .chain(classes.map(|(c, u)| (Label::Class(c), u)))
@@ -267,9 +283,9 @@ impl Metrics {
 
     fn each(&self, labels: &Labels, f: impl Fn(&RequestStats)) {
         f(&self.all);
-        f(&self.tenants.get(&labels.tenant, labels.tenant.stat_name()));
+        f(&self.tenants.get(&labels.tenant, &labels.tenant.stat_name()));
         if let Some(class) = &labels.class {
-            f(&self.classes.get(class, class));
+            f(&self.classes.get(class, &stat_segment(class)));
         }
     }
 

@@ -2,18 +2,20 @@
 //! sync's ticks and callout responses to the core, and, with the queue on, wakes the streams
 //! whose wait ended (a slot handed over through the VM's shared queue, or a deadline).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use proxy_wasm::types::{BufferType, ContextType, MapType};
+use wipgate_admission::scope::{namespace, Scoped};
 use wipgate_admission::sync::{instance_id, process_nonce};
+use wipgate_admission::tick::TickSchedule;
 use wipgate_admission::{Admitter, GateConfig, SyncDriver, Ticket};
 
-use crate::host::{now_ms, now_us, ProxyHost};
+use crate::host::{buffer, now_ms, now_us, property, status, ProxyHost};
 use crate::http::{resolve, AdmissionContext};
 
 /// How often each VM sends a heartbeat to the shared ledger (at least), in ms.
@@ -21,7 +23,9 @@ const HEARTBEAT_MS: u64 = 1_000;
 
 /// What the root context and every stream of one VM share.
 pub struct Plugin {
-    pub host: ProxyHost,
+    /// The host, its shared data under this configuration's namespace (one ledger per
+    /// plugin configuration, not per `vm_id`).
+    pub host: Scoped<ProxyHost>,
     pub admitter: Admitter,
     /// Slots handed to waiting streams of this VM, by stream id, until the stream takes its
     /// own (it has no callback of its own when it is resumed).
@@ -30,56 +34,37 @@ pub struct Plugin {
 }
 
 /// The root's one timer serves two clocks: the periodic work (heartbeat, sync) and the
-/// waiters' deadlines, each answered on time even when nothing is released.
+/// waiters' deadlines, each answered on time even when nothing is released. When to fire is
+/// the core's [`TickSchedule`]; this arms the host's timer accordingly.
 pub struct Ticker {
-    period_ms: u64,
-    /// When the periodic work is next due.
-    periodic_due_ms: Cell<u64>,
-    /// When the timer fires next, as last armed.
-    fires_at_ms: Cell<u64>,
+    schedule: TickSchedule,
 }
 
 impl Ticker {
     fn new(period_ms: u64, now_ms: u64) -> Self {
         let ticker = Self {
-            period_ms,
-            periodic_due_ms: Cell::new(now_ms),
-            fires_at_ms: Cell::new(u64::MAX),
+            schedule: TickSchedule::new(period_ms, now_ms),
         };
-        ticker.arm(now_ms.saturating_add(period_ms), now_ms);
+        ticker.arm(ticker.schedule.next(None, now_ms), now_ms);
         ticker
     }
 
     /// A deadline at `deadline_ms` must be met: brings the timer forward if it fires later.
     pub fn expect(&self, deadline_ms: u64, now_ms: u64) {
-        if deadline_ms < self.fires_at_ms.get() {
-            self.arm(deadline_ms, now_ms);
+        if let Some(period) = self.schedule.expect(deadline_ms, now_ms) {
+            self.arm(period, now_ms);
         }
-    }
-
-    /// Whether the periodic work is due now (and, if so, when it is due next).
-    fn periodic_due(&self, now_ms: u64) -> bool {
-        let due = now_ms >= self.periodic_due_ms.get();
-        if due {
-            self.periodic_due_ms
-                .set(now_ms.saturating_add(self.period_ms));
-        }
-        due
     }
 
     /// Arms the timer for the periodic work or `deadline_ms`, whichever comes first.
     fn rearm(&self, deadline_ms: Option<u64>, now_ms: u64) {
-        let next = deadline_ms.map_or(self.periodic_due_ms.get(), |d| {
-            d.min(self.periodic_due_ms.get())
-        });
-        self.arm(next, now_ms);
+        self.arm(self.schedule.next(deadline_ms, now_ms), now_ms);
     }
 
-    fn arm(&self, at_ms: u64, now_ms: u64) {
-        let period = at_ms.saturating_sub(now_ms).max(1);
+    fn arm(&self, period_ms: u64, now_ms: u64) {
         // From a stream's context too, the host sets the timer of the stream's root.
-        if hostcalls::set_tick_period(Duration::from_millis(period)).is_ok() {
-            self.fires_at_ms.set(now_ms.saturating_add(period));
+        if hostcalls::set_tick_period(Duration::from_millis(period_ms)).is_ok() {
+            self.schedule.armed(period_ms, now_ms);
         }
     }
 }
@@ -99,12 +84,8 @@ impl Context for WipgateRoot {
         body_size: usize,
         _trailers: usize,
     ) {
-        let status = self
-            .get_http_call_response_header(":status")
-            .and_then(|s| s.parse::<u16>().ok());
-        let body = self
-            .get_http_call_response_body(0, body_size)
-            .unwrap_or_default();
+        let status = status(MapType::HttpCallResponseHeaders);
+        let body = buffer(BufferType::HttpCallResponseBody, body_size).unwrap_or_default();
         let (Some(plugin), Some(sync)) = (&self.plugin, &mut self.sync) else {
             return;
         };
@@ -121,7 +102,7 @@ impl Context for WipgateRoot {
 
 impl RootContext for WipgateRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let bytes = buffer(BufferType::PluginConfiguration, usize::MAX).unwrap_or_default();
         let config = match GateConfig::parse(&bytes) {
             Ok(config) => config,
             Err(e) => {
@@ -136,8 +117,18 @@ impl RootContext for WipgateRoot {
                 pending.join(", ")
             );
         }
-        let host = ProxyHost::new();
-        let node_id = self.get_property(vec!["node", "id"]);
+        // Shared data is per vm_id: this configuration's keys go under its own namespace
+        // (its `scope`, else the root id and a fingerprint of the configuration).
+        let root_id = property(&["plugin_root_id"])
+            .map(|id| String::from_utf8_lossy(&id).into_owned())
+            .unwrap_or_default();
+        let host = Scoped::new(ProxyHost::new(), namespace(&root_id, &config, &bytes));
+        // Each scope syncs on its own: its instance id says which (`NODE_ID/SCOPE`), so two
+        // scoped configurations of one Envoy are two instances to the control service.
+        let node_id = property(&["node", "id"]).map(|id| match &config.scope {
+            Some(scope) => [id.as_slice(), b"/", scope.as_bytes()].concat(),
+            None => id,
+        });
         self.sync = config.control.clone().map(|control| {
             let instance = instance_id(&host, node_id.as_deref(), random_seed(now_ms()));
             let nonce = process_nonce(&host, random_seed(now_ms()));
@@ -172,7 +163,7 @@ impl RootContext for WipgateRoot {
     fn on_tick(&mut self) {
         let Some(plugin) = &self.plugin else { return };
         let now = now_ms();
-        if plugin.ticker.periodic_due(now) {
+        if plugin.ticker.schedule.periodic_due(now) {
             plugin.admitter.heartbeat(&plugin.host, now);
             if let Some(sync) = &mut self.sync {
                 sync.on_tick(&plugin.host, &plugin.admitter, now);

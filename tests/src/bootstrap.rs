@@ -38,6 +38,14 @@ pub fn render(cfg: &EnvoyConfig) -> Result<String> {
     push_key(&mut out, "stats_config", &stats_config())?;
     out.push_str("static_resources:\n  listeners:\n");
     push_item(&mut out, 2, &to_json(&listener(cfg))?);
+    for (i, configuration) in cfg.extra_listeners.iter().enumerate() {
+        let mut extra = listener(&EnvoyConfig {
+            filter_config: Some(configuration.clone()),
+            ..cfg.clone()
+        });
+        extra["name"] = json!(format!("ingress-{}", i + 1));
+        push_item(&mut out, 2, &to_json(&extra)?);
+    }
     out.push_str("  clusters:\n");
     push_item(&mut out, 2, &to_json(&upstream_cluster(cfg))?);
     for extra in &cfg.extra_clusters {
@@ -99,7 +107,7 @@ fn wasm_filter(cfg: &EnvoyConfig, configuration: &str) -> Value {
             "config": {
                 "name": "wipgate",
                 "root_id": "wipgate",
-                "failure_policy": "FAIL_CLOSED",
+                "failure_policy": cfg.failure_policy,
                 "vm_config": {
                     "vm_id": cfg.vm_id,
                     "runtime": "envoy.wasm.runtime.v8",

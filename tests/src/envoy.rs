@@ -61,18 +61,33 @@ pub fn require_envoy() -> PathBuf {
     }
 }
 
+/// A `.wasm` named by the environment variable `env`, else at `in_workspace` (relative to
+/// the workspace root).
+fn wasm_path(env: &str, in_workspace: &str) -> PathBuf {
+    std::env::var_os(env).filter(|p| !p.is_empty()).map_or_else(
+        || {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(in_workspace)
+        },
+        PathBuf::from,
+    )
+}
+
 /// The filter's `.wasm`: `WIPGATE_WASM`, else the workspace's release build.
 #[must_use]
 pub fn default_wasm_path() -> PathBuf {
-    std::env::var_os(WASM_ENV)
-        .filter(|p| !p.is_empty())
-        .map_or_else(
-            || {
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../target/wasm32-wasip1/release/wipgate_filter.wasm")
-            },
-            PathBuf::from,
-        )
+    wasm_path(WASM_ENV, "target/wasm32-wasip1/release/wipgate_filter.wasm")
+}
+
+/// The filter built with the test-only `test-trap` feature (`make filter-trap`):
+/// `WIPGATE_TRAP_WASM`, else its place in this workspace.
+#[must_use]
+pub fn trap_wasm_path() -> PathBuf {
+    wasm_path(
+        "WIPGATE_TRAP_WASM",
+        "target/trap/wasm32-wasip1/release/wipgate_filter.wasm",
+    )
 }
 
 /// What one test Envoy looks like.
@@ -108,6 +123,12 @@ pub struct EnvoyConfig {
     /// Spread connections over the workers exactly (Envoy's `exact_balance`), so that two
     /// connections open at once are served by two different worker threads.
     pub exact_balance: bool,
+    /// Further listeners (`ingress-1`, `ingress-2`, ...), each with wipgate configured with
+    /// this JSON text on the same `vm_id`, routing as the first ([`Envoy::listener_addrs`]).
+    pub extra_listeners: Vec<String>,
+    /// The wasm filter's `failure_policy` (default `FAIL_CLOSED`; the shipped configs use
+    /// `FAIL_RELOAD`).
+    pub failure_policy: String,
 }
 
 impl EnvoyConfig {
@@ -128,6 +149,8 @@ impl EnvoyConfig {
             circuit_breakers: None,
             exact_balance: false,
             retry_policy: None,
+            extra_listeners: Vec::new(),
+            failure_policy: "FAIL_CLOSED".to_owned(),
         }
     }
 
@@ -218,14 +241,20 @@ fn is_ready(admin: SocketAddr) -> bool {
     admin_get(admin, "/ready").is_ok_and(|r| r.status == 200)
 }
 
-/// The first listener's bound address from `/listeners?format=json`, if any is bound.
+/// The `ingress` listener's bound address from `/listeners?format=json`, if it is bound.
 fn listener_addr_of(admin: SocketAddr) -> Result<Option<SocketAddr>> {
     let resp = admin_get(admin, "/listeners?format=json")?;
     let v: Value = serde_json::from_slice(&resp.body).context("parsing /listeners")?;
-    let Some(sock) = v
-        .pointer("/listener_statuses/0/local_address/socket_address")
+    // The listener named `ingress` (the first of the bootstrap), else the first listed.
+    let statuses = v["listener_statuses"]
+        .as_array()
         .cloned()
-    else {
+        .unwrap_or_default();
+    let first = statuses
+        .iter()
+        .find(|l| l["name"] == "ingress")
+        .or(statuses.first());
+    let Some(sock) = first.map(|l| l["local_address"]["socket_address"].clone()) else {
         return Ok(None);
     };
     let ip = sock["address"].as_str().unwrap_or("127.0.0.1");
@@ -358,6 +387,28 @@ impl Envoy {
     #[must_use]
     pub fn listener_addr(&self) -> SocketAddr {
         self.listener
+    }
+
+    /// Every listener's bound address, in the order of the bootstrap (the first listener,
+    /// then [`EnvoyConfig::extra_listeners`]).
+    pub fn listener_addrs(&self) -> Result<Vec<SocketAddr>> {
+        let resp = admin_get(self.admin, "/listeners?format=json")?;
+        let v: Value = serde_json::from_slice(&resp.body).context("parsing /listeners")?;
+        let mut named: Vec<(String, SocketAddr)> = Vec::new();
+        for status in v["listener_statuses"].as_array().into_iter().flatten() {
+            let sock = &status["local_address"]["socket_address"];
+            let ip = sock["address"].as_str().unwrap_or("127.0.0.1");
+            let port = sock["port_value"].as_u64().unwrap_or(0);
+            let name = status["name"].as_str().unwrap_or_default().to_owned();
+            named.push((name, format!("{ip}:{port}").parse()?));
+        }
+        // "ingress" first, then "ingress-1", "ingress-2", ... in order.
+        named.sort_by_key(|(name, _)| {
+            name.strip_prefix("ingress-")
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0)
+        });
+        Ok(named.into_iter().map(|(_, addr)| addr).collect())
     }
 
     /// The admin API's address.

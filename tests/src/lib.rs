@@ -20,7 +20,7 @@ mod upstream_stats;
 pub mod wait;
 
 pub use client::{Outcome, RequestSpec};
-pub use envoy::{require_envoy, start_expect_refused, Envoy, EnvoyConfig};
+pub use envoy::{require_envoy, start_expect_refused, trap_wasm_path, Envoy, EnvoyConfig};
 pub use load::{abort_mid_flight, burst, burst_with, open_loop, open_loop_with_timeout};
 pub use summary::{percentile, Summary};
 pub use upstream::{Collapse, Gate, Slowdown, Upstream, UpstreamOptions, UpstreamStats};

@@ -17,7 +17,7 @@ use crate::queue::MAX_WAITING_LIMIT;
 /// The one number that names the record format; bump it with every change to the encoding.
 macro_rules! format_version {
     () => {
-        6
+        7
     };
 }
 
@@ -50,8 +50,9 @@ pub enum LedgerError {
 
 impl Ledger {
     /// Serialises the ledger: version, next id, limits seq, entry count, then each entry (id,
-    /// in-flight, last seen, partition count, partitions), then the adaptive state, all
-    /// little-endian.
+    /// in-flight, last seen, partition count, partitions), then the adaptive state, the
+    /// waiters and grants, the drain meter, the latest time a write saw and what the gauges
+    /// were given, all little-endian.
     pub fn encode(&self) -> Vec<u8> {
         let parts: usize = self.entries.iter().map(|e| e.parts.len()).sum();
         let mut out =
@@ -65,11 +66,7 @@ impl Ledger {
             out.extend_from_slice(&e.id.0.to_le_bytes());
             out.extend_from_slice(&e.inflight.to_le_bytes());
             out.extend_from_slice(&e.last_seen_ms.to_le_bytes());
-            out.extend_from_slice(&len_u16(e.parts.len()).to_le_bytes());
-            for (key, n) in &e.parts {
-                out.extend_from_slice(&key.0.to_le_bytes());
-                out.extend_from_slice(&n.to_le_bytes());
-            }
+            write_parts(&mut out, &e.parts);
         }
         match &self.adaptive {
             None => out.push(0),
@@ -92,6 +89,10 @@ impl Ledger {
         }
         write_queue(&mut out, &self.waiters, &self.grants);
         write_drain(&mut out, &self.drain);
+        out.extend_from_slice(&self.clock_ms.to_le_bytes());
+        out.extend_from_slice(&self.gauged_total.to_le_bytes());
+        // The gauged partitions are those with something in flight: bounded as `parts`.
+        write_parts(&mut out, &self.gauged);
         out
     }
 
@@ -113,14 +114,7 @@ impl Ledger {
             let id = WorkerId(r.u32()?);
             let inflight = r.u32()?;
             let last_seen_ms = r.u64()?;
-            let nparts = usize::from(r.u16()?);
-            if nparts * PART_LEN > r.remaining() {
-                return Err(LedgerError::Length(bytes.len()));
-            }
-            let mut parts = Vec::with_capacity(nparts);
-            for _ in 0..nparts {
-                parts.push((PartitionKey(r.u64()?), r.u32()?));
-            }
+            let parts = read_parts(&mut r)?;
             entries.push(WorkerEntry {
                 id,
                 inflight,
@@ -135,6 +129,9 @@ impl Ledger {
         };
         let (waiters, grants) = read_queue(&mut r)?;
         let drain = read_drain(&mut r)?;
+        let clock_ms = r.u64()?;
+        let gauged_total = r.u64()?;
+        let gauged = read_parts(&mut r)?;
         if r.remaining() != 0 {
             return Err(LedgerError::Length(bytes.len()));
         }
@@ -152,8 +149,30 @@ impl Ledger {
             waiters,
             grants,
             drain,
+            clock_ms,
+            gauged_total,
+            gauged,
         })
     }
+}
+
+/// A count, then (partition key, count) pairs: an entry's partitions, or the gauged ones.
+fn write_parts(out: &mut Vec<u8>, parts: &[(PartitionKey, u32)]) {
+    out.extend_from_slice(&len_u16(parts.len()).to_le_bytes());
+    for (key, n) in parts {
+        out.extend_from_slice(&key.0.to_le_bytes());
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+}
+
+fn read_parts(r: &mut Reader<'_>) -> Result<Vec<(PartitionKey, u32)>, LedgerError> {
+    let count = usize::from(r.u16()?);
+    if count * PART_LEN > r.remaining() {
+        return Err(LedgerError::Length(r.bytes.len()));
+    }
+    (0..count)
+        .map(|_| Ok((PartitionKey(r.u64()?), r.u32()?)))
+        .collect()
 }
 
 /// The drain meter: window start, completions, rate, overload start, last turned away.
@@ -393,8 +412,9 @@ mod tests {
     }
 
     /// What follows the entries of a ledger without adaptive state or waiters: the adaptive
-    /// tag, the two (zero) counts of waiters and grants, and the drain meter.
-    const EMPTY_TAIL: usize = 1 + 2 + 2 + DRAIN_LEN;
+    /// tag, the two (zero) counts of waiters and grants, the drain meter, the clock and the
+    /// (zero) gauged counts.
+    const EMPTY_TAIL: usize = 1 + 2 + 2 + DRAIN_LEN + 8 + 8 + 2;
 
     #[test]
     fn decode_refuses_garbage() {

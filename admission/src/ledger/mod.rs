@@ -83,6 +83,24 @@ pub struct Ledger {
     grants: Vec<Grant>,
     /// Completion rate and overload age, for `retry-after`.
     drain: DrainMeter,
+    /// The latest time a write saw (ms since the epoch; 0 before the first): how a jump of
+    /// the clock is told from time passing (see [`crate::clock`]).
+    clock_ms: u64,
+    /// What this ledger has added to the host's in-flight gauges so far: in total, and per
+    /// partition (non-zero only). Each write adds the difference to what it holds now, in
+    /// the same compare-and-swap, so the gauges follow the ledger exactly once per change
+    /// and the ledgers of several configurations in one Envoy add up.
+    gauged_total: u64,
+    gauged: Vec<(PartitionKey, u32)>,
+}
+
+/// What one write of the ledger adds to the in-flight gauges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GaugeDeltas {
+    /// To the Envoy-wide gauge.
+    pub total: i64,
+    /// Per partition (only those that changed).
+    pub parts: Vec<(PartitionKey, i64)>,
 }
 
 /// A window that closed during a ledger change: what it measured, and the limit after it.
@@ -130,8 +148,9 @@ impl Ledger {
         self.adaptive.as_ref().map(|(state, _)| state.limit)
     }
 
-    /// Turns adaptive limits on (cold start as the algorithm starts) or off, and closes the
-    /// current window when it is over, moving the limit within `min ..= max`.
+    /// Turns adaptive limits on (cold start as the algorithm starts), and closes the current
+    /// window when it is over, moving the limit within `min ..= max`. Without a `config` it
+    /// changes nothing: the state is kept for the VMs that have one.
     pub fn roll_adaptive(
         &mut self,
         config: Option<&AdaptiveConfig>,
@@ -139,10 +158,9 @@ impl Ledger {
         max: u32,
         now_ms: u64,
     ) -> Option<ClosedWindow> {
-        let Some(config) = config else {
-            self.adaptive = None;
-            return None;
-        };
+        // A VM without adaptive limits (another configuration of the same `scope`, or the
+        // old one draining after an update) leaves the state to those that have them.
+        let config = config?;
         let (state, window) = self.adaptive.get_or_insert_with(|| {
             (
                 LimitState::cold(Bounds::new(min, max), config.algorithm),
@@ -277,6 +295,71 @@ impl Ledger {
     pub fn pressure(&self, now_ms: u64) -> Pressure {
         let backlog = self.total() + (self.waiters.len() + self.grants.len()) as u64;
         self.drain.pressure(backlog, now_ms)
+    }
+
+    /// What the in-flight gauges need added to show what this ledger holds now, taken as
+    /// added: call it once per write, in the change that is written.
+    pub fn take_gauge_deltas(&mut self) -> GaugeDeltas {
+        let delta = |now: u64, before: u64| {
+            i64::try_from(now).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX)
+        };
+        let total = self.total();
+        let totals = self.partition_totals();
+        let mut parts = Vec::new();
+        for (key, before) in &self.gauged {
+            let now = totals.get(key).copied().unwrap_or(0);
+            if now != u64::from(*before) {
+                parts.push((*key, delta(now, u64::from(*before))));
+            }
+        }
+        for (key, now) in &totals {
+            if !self.gauged.iter().any(|(k, _)| k == key) {
+                parts.push((*key, delta(*now, 0)));
+            }
+        }
+        let deltas = GaugeDeltas {
+            total: delta(total, self.gauged_total),
+            parts,
+        };
+        self.gauged_total = total;
+        self.gauged = totals
+            .into_iter()
+            .map(|(k, n)| (k, u32::try_from(n).unwrap_or(u32::MAX)))
+            .collect();
+        deltas
+    }
+
+    /// Keeps the ledger's times continuous across a jump of the clock: when `now_ms` is a
+    /// jump from the latest time a write saw, every stored time moves by the jump, so ages
+    /// (a VM's silence, a window's length, an overload's age, a wait) stay what they were.
+    /// Returns the jump absorbed, if any. Call it first in every change.
+    pub fn absorb_clock(&mut self, now_ms: u64) -> Option<i64> {
+        let jump = crate::clock::jump(self.clock_ms, now_ms);
+        if let Some(by) = jump {
+            let shift = |t: &mut u64| *t = crate::clock::shift(*t, by);
+            self.entries
+                .iter_mut()
+                .for_each(|e| shift(&mut e.last_seen_ms));
+            if let Some((_, w)) = &mut self.adaptive {
+                shift(&mut w.start_ms);
+            }
+            for w in &mut self.waiters {
+                shift(&mut w.since_ms);
+                shift(&mut w.deadline_ms);
+            }
+            let d = &mut self.drain;
+            for t in [
+                &mut d.window_start_ms,
+                &mut d.overloaded_since_ms,
+                &mut d.turned_away_ms,
+            ] {
+                shift(t);
+            }
+            self.clock_ms = now_ms;
+        } else {
+            self.clock_ms = self.clock_ms.max(now_ms);
+        }
+        jump
     }
 
     /// Drops the entries not seen for `lease_ms` and returns how many slots they held.

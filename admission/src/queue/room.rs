@@ -56,6 +56,14 @@ impl WaitRoom {
         self.waiting.values().map(|w| w.deadline_ms).min()
     }
 
+    /// The clock jumped by `by_ms`: every wait keeps its age and its time left.
+    pub fn shift(&mut self, by_ms: i64) {
+        for w in self.waiting.values_mut() {
+            w.deadline_ms = crate::clock::shift(w.deadline_ms, by_ms);
+            w.since_us = crate::clock::shift(w.since_us, by_ms.saturating_mul(1_000));
+        }
+    }
+
     /// The tokens whose deadline has come.
     pub fn due(&self, now_ms: u64) -> Vec<u32> {
         self.waiting

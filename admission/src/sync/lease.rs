@@ -27,7 +27,12 @@ impl SyncLease {
     /// If a call is due at `now` and none is under way, the lease as the caller writes it
     /// to claim the call; `None` when this worker should not call.
     pub fn claim(&self, now_ms: u64, control: &ControlConfig) -> Option<SyncLease> {
-        if now_ms < self.next_due_ms || now_ms < self.busy_until_ms {
+        // A due time more than an interval ahead was set before the clock went back: the
+        // call is due now, not once the clock has caught up. (A call under way still ends
+        // with its response, which the host delivers by the call's timeout.)
+        let due_later = now_ms < self.next_due_ms
+            && self.next_due_ms <= now_ms.saturating_add(control.interval_ms);
+        if due_later || now_ms < self.busy_until_ms {
             return None;
         }
         Some(SyncLease {
