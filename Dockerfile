@@ -2,7 +2,9 @@
 # wipgate-control .`): a static musl binary alone on `scratch`, run as an unprivileged user.
 # `make images` builds the same image without a daemon (deploy/images/control-image.sh).
 FROM rust:1.95-bookworm AS build
-RUN rustup target add x86_64-unknown-linux-musl
+# musl-gcc: ring (rustls' crypto, for rediss://) compiles C and assembly for the target.
+RUN apt-get update && apt-get install -y --no-install-recommends musl-tools && rm -rf /var/lib/apt/lists/* \
+ && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --target x86_64-unknown-linux-musl -p wipgate-control

@@ -83,6 +83,7 @@ filter-trap: wasm-target
 images: filter
 	$(call need,umoci,umoci)
 	$(call need,skopeo,skopeo)
+	$(call need,musl-gcc,musl-tools)
 	@rustup target list --installed | grep -qx $(MUSL) || rustup target add $(MUSL)
 	cargo build --release --target $(MUSL) -p wipgate-control
 	@mkdir -p $(IMAGES)

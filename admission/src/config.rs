@@ -58,6 +58,26 @@ pub struct ControlConfig {
     /// How long a last good allowance is kept after syncs start failing.
     #[serde(default = "defaults::stale_after_ms")]
     pub stale_after_ms: u64,
+    /// Bearer token of the sync calls (the control service's `--sync-token-file`): 1-4096
+    /// bytes of visible ASCII.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// What to enforce without a fresh allowance (before the first one, and past the stale
+    /// window). Without it: the static configuration until the first allowance, and the
+    /// last allowance (never below 1) past the stale window.
+    #[serde(default)]
+    pub fallback: Option<FallbackConfig>,
+}
+
+/// Limits without a fresh allowance, chosen by the operator so that the fleet stays within
+/// its number while the control service is out of reach (e.g. the fleet's number divided by
+/// the most Envoys it runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    /// This Envoy's in-flight limit (at most its `max_inflight`, at least 1).
+    pub max_inflight: u32,
 }
 
 /// The configuration as written; [`GateConfig::parse`] turns it into a [`GateConfig`].
@@ -354,6 +374,20 @@ fn validate_control(control: &ControlConfig) -> Result<(), ConfigError> {
             "control.stale_after_ms",
             "must be at least control.interval_ms",
         ));
+    }
+    if control.fallback.is_some_and(|f| f.max_inflight == 0) {
+        return Err(ConfigError::new(
+            "control.fallback.max_inflight",
+            "must be at least 1",
+        ));
+    }
+    if let Some(token) = &control.token {
+        if token.is_empty() || token.len() > 4096 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::new(
+                "control.token",
+                "must be 1-4096 bytes of visible ASCII (no spaces)",
+            ));
+        }
     }
     Ok(())
 }

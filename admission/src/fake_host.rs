@@ -22,6 +22,8 @@ pub struct MadeCall {
     pub cluster: String,
     /// Its body.
     pub body: Vec<u8>,
+    /// Its bearer token, if it carried one.
+    pub bearer: Option<String>,
 }
 
 /// What the fake's stats hold.
@@ -136,6 +138,7 @@ impl Host for FakeHost {
             token,
             cluster: call.cluster.to_owned(),
             body: call.body.to_vec(),
+            bearer: call.bearer.map(str::to_owned),
         });
         Ok(token)
     }

@@ -24,6 +24,8 @@ pub struct Callout<'a> {
     pub body: &'a [u8],
     /// How long the host waits for the response.
     pub timeout_ms: u64,
+    /// Sent as `authorization: Bearer TOKEN` when set.
+    pub bearer: Option<&'a str>,
 }
 
 /// What the core tells the host's stats about. Borrowed: nothing is allocated to say it.

@@ -1,6 +1,8 @@
 //! The limits a request is admitted against: the control service's allowance while it is
-//! fresh, else the static configuration. Built once per allowance and shared by every request
-//! of a VM, so no request parses JSON.
+//! fresh; past its stale window the last allowance still (or `control.fallback`), so a fleet
+//! cut off from the control service never silently admits N x its static limits; the static
+//! configuration (or the fallback) before the first allowance. Built once per allowance and
+//! shared by every request of a VM, so no request parses JSON.
 
 use std::collections::BTreeMap;
 
@@ -26,20 +28,41 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The limits in force at `now`: the allowance while it is fresh and fits, else the
-    /// static configuration. Reservations that no longer fit the fleet share are scaled
+    /// The limits in force at `now`: the allowance while it is fresh; past its stale window
+    /// the allowance as [`past_stale`] keeps it; without one the static configuration,
+    /// within `control.fallback`. Reservations that no longer fit the fleet share are scaled
     /// down (never up), so the bulkhead invariants hold under any share.
     pub fn build(static_config: &GateConfig, allowance: Option<&Allowance>, now_ms: u64) -> Self {
         // An allowance is good for `stale_after_ms` at most from its arrival: one valid for
         // longer from now was stamped before the clock went back, and is stale (the next
         // sync is due at once after a jump either way).
         let stale_after = static_config.control.as_ref().map(|c| c.stale_after_ms);
-        let fresh = |a: &&Allowance| {
+        let fresh = |a: &Allowance| {
             now_ms < a.valid_until_ms
                 && stale_after.map_or(true, |s| a.valid_until_ms <= now_ms.saturating_add(s))
         };
-        let Some(a) = allowance.filter(fresh) else {
-            return Self::of(static_config.clone(), None);
+        let fallback = static_config
+            .control
+            .as_ref()
+            .and_then(|c| c.fallback)
+            .map(|f| f.max_inflight);
+        let held;
+        let a = match allowance {
+            Some(a) if fresh(a) => a,
+            Some(a) => {
+                held = past_stale(a, fallback);
+                &held
+            }
+            None => {
+                let mut config = static_config.clone();
+                if let Some(f) = fallback {
+                    config.max_inflight = config.max_inflight.min(f);
+                    for map in [&mut config.tenants, &mut config.classes] {
+                        fit_reservations(map, config.max_inflight);
+                    }
+                }
+                return Self::of(config, None);
+            }
         };
         let mut config = static_config.clone();
         // A degraded resource scales this Envoy's limit down; reservations follow below.
@@ -76,6 +99,19 @@ impl Limits {
     /// True on the static configuration (no fresh allowance).
     pub fn on_static(&self) -> bool {
         self.seq.is_none()
+    }
+}
+
+/// What an allowance past its stale window still enforces, until a new one arrives: its
+/// tenant and class entries, and its `max_inflight` (never below 1, so that a share of 0
+/// does not shut this Envoy for the length of an outage), or `fallback` when set. The
+/// probes' health is old news: `ok`. Valid until replaced.
+pub fn past_stale(a: &Allowance, fallback: Option<u32>) -> Allowance {
+    Allowance {
+        max_inflight: fallback.unwrap_or(a.max_inflight.max(1)),
+        valid_until_ms: u64::MAX,
+        health: ResourceHealth::Ok,
+        ..a.clone()
     }
 }
 

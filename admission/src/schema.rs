@@ -23,7 +23,7 @@ pub const KEY_DESCRIPTIONS: &[(&str, &str)] = &[
     ("default_class", "Class of requests without a known priority header value; required with `classes`."),
     ("classes", "Per-class bulkheads by name."),
     ("retry_after_s", "The least `retry-after` a rejection carries, seconds (default 1, at most 3600); the filter computes it from the backlog, up to 30 s."),
-    ("control", "Sync with the control service; without it the static configuration alone is enforced."),
+    ("control", "Sync with the control service; without it the static configuration alone is enforced. `token` is sent as `authorization: Bearer TOKEN` (the service's `--sync-token-file`)."),
     ("adaptive", "Adaptive limits between `min_inflight` and `max_inflight`; `{}` is a complete configuration (the knee)."),
     ("scope", "Names the Envoy-wide ledger (in-flight counts, adaptive state, fleet sync) this configuration uses: configurations with the same scope share one limit, e.g. across a listener update; without it, each distinct configuration (by root id and content) has its own. 1-64 bytes of [A-Za-z0-9._-]."),
     ("queue", "The bounded wait: a request that finds the limit full waits up to `timeout_ms` for a slot, else `503 queue_timeout`; `{}` is a complete configuration."),

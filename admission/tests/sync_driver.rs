@@ -73,6 +73,7 @@ fn one_call_per_interval_and_the_reply_becomes_every_workers_limit() {
     assert!(a.sync.is_pending() && !b.sync.is_pending());
     let report: SyncRequest = serde_json::from_slice(&host.calls()[0].body).unwrap();
     assert_eq!((report.instance.as_str(), report.inflight), ("envoy-1", 0));
+    assert_eq!(report.in_force, None, "nothing from the fleet in force yet");
     a.answer(&host, Some(200), &reply(7), 1_050);
     assert_eq!(host.stats().syncs, 1);
     assert_eq!(load_allowance(&host).unwrap().seq, 1);
@@ -83,8 +84,55 @@ fn one_call_per_interval_and_the_reply_becomes_every_workers_limit() {
     assert_eq!(host.calls().len(), 1, "not due before the interval");
     b.tick(&host, 2_000);
     assert_eq!(host.calls().len(), 2);
-    // Stale after the reply's 4 s: back on the static configuration.
-    assert_eq!(a.limit(&host, 5_100), 50);
+    // The next report says what is in force (the service keeps counting it until a report
+    // shows less), with the protocol version and this Envoy's own maximum.
+    let report: SyncRequest = serde_json::from_slice(&host.calls()[1].body).unwrap();
+    assert_eq!(report.in_force.as_ref().map(|f| f.max_inflight), Some(7));
+    assert_eq!((report.version, report.max_inflight), (Some(2), Some(50)));
+    // Past the reply's 4 s with no newer one: the last allowance holds, never the static
+    // 50 (a fleet cut off from its control service must not admit N x static), and the
+    // next report says so.
+    assert_eq!(a.limit(&host, 5_100), 7);
+    a.sync
+        .on_response(&host, &a.admitter, host.calls()[1].token, None, b"", 2_300);
+    a.tick(&host, 5_100);
+    let report: SyncRequest = serde_json::from_slice(&host.calls()[2].body).unwrap();
+    assert_eq!(report.in_force.map(|f| f.max_inflight), Some(7));
+}
+
+#[test]
+fn the_sync_call_carries_the_configured_token_and_only_then() {
+    let host = FakeHost::default();
+    let mut plain = worker(&host);
+    plain.tick(&host, 1_000);
+    assert_eq!(host.calls()[0].bearer, None);
+
+    let host = FakeHost::default();
+    let config = CONFIG.replace(
+        r#""cluster": "wipgate_control","#,
+        r#""cluster": "wipgate_control", "token": "fleet-secret","#,
+    );
+    let config = GateConfig::parse(config.as_bytes()).unwrap();
+    let mut sync = SyncDriver::new(config.control.clone().unwrap(), "envoy-1".to_owned());
+    let admitter = Admitter::new(config, &host);
+    sync.on_tick(&host, &admitter, 1_000);
+    assert_eq!(host.calls()[0].bearer.as_deref(), Some("fleet-secret"));
+    // The token is a header, never part of the report.
+    assert!(!String::from_utf8_lossy(&host.calls()[0].body).contains("fleet-secret"));
+    // Refused (401): counted as a status failure, the static limits stay.
+    let token = host.calls()[0].token;
+    sync.on_response(&host, &admitter, token, Some(401), b"{}", 1_050);
+    assert_eq!(host.stats().sync_failures["status"], 1);
+    assert_eq!(admitter.limits(&host, 1_060).config.max_inflight, 50);
+
+    for bad in [r#""""#, r#""a b""#, "\"é\""] {
+        let config = CONFIG.replace(
+            r#""cluster": "wipgate_control","#,
+            &format!(r#""cluster": "wipgate_control", "token": {bad},"#),
+        );
+        let err = GateConfig::parse(config.as_bytes()).unwrap_err();
+        assert_eq!(err.field, "control.token", "{bad}");
+    }
 }
 
 #[test]

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use wipgate_admission::ConfigError;
 
+use crate::fleet::instance_book::Refusal;
 use crate::store::StoreError;
 
 /// The body of every error reply.
@@ -45,6 +46,12 @@ pub enum ApiError {
     /// The store cannot be reached.
     #[error("the store is unavailable; retry later")]
     Unavailable,
+    /// `If-Match` names another version than the policy's (the current one).
+    #[error("the policy is at version {0}, not the one in if-match")]
+    PreconditionFailed(u64),
+    /// A sync refused by the fleet's caps (live instances, joins per second).
+    #[error("{0}")]
+    Refused(Refusal),
     /// Anything else; the details are logged, not returned.
     #[error("internal error")]
     Internal,
@@ -64,6 +71,7 @@ impl From<StoreError> for ApiError {
                 Self::Unavailable
             }
             StoreError::Conflict => Self::Conflict,
+            StoreError::Refused(why) => Self::Refused(why),
             StoreError::Internal(detail) => {
                 tracing::error!(%detail, "store error");
                 Self::Internal
@@ -82,6 +90,8 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict => StatusCode::CONFLICT,
+            Self::Refused(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -96,6 +106,14 @@ impl ApiError {
             Self::Malformed { .. } | Self::TooLarge(_) => ErrorBody {
                 error: self.to_string(),
                 field: Some("(body)".to_owned()),
+            },
+            Self::Refused(_) => ErrorBody {
+                error: self.to_string(),
+                field: Some("instance".to_owned()),
+            },
+            Self::PreconditionFailed(_) => ErrorBody {
+                error: self.to_string(),
+                field: Some("if-match".to_owned()),
             },
             _ => ErrorBody {
                 error: self.to_string(),
@@ -113,7 +131,7 @@ impl IntoResponse for ApiError {
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::Unavailable | Self::Conflict => {
+            Self::Unavailable | Self::Conflict | Self::Refused(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

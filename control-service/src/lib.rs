@@ -22,7 +22,7 @@ pub mod status;
 pub mod store;
 
 pub use crate::app::app;
-pub use crate::auth::AdminToken;
+pub use crate::auth::{AdminToken, SyncToken};
 pub use crate::clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use crate::error::ApiError;
 pub use crate::metrics::Metrics;

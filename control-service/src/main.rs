@@ -48,8 +48,18 @@ async fn main() -> anyhow::Result<()> {
             "no admin token (WIPGATE_ADMIN_TOKEN or --admin-token-file): admin calls are refused"
         );
     }
+    if settings.sync_token_file.is_none() {
+        tracing::warn!(
+            "no sync token (--sync-token-file): POST /v1/sync is open to anyone who reaches the service"
+        );
+    }
     let clock = SystemClock::shared();
     let store = open_store_with_clock(&settings, clock.clone())?;
+    // A store that answers but must not be used (a Redis that can evict the fleet's keys)
+    // stops the service at start; one that does not answer yet is waited for (readiness).
+    if let Err(wipgate_control::store::StoreError::Internal(why)) = store.ping().await {
+        anyhow::bail!("{why}");
+    }
     let state = AppState::with_clock(store, AdminToken::new(token), &settings, clock)?;
     let _probes = state.start_probes();
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;

@@ -28,6 +28,14 @@ pub struct Settings {
     /// Redis URL (`redis://host:port/db`); without it the state is kept in memory (one instance).
     #[arg(long, env = "WIPGATE_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// PEM file of the CA that signed Redis's certificate (`rediss://`); without it the
+    /// system's roots are trusted.
+    #[arg(long, env = "WIPGATE_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// `--redis-url` is a comma-separated list of seed nodes of a Redis Cluster; the key
+    /// prefix becomes a hash tag, so each script's keys are in one slot.
+    #[arg(long, env = "WIPGATE_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
     /// Prefix of every Redis key this service writes.
     #[arg(long, env = "WIPGATE_REDIS_PREFIX", default_value = "wipgate:")]
     pub redis_prefix: String,
@@ -41,6 +49,10 @@ pub struct Settings {
     /// File holding the admin bearer token (else `WIPGATE_ADMIN_TOKEN`).
     #[arg(long, env = "WIPGATE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// File holding the sync token: with it, `POST /v1/sync` needs `authorization: Bearer
+    /// TOKEN` (the filters' `control.token`); without it, syncs are not authenticated.
+    #[arg(long, env = "WIPGATE_SYNC_TOKEN_FILE")]
+    pub sync_token_file: Option<PathBuf>,
     /// An instance that has not synced for this long drops out and its share is freed, ms.
     #[arg(long, env = "WIPGATE_STALE_AFTER_MS", default_value_t = 15_000,
           value_parser = clap::value_parser!(u64).range(1000..=3_600_000))]
@@ -49,6 +61,19 @@ pub struct Settings {
     #[arg(long, env = "WIPGATE_FLOOR_PERCENT", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(0..=100))]
     pub floor_percent: u32,
+    /// For this long after the fleet's records start empty (a memory store's start, a Redis
+    /// that lost its keys), grants are capped while the census is unknown, ms.
+    #[arg(long, env = "WIPGATE_WARM_UP_MS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub warm_up_ms: u64,
+    /// Most live instances; a sync from one more gets 429.
+    #[arg(long, env = "WIPGATE_MAX_INSTANCES", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_instances: u32,
+    /// Most instances that may join in one second; beyond, a joining one gets 429.
+    #[arg(long, env = "WIPGATE_MAX_JOINS_PER_S", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_joins_per_s: u32,
     /// Largest request body accepted, bytes.
     #[arg(long, env = "WIPGATE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
@@ -68,6 +93,25 @@ impl Settings {
     /// whitespace (a trailing newline in the file) is not part of the token.
     pub fn admin_token(&self) -> anyhow::Result<Option<String>> {
         read_admin_token(self.admin_token_file.as_deref())
+    }
+
+    /// The sync token from `--sync-token-file`, trimmed; `None` without the flag. A file
+    /// that cannot be read, or holds no token, is an error: a service told to authenticate
+    /// syncs never starts open.
+    pub fn sync_token(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.sync_token_file else {
+            return Ok(None);
+        };
+        let raw = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--sync-token-file {}: {e}", path.display()))?;
+        let token = raw.trim();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            anyhow::bail!(
+                "--sync-token-file {}: the token must be visible ASCII, without spaces",
+                path.display()
+            );
+        }
+        Ok(Some(token.to_owned()))
     }
 }
 

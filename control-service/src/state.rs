@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::auth::AdminToken;
+use crate::auth::{AdminToken, SyncToken};
 use crate::clock::{SharedClock, SystemClock};
 use crate::fleet::SplitParams;
 use crate::last_replies::LastReplies;
@@ -24,6 +24,8 @@ pub struct Inner {
     pub store: Arc<dyn FleetStore>,
     /// The admin token.
     pub token: AdminToken,
+    /// The sync token (`POST /v1/sync`); none: syncs are not authenticated.
+    pub sync_token: SyncToken,
     /// Split knobs and the stale window.
     pub params: SplitParams,
     /// The metrics.
@@ -62,12 +64,17 @@ impl AppState {
         clock: SharedClock,
     ) -> anyhow::Result<Self> {
         let metrics = Metrics::new()?;
+        let sync_token = SyncToken::new(settings.sync_token()?);
         Ok(Self(Arc::new(Inner {
             store,
             token,
+            sync_token,
             params: SplitParams {
                 floor_percent: settings.floor_percent,
                 stale_after_ms: settings.stale_after_ms,
+                warm_up_ms: settings.warm_up_ms,
+                max_instances: settings.max_instances,
+                max_joins_per_s: settings.max_joins_per_s,
             },
             probes: ProbeHub::new(
                 ProbeMetrics::register(metrics.registry())?,

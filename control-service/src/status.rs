@@ -83,7 +83,10 @@ impl FleetStatus {
             .collect();
         let (mut inflight, mut allowance) = (0u64, 0u64);
         for view in &instances {
-            inflight += u64::from(view.report.inflight);
+            // No Envoy has more in flight than its own limit: a report cannot inflate the
+            // fleet's load (which an autoscaler reads) beyond what it could carry.
+            let own = |n: u32| view.report.max_inflight.map_or(n, |max| n.min(max));
+            inflight += u64::from(own(view.report.inflight));
             allowance += u64::from(view.allowance.max_inflight);
             for (name, usage) in &view.report.tenants {
                 let entry = if tenants.contains_key(name) {
@@ -92,7 +95,7 @@ impl FleetStatus {
                     WILDCARD_TENANT
                 };
                 if let Some(t) = tenants.get_mut(entry) {
-                    t.inflight += u64::from(usage.inflight);
+                    t.inflight += u64::from(own(usage.inflight));
                 }
             }
             for (name, b) in &view.allowance.tenants {

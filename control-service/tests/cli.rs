@@ -238,3 +238,55 @@ async fn status_shows_the_live_fleet_as_tables() {
     let json = cli(&service, &["status", "--json"], None, "").await;
     assert_eq!(json.json()["totals"]["instances"], 1);
 }
+
+/// `edit-tenant` puts its read-modify-write with `If-Match`: a write against a policy that
+/// changed since the read is refused as stale (and the command reads again), never
+/// overwriting the change.
+#[tokio::test]
+async fn a_tenant_edit_never_overwrites_a_change_made_since_its_read() {
+    use wipgate_control::cli::api::{Api, StalePolicy};
+    let service = Service::start(&[]).await;
+    let api = Api::new(&format!("http://{}", service.addr), Some(TOKEN.to_owned())).unwrap();
+    let read = api.get("/v1/policy").await.unwrap();
+    let version = read.version.clone().unwrap();
+    // Someone else changes the policy after our read.
+    let other = service
+        .admin("PUT", "/v1/tenants/globex", r#"{"max": 7}"#)
+        .await;
+    assert_eq!(other.status, 200);
+    let put = api
+        .admin_if_match(
+            http::Method::PUT,
+            "/v1/tenants/acme",
+            Some(br#"{"max": 5}"#.to_vec()),
+            &version,
+        )
+        .await;
+    assert!(
+        put.as_ref()
+            .unwrap_err()
+            .downcast_ref::<StalePolicy>()
+            .is_some(),
+        "{put:?}"
+    );
+    let stored = stored_policy(&service).await;
+    assert_eq!(stored["tenants"]["globex"]["max"], 7);
+    assert!(stored["tenants"].get("acme").is_none());
+    // The command itself reads again and applies its edit on top of the change.
+    let run = cli(
+        &service,
+        &["policy", "edit-tenant", "acme", "--max", "5"],
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert!(run.ok, "{run:?}");
+    let stored = stored_policy(&service).await;
+    assert_eq!(
+        (
+            stored["tenants"]["acme"]["max"].as_u64(),
+            stored["tenants"]["globex"]["max"].as_u64()
+        ),
+        (Some(5), Some(7))
+    );
+}

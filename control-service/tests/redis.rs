@@ -208,3 +208,190 @@ async fn every_replica_probes_the_shared_policy() {
         );
     }
 }
+
+/// A v2 report with what the Envoy enforces (`None`: nothing).
+fn v2(id: &str, inflight: u32, in_force: Option<&Value>) -> Value {
+    let mut r = json!({"version": 2, "instance": id, "nonce": "n1", "inflight": inflight,
+        "max_inflight": 1000});
+    if let Some(f) = in_force {
+        r["in_force"] = json!({"max_inflight": f["max_inflight"], "tenants": f["tenants"],
+            "classes": f["classes"]});
+    }
+    r
+}
+
+/// Through two replicas on one Redis: a reply that lowered an Envoy's share is lost, and the
+/// room it still enforces is not given to another Envoy until a report shows it released;
+/// two processes on one id are two entries; the caps refuse joiners with 429; a fresh fleet
+/// warms up.
+#[tokio::test]
+async fn lost_replies_duplicates_and_caps_on_redis() {
+    let (url, _server) = test_redis();
+    let prefix = unique_prefix();
+    let flags = ["--warm-up-ms", "0", "--max-instances", "3"];
+    let (a, b) = (
+        Service::redis(&url, &prefix, &flags).await,
+        Service::redis(&url, &prefix, &flags).await,
+    );
+    let put = a
+        .admin("PUT", "/v1/policy", r#"{"global_max_inflight": 100}"#)
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    let max = |r: &Value| r["max_inflight"].as_u64().unwrap();
+    let a1 = a.sync(&v2("envoy-a", 95, None)).await.json();
+    let b1 = b.sync(&v2("envoy-b", 50, None)).await.json();
+    assert!(max(&a1) > 50, "{a1}");
+    // A's demand falls; the reply lowering it is lost: A still enforces a1.
+    let lost = b.sync(&v2("envoy-a", 0, Some(&a1))).await.json();
+    assert!(max(&lost) < max(&a1), "{lost}");
+    let b2 = a.sync(&v2("envoy-b", 100, Some(&b1))).await.json();
+    assert!(max(&a1) + max(&b2) <= 100, "A enforces {a1}, B got {b2}");
+    // A shows the lower allowance in force: B gets the room at its next sync.
+    a.sync(&v2("envoy-a", 0, Some(&lost))).await;
+    let b3 = b.sync(&v2("envoy-b", 100, Some(&b2))).await.json();
+    assert!(max(&b3) > max(&b2), "{b2} then {b3}");
+
+    // A second process on envoy-a's id is an entry of its own; a fourth instance is refused.
+    let mut twin = v2("envoy-a", 10, None);
+    twin["nonce"] = json!("n2");
+    assert_eq!(a.sync(&twin).await.status, 200);
+    let status = b.get("/v1/status").await.json();
+    assert_eq!(status["totals"]["instances"], 3, "{status}");
+    assert!(status["totals"]["allowance"].as_u64().unwrap() <= 100);
+    let refused = b.sync(&v2("envoy-d", 1, None)).await;
+    assert_eq!(
+        (refused.status, refused.json()["field"].as_str()),
+        (429, Some("instance"))
+    );
+
+    // A fleet whose records start empty warms up: the first Envoy gets no more than half.
+    let fresh = Service::redis(&url, &unique_prefix(), &[]).await;
+    assert_eq!(max(&fresh.sync(&v2("first", 900, None)).await.json()), 500);
+}
+
+/// A Redis that may evict keys without a TTL is refused: not ready, syncs fail, naming the
+/// policy; set back to noeviction, the service uses it without a restart.
+#[tokio::test]
+async fn a_redis_that_can_evict_fleet_keys_is_refused() {
+    let server = common::Redis::start().unwrap();
+    let url = server.url();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let set = |policy: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory-policy")
+                .arg(policy)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    set("allkeys-lru").await;
+    let service = Service::redis(&url, &unique_prefix(), &[]).await;
+    let ready = service.get("/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("allkeys-lru"),
+        "{}",
+        ready.text()
+    );
+    assert_ne!(service.sync(&json!({"instance": "e"})).await.status, 200);
+    set("noeviction").await;
+    assert_eq!(service.get("/readyz").await.status, 200);
+}
+
+/// `rediss://`: a redis-server of the test's own with TLS on a second port and a
+/// certificate from a throwaway CA (openssl). With `--redis-ca-file` the service connects
+/// and syncs; without it (the system's roots do not know the CA) it is not ready.
+#[tokio::test]
+async fn rediss_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl (apt-get install -y openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(path("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &path("ca.key"),
+        "-out",
+        &path("ca.crt"),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=wipgate-test-ca",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        &path("redis.key"),
+        "-out",
+        &path("redis.csr"),
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &path("redis.csr"),
+        "-CA",
+        &path("ca.crt"),
+        "-CAkey",
+        &path("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &path("redis.crt"),
+        "-days",
+        "2",
+        "-extfile",
+        &path("ext"),
+    ]);
+    let tls_port = common::free_port().to_string();
+    let _server = common::Redis::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &path("redis.crt"),
+        "--tls-key-file",
+        &path("redis.key"),
+        "--tls-ca-cert-file",
+        &path("ca.crt"),
+        "--tls-auth-clients",
+        "no",
+    ])
+    .unwrap();
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let ca = path("ca.crt");
+    let service = Service::redis(&url, &unique_prefix(), &["--redis-ca-file", &ca]).await;
+    let ready = service.get("/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    let reply = service
+        .sync(&json!({"instance": "e1", "inflight": 3}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let untrusted = Service::redis(&url, &unique_prefix(), &[]).await;
+    assert_eq!(untrusted.get("/readyz").await.status, 503);
+}

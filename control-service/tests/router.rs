@@ -212,6 +212,66 @@ async fn admin_calls_without_the_right_token_get_401_and_change_nothing() {
 }
 
 #[tokio::test]
+async fn with_a_sync_token_syncs_without_it_get_401_and_take_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sync-token");
+    std::fs::write(&file, "fleet-secret\n").unwrap();
+    let api = Api::new(&["--sync-token-file", file.to_str().unwrap()]);
+    let report = json!({"instance": "intruder", "inflight": 1_000_000});
+    let wrong = [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer fleet-secre"),
+        Some("fleet-secret"),
+        Some("Bearer test-admin"),
+    ];
+    for auth in wrong {
+        for body in [
+            report.to_string(),
+            "not json".to_owned(),
+            "x".repeat(2 << 20),
+        ] {
+            let r = api.call("POST", "/v1/sync", &body, auth).await;
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{auth:?}");
+            assert_eq!(r.headers[header::WWW_AUTHENTICATE], "Bearer");
+        }
+    }
+    // The admin token is not the sync token.
+    let r = api
+        .call(
+            "POST",
+            "/v1/sync",
+            &report.to_string(),
+            Some(&format!("Bearer {TOKEN}")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.get("/v1/status").await.json()["totals"]["instances"], 0);
+    let r = api
+        .call(
+            "POST",
+            "/v1/sync",
+            &json!({"instance": "envoy-1"}).to_string(),
+            Some("Bearer fleet-secret"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(api.get("/v1/status").await.json()["totals"]["instances"], 1);
+
+    // A token file that holds no token stops the service at start.
+    std::fs::write(&file, "\n").unwrap();
+    let settings = settings(&["--sync-token-file", file.to_str().unwrap()]);
+    let store = open_store_with_clock(&settings, ManualClock::new(START_MS)).unwrap();
+    assert!(AppState::with_clock(
+        store,
+        AdminToken::new(None),
+        &settings,
+        ManualClock::new(START_MS)
+    )
+    .is_err());
+}
+
+#[tokio::test]
 async fn bad_input_gets_400_or_422_naming_the_field() {
     let api = Api::new(&[]);
     let cases = [
@@ -384,7 +444,8 @@ async fn policy_round_trip_with_versions() {
 
 #[tokio::test]
 async fn sync_reply_and_status_shapes() {
-    let api = Api::new(&[]);
+    // Past the warm-up (a_fresh_store_warms_up shows it): the steady-state split.
+    let api = Api::new(&["--warm-up-ms", "0"]);
     let r = api
         .sync(&json!({"instance": "envoy-1", "inflight": 12,
             "tenants": {"acme": {"inflight": 10, "admitted": 300, "rejected": 4}},
@@ -429,10 +490,122 @@ async fn sync_reply_and_status_shapes() {
     assert_eq!(status["probes"], json!([]));
 }
 
+#[tokio::test]
+async fn a_fresh_store_warms_up_and_a_version_2_report_is_read_whole() {
+    let api = Api::new(&[]);
+    // While the census is unknown (2 s by default): no more than an even share among the
+    // instances known so far and one more.
+    let first = api
+        .sync(
+            &json!({"version": 2, "instance": "envoy-1", "nonce": "p1", "inflight": 900,
+            "max_inflight": 2000, "future_field": {"ignored": true}}),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    assert_eq!(first.json()["max_inflight"], 500);
+    api.clock.advance(2_000);
+    let later = api
+        .sync(
+            &json!({"version": 2, "instance": "envoy-1", "nonce": "p1", "inflight": 900,
+            "in_force": {"max_inflight": 500}}),
+        )
+        .await
+        .json();
+    assert_eq!(later["max_inflight"], 950);
+    let status = api.get("/v1/status").await.json();
+    assert_eq!(status["instances"][0]["nonce"], "p1");
+    assert_eq!(status["totals"]["inflight"], 900);
+    // In-flight counts no more than the Envoy's own limit: the load cannot be inflated.
+    api.sync(
+        &json!({"version": 2, "instance": "liar", "inflight": 4_000_000_000u32,
+        "max_inflight": 100, "tenants": {"x": {"inflight": 4_000_000_000u32}}}),
+    )
+    .await;
+    let status = api.get("/v1/status").await.json();
+    assert_eq!(status["totals"]["inflight"], 1000);
+    // The caps refuse a joining instance with 429, naming the field.
+    let capped = Api::new(&["--max-instances", "1", "--warm-up-ms", "0"]);
+    assert_eq!(
+        capped.sync(&json!({"instance": "a"})).await.status,
+        StatusCode::OK
+    );
+    let refused = capped.sync(&json!({"instance": "b"})).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.json()["field"], "instance");
+    assert_eq!(refused.headers[header::RETRY_AFTER], "1");
+}
+
+#[tokio::test]
+async fn writes_with_if_match_apply_only_to_that_version() {
+    let api = Api::new(&[]);
+    let auth = format!("Bearer {TOKEN}");
+    let read = api.get("/v1/policy").await;
+    let v0 = read.version();
+    assert_eq!(read.headers[header::ETAG], format!("\"{v0}\""));
+    let put = |if_match: String, body: &'static str| {
+        let request = Request::builder()
+            .method("PUT")
+            .uri("/v1/policy")
+            .header(header::AUTHORIZATION, auth.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::IF_MATCH, if_match)
+            .body(Body::from(body))
+            .unwrap();
+        let router = api.router.clone();
+        async move { router.oneshot(request).await.unwrap() }
+    };
+    // Two operators read v0; the first write wins, the second is 412 and changes nothing.
+    let first = put(v0.to_string(), POLICY).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let v1: u64 = first.headers()["x-wipgate-policy-version"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let second = put(format!("\"{v0}\""), r#"{"global_max_inflight": 5}"#).await;
+    assert_eq!(second.status(), StatusCode::PRECONDITION_FAILED);
+    let body: Value =
+        serde_json::from_slice(&second.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["field"], "if-match");
+    let now = api.get("/v1/policy").await;
+    assert_eq!(
+        (now.version(), now.json()["global_max_inflight"].as_u64()),
+        (v1, Some(100))
+    );
+    // The current version (or its weak etag, or `*`) applies; garbage is 422.
+    assert_eq!(
+        put(format!("W/\"{v1}\""), POLICY).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(put("*".into(), POLICY).await.status(), StatusCode::OK);
+    assert_eq!(
+        put("yesterday".into(), POLICY).await.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    // Tenant edits honour it too.
+    let stale = api
+        .call("PUT", "/v1/tenants/acme", r#"{"max": 3}"#, Some(&auth))
+        .await;
+    assert_eq!(stale.status, StatusCode::OK);
+    let request = Request::builder()
+        .method("DELETE")
+        .uri("/v1/tenants/acme")
+        .header(header::AUTHORIZATION, auth.clone())
+        .header(header::IF_MATCH, v1.to_string())
+        .body(Body::empty())
+        .unwrap();
+    let r = api.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        api.get("/v1/policy").await.json()["tenants"]["acme"]["max"],
+        3
+    );
+}
+
 /// Was a real-time wait in `tests/api.rs`: now the clock moves past the stale window.
 #[tokio::test]
 async fn stale_instances_drop_out() {
-    let api = Api::new(&["--stale-after-ms", "1000"]);
+    let api = Api::new(&["--stale-after-ms", "1000", "--warm-up-ms", "0"]);
     api.sync(&json!({"instance": "gone", "inflight": 10})).await;
     api.sync(&json!({"instance": "stays", "inflight": 10}))
         .await;

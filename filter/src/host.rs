@@ -41,12 +41,16 @@ impl SharedData for ProxyHost {
 
 impl Host for ProxyHost {
     fn dispatch(&self, call: &Callout<'_>) -> Result<u32, String> {
-        let headers = vec![
+        let bearer = call.bearer.map(|token| format!("Bearer {token}"));
+        let mut headers = vec![
             (":method", "POST"),
             (":path", call.path),
             (":authority", call.authority),
             ("content-type", "application/json"),
         ];
+        if let Some(value) = &bearer {
+            headers.push(("authorization", value));
+        }
         hostcalls::dispatch_http_call(
             call.cluster,
             headers,

@@ -11,7 +11,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, MapType};
 use wipgate_admission::scope::{namespace, Scoped};
-use wipgate_admission::sync::instance_id;
+use wipgate_admission::sync::{instance_id, process_nonce};
 use wipgate_admission::tick::TickSchedule;
 use wipgate_admission::{Admitter, GateConfig, SyncDriver, Ticket};
 
@@ -131,7 +131,8 @@ impl RootContext for WipgateRoot {
         });
         self.sync = config.control.clone().map(|control| {
             let instance = instance_id(&host, node_id.as_deref(), random_seed(now_ms()));
-            SyncDriver::new(control, instance)
+            let nonce = process_nonce(&host, random_seed(now_ms()));
+            SyncDriver::new(control, instance).with_nonce(nonce)
         });
         let queued = config.queue.is_some();
         let admitter = Admitter::new(config, &host);

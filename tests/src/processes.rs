@@ -54,6 +54,8 @@ pub struct Redis {
     binary: String,
     port: u16,
     append_only: bool,
+    /// Further redis-server arguments.
+    extra: Vec<String>,
     dir: TempDir,
 }
 
@@ -74,12 +76,22 @@ impl Redis {
         Self::launch(Self::binary(), true)
     }
 
+    /// [`Redis::start`] with further redis-server arguments.
+    pub fn start_with(extra: &[&str]) -> Result<Self> {
+        Self::launch_with(Self::binary(), false, extra)
+    }
+
     fn launch(binary: String, append_only: bool) -> Result<Self> {
+        Self::launch_with(binary, append_only, &[])
+    }
+
+    fn launch_with(binary: String, append_only: bool, extra: &[&str]) -> Result<Self> {
         let mut redis = Self {
             child: None,
             binary,
             port: free_port()?,
             append_only,
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
             dir: tempfile::tempdir()?,
         };
         redis.spawn()?;
@@ -100,6 +112,7 @@ impl Redis {
             .arg(if self.append_only { "yes" } else { "no" })
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -146,6 +159,71 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of the test's own: `masters` redis-servers on free ports, no replicas,
+/// the slots spread by `redis-cli --cluster create`; killed on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, creates the cluster and waits until every node says it is ok.
+    pub fn start(masters: usize) -> Result<Self> {
+        let nodes = (0..masters)
+            .map(|_| {
+                Redis::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let cli = tool_binary("WIPGATE_REDIS_CLI", "redis-cli");
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new(&cli)
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .with_context(|| format!("running {cli} --cluster create"))?;
+        if !out.status.success() {
+            bail!(
+                "redis-cli --cluster create: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        for node in &nodes {
+            wait_until(REDIS_READY, "the cluster to be ok", || {
+                Command::new(&cli)
+                    .args(["-p", &node.port.to_string(), "cluster", "info"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            })?;
+        }
+        Ok(Self { nodes })
+    }
+
+    /// The seed nodes, comma-separated `redis://` URLs (`--redis-url` with `--redis-cluster`).
+    #[must_use]
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Redis::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The nodes.
+    #[must_use]
+    pub fn nodes(&self) -> &[Redis] {
+        &self.nodes
     }
 }
 

@@ -420,3 +420,72 @@ async fn a_misbehaving_control_service_never_breaks_enforcement() {
         "logs are rate-limited"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Envoy"]
+async fn with_a_sync_token_only_envoys_that_carry_it_get_an_allowance() {
+    require_envoy();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sync-token");
+    std::fs::write(&file, "fleet-secret\n").unwrap();
+    let control =
+        ControlService::start(None, &["--sync-token-file", file.to_str().unwrap()]).unwrap();
+    let (status, body) = control
+        .admin("PUT", "/v1/policy", &json!({"global_max_inflight": 12}))
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let upstream = Upstream::start_default().unwrap();
+    let config = |token: Option<&str>| {
+        let mut c: Value = serde_json::from_str(&with_control(50, 200, 5_000)).unwrap();
+        if let Some(token) = token {
+            c["control"]["token"] = json!(token);
+        }
+        c.to_string()
+    };
+    let member = start_envoy(&upstream, control.addr(), config(Some("fleet-secret")));
+    let outsider = start_envoy(&upstream, control.addr(), config(None));
+    let impostor = start_envoy(&upstream, control.addr(), config(Some("guessed")));
+    wait_syncs(&member, 2);
+    for envoy in [&outsider, &impostor] {
+        wait_until(DEADLINE, "refused syncs", || failures(envoy, "status") >= 2).unwrap();
+        assert_eq!(syncs(envoy), 0);
+        // Refused, it enforces its own static configuration.
+        assert_eq!(envoy.wasm_stat("wipgate.inflight_limit"), Some(50));
+    }
+    let status = control.get_json("/v1/status").unwrap();
+    assert_eq!(status["totals"]["instances"], 1, "{status}");
+    // Alone in the census, once the service's warm-up (2 s) is over: all of the fleet limit
+    // but the floor held back for a joiner.
+    let share = |status: &Value| status["instances"][0]["allowance"]["max_inflight"].as_u64();
+    wait_until(DEADLINE, "the member's full share", || {
+        control
+            .get_json("/v1/status")
+            .is_ok_and(|s| share(&s).is_some_and(|n| (10..=12).contains(&n)))
+    })
+    .unwrap();
+    let share = share(&control.get_json("/v1/status").unwrap()).unwrap();
+    wait_until(DEADLINE, "the member's share in force", || {
+        member.wasm_stat("wipgate.inflight_limit") == Some(share)
+    })
+    .unwrap();
+
+    // A flood of fake instances with huge demand and no token takes nothing from it.
+    for i in 0..200 {
+        let fake = json!({"instance": format!("fake-{i}"), "inflight": 1_000_000,
+                          "tenants": {"*": {"inflight": 1_000_000, "rejected": 1_000_000}}});
+        let r = wipgate_e2e::blocking_http::request(
+            control.addr(),
+            "POST",
+            "/v1/sync",
+            &[("content-type", "application/json")],
+            fake.to_string().as_bytes(),
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        assert_eq!(r.status, 401);
+    }
+    wait_syncs(&member, 2);
+    let status = control.get_json("/v1/status").unwrap();
+    assert_eq!(status["totals"]["instances"], 1, "{status}");
+    assert_eq!(member.wasm_stat("wipgate.inflight_limit"), Some(share));
+}

@@ -60,6 +60,31 @@ fn the_istio_wasmplugin_is_valid_and_names_the_control_services_cluster() {
     let control = config.control.unwrap();
     assert_eq!(control.cluster, format!("outbound|{port}||{host}"));
     assert_eq!(control.authority.as_deref(), Some(host.as_str()));
-    kind(&control_docs, "Deployment");
     kind(&control_docs, "ServiceEntry");
+
+    // Syncs are authenticated: the service reads the sync token the filter sends, and only
+    // the filter's namespace may reach /v1/sync, over mutual TLS.
+    assert!(control.token.is_some());
+    let deployment = kind(&control_docs, "Deployment");
+    let args = &deployment["spec"]["template"]["spec"]["containers"][0]["args"];
+    let args: Vec<&str> = args
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        args.windows(2).any(|w| w[0] == "--sync-token-file"),
+        "{args:?}"
+    );
+    let peer = kind(&control_docs, "PeerAuthentication");
+    assert_eq!(peer["spec"]["mtls"]["mode"], "STRICT");
+    let policy = kind(&control_docs, "AuthorizationPolicy");
+    assert_eq!(policy["spec"]["action"], "DENY");
+    let rule = &policy["spec"]["rules"][0];
+    assert_eq!(rule["to"][0]["operation"]["paths"][0], "/v1/sync");
+    let allowed = rule["from"][0]["source"]["notNamespaces"][0]
+        .as_str()
+        .unwrap();
+    assert_eq!(allowed, plugin["metadata"]["namespace"].as_str().unwrap());
 }

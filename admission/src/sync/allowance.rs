@@ -157,14 +157,65 @@ mod tests {
     }
 
     #[test]
-    fn stale_or_absent_allowance_means_static_configuration() {
+    fn past_the_stale_window_the_last_allowance_holds_never_the_static_limit() {
         let a = reply(GOOD).unwrap();
+        // Past the stale window: the last share (40) and acme's fleet entry, not 100.
         let e = Limits::build(&static_config(), Some(&a), 14_500);
-        assert_eq!((e.seq, e.config.max_inflight), (None, 100));
-        assert!(e.on_static());
+        assert_eq!((e.seq, e.config.max_inflight), (Some(7), 40));
+        assert_eq!(e.config.tenants["acme"].reserved, 5);
+        assert!(!e.on_static());
+        assert_eq!(e.valid_until_ms, u64::MAX, "until a new allowance arrives");
+        // A share of 0 does not shut the Envoy for the length of an outage.
+        let zero = Allowance {
+            max_inflight: 0,
+            ..a.clone()
+        };
+        assert_eq!(
+            Limits::build(&static_config(), Some(&zero), 14_500)
+                .config
+                .max_inflight,
+            1
+        );
+        // Old health is not kept.
+        let saturated = Allowance {
+            health: ResourceHealth::Saturated,
+            ..a.clone()
+        };
+        assert!(!Limits::build(&static_config(), Some(&saturated), 14_500).saturated);
+        // Without any allowance: the static configuration.
         assert_eq!(
             Limits::build(&static_config(), None, 0).config,
             static_config()
+        );
+    }
+
+    #[test]
+    fn an_explicit_fallback_applies_without_a_fresh_allowance() {
+        let config = GateConfig::parse(
+            br#"{"max_inflight": 100, "tenants": {"acme": {"reserved": 20, "max": 50}},
+                 "control": {"cluster": "c", "fallback": {"max_inflight": 10}}}"#,
+        )
+        .unwrap();
+        let before = Limits::build(&config, None, 0);
+        assert_eq!(before.config.max_inflight, 10);
+        assert!(
+            before.config.tenants["acme"].reserved <= 10,
+            "reservations fit"
+        );
+        let a = reply(GOOD).unwrap();
+        assert_eq!(
+            Limits::build(&config, Some(&a), 2_000).config.max_inflight,
+            40
+        );
+        assert_eq!(
+            Limits::build(&config, Some(&a), 14_500).config.max_inflight,
+            10
+        );
+        let zero =
+            br#"{"max_inflight": 1, "control": {"cluster": "c", "fallback": {"max_inflight": 0}}}"#;
+        assert_eq!(
+            GateConfig::parse(zero).unwrap_err().field,
+            "control.fallback.max_inflight"
         );
     }
 

@@ -3,13 +3,15 @@
 //! failed call keeps the last good allowance and hands the unsent counts to the next report.
 
 use super::{
-    accept_reply, build_report, Allowance, Reported, SyncFailure, SyncLease, ALLOWANCE_KEY,
-    LEASE_KEY, SYNC_PATH,
+    accept_reply, build_report, load_allowance, Allowance, Reported, SyncFailure, SyncLease,
+    ALLOWANCE_KEY, LEASE_KEY, SYNC_PATH,
 };
 use crate::admitter::Admitter;
 use crate::config::ControlConfig;
 use crate::host::{Callout, Event, Host};
+use crate::limits::past_stale;
 use crate::log_limit::LogLimit;
+use crate::wire::{InForce, PROTOCOL_VERSION};
 use crate::{CasError, SharedData};
 
 /// This VM's call under way.
@@ -26,6 +28,8 @@ struct Pending {
 pub struct SyncDriver {
     control: ControlConfig,
     instance: String,
+    /// This process's nonce ([`super::process_nonce`]), sent with every report.
+    nonce: Option<String>,
     pending: Option<Pending>,
     log: LogLimit,
 }
@@ -36,9 +40,18 @@ impl SyncDriver {
         Self {
             control,
             instance,
+            nonce: None,
             pending: None,
             log: LogLimit::default(),
         }
+    }
+
+    /// Sends `nonce` with every report, so that two processes on one instance id are told
+    /// apart by the control service.
+    #[must_use]
+    pub fn with_nonce(mut self, nonce: String) -> Self {
+        self.nonce = Some(nonce);
+        self
     }
 
     /// The id this Envoy reports under.
@@ -73,13 +86,32 @@ impl SyncDriver {
         if !write_lease(host, &claimed, cas) {
             return; // another worker claimed it first
         }
-        let (report, remembered) = build_report(
+        let (mut report, remembered) = build_report(
             &self.instance,
             admitter.inflight(host),
             &host.usage(),
             &claimed.reported,
             admitter.limits(host, now_ms).policy_version,
         );
+        report.version = Some(PROTOCOL_VERSION);
+        report.nonce.clone_from(&self.nonce);
+        report.max_inflight = Some(admitter.config().max_inflight);
+        // What this Envoy enforces until the reply arrives (or for good, if it is lost): the
+        // service keeps counting it against the fleet until a report shows less. Past the
+        // stale window that is what the last allowance still holds.
+        let fallback = self.control.fallback.map(|f| f.max_inflight);
+        report.in_force = load_allowance(host).map(|a| {
+            let a = if now_ms < a.valid_until_ms {
+                a
+            } else {
+                past_stale(&a, fallback)
+            };
+            InForce {
+                max_inflight: a.max_inflight,
+                tenants: a.tenants,
+                classes: a.classes,
+            }
+        });
         let body = serde_json::to_vec(&report).unwrap_or_default();
         let call = Callout {
             cluster: &self.control.cluster,
@@ -91,6 +123,7 @@ impl SyncDriver {
             path: SYNC_PATH,
             body: &body,
             timeout_ms: self.control.timeout_ms,
+            bearer: self.control.token.as_deref(),
         };
         match host.dispatch(&call) {
             Ok(token) => {

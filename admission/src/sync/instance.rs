@@ -1,7 +1,7 @@
 //! The id this Envoy reports under: Envoy's node id when it is set, else one generated once
 //! per Envoy and kept in shared data, so every worker reports the same id.
 
-use super::INSTANCE_KEY;
+use super::{INSTANCE_KEY, NONCE_KEY};
 use crate::wire::sync::MAX_INSTANCE_LEN;
 use crate::SharedData;
 
@@ -15,21 +15,41 @@ pub fn instance_id(store: &impl SharedData, node_id: Option<&[u8]>, seed: u64) -
         // Visible ASCII only, so the conversion is lossless.
         return String::from_utf8_lossy(id).into_owned();
     }
+    // Another VM may be writing its own at the same moment: everyone uses what is stored.
+    stored_once(store, INSTANCE_KEY, format!("wipgate-{seed:016x}"), valid)
+}
+
+/// This Envoy process's nonce (16 hex digits from `seed`), kept in shared data so every
+/// worker, and every VM after a configuration reload, reports the same one; a new process
+/// (a restart, a second Envoy on the same node id) has its own.
+pub fn process_nonce(store: &impl SharedData, seed: u64) -> String {
+    stored_once(store, NONCE_KEY, format!("{seed:016x}"), |n| {
+        n.len() == 16 && n.iter().all(u8::is_ascii_hexdigit)
+    })
+}
+
+/// The value under `key` when it is `valid`; else `fresh`, stored unless another worker
+/// stored one first (then that one). Valid values are visible ASCII, so the conversion is
+/// lossless.
+fn stored_once(
+    store: &impl SharedData,
+    key: &str,
+    fresh: String,
+    valid: impl Fn(&[u8]) -> bool,
+) -> String {
     let stored = || {
         store
-            .get(INSTANCE_KEY)
+            .get(key)
             .ok()
             .and_then(|(bytes, _)| bytes)
-            .filter(|id| valid(id))
-            .map(|id| String::from_utf8_lossy(&id).into_owned())
+            .filter(|v| valid(v))
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
     };
-    if let Some(id) = stored() {
-        return id;
+    if let Some(value) = stored() {
+        return value;
     }
-    let id = format!("wipgate-{seed:016x}");
-    // Another VM may be writing its own at the same moment: everyone uses what is stored.
-    let _ = store.set(INSTANCE_KEY, id.as_bytes(), None);
-    stored().unwrap_or(id)
+    let _ = store.set(key, fresh.as_bytes(), None);
+    stored().unwrap_or(fresh)
 }
 
 #[cfg(test)]
@@ -51,5 +71,20 @@ mod tests {
             "the first generated id is kept for every worker"
         );
         assert_eq!(instance_id(&store, None, 3), "wipgate-0000000000000001");
+    }
+
+    #[test]
+    fn one_nonce_per_process() {
+        let store = MemoryStore::default();
+        assert_eq!(process_nonce(&store, 0xab), "00000000000000ab");
+        assert_eq!(
+            process_nonce(&store, 0xcd),
+            "00000000000000ab",
+            "every worker the same"
+        );
+        assert_eq!(
+            process_nonce(&MemoryStore::default(), 0xcd),
+            "00000000000000cd"
+        );
     }
 }

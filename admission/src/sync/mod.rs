@@ -5,9 +5,11 @@
 //! [`SyncLease`] in shared data says when the next call is due and whether one is under way;
 //! a worker that wins the compare-and-swap on it makes the call ([`SyncDriver`]). A good
 //! reply becomes the [`Allowance`] in shared data, announced to every worker through the
-//! ledger, valid until its stale deadline; a failed call never clears a good allowance. Past
-//! the deadline the filter falls back to its static configuration: never zero, never
-//! unlimited.
+//! ledger, fresh until its stale deadline; a failed call never clears a good allowance. Past
+//! the deadline the last allowance stays in force (or `control.fallback`), never the static
+//! configuration, so a fleet cut off from the service does not admit N x static. Every
+//! report says what is in force, so the service never counts less against an Envoy than it
+//! may be enforcing (lost replies included).
 
 mod allowance;
 mod driver;
@@ -17,7 +19,7 @@ mod report;
 
 pub use allowance::{accept_reply, load_allowance, Allowance};
 pub use driver::SyncDriver;
-pub use instance::instance_id;
+pub use instance::{instance_id, process_nonce};
 pub use lease::SyncLease;
 pub use report::{build_report, Reported};
 
@@ -27,6 +29,8 @@ pub const LEASE_KEY: &str = "wipgate.sync.lease.v2";
 pub const ALLOWANCE_KEY: &str = "wipgate.sync.allowance.v1";
 /// Shared-data key of this Envoy's generated instance id (when the node id is not set).
 pub const INSTANCE_KEY: &str = "wipgate.instance.v1";
+/// Shared-data key of this Envoy process's nonce.
+pub const NONCE_KEY: &str = "wipgate.nonce.v1";
 /// The control service's sync endpoint.
 pub const SYNC_PATH: &str = "/v1/sync";
 

@@ -69,6 +69,7 @@ pub fn build_report(
         tenants,
         classes,
         policy_version,
+        ..SyncRequest::default()
     };
     (request, Reported(remembered))
 }

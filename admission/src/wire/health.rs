@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// `saturated`: only classes with a reservation are admitted, within it; everything else
 /// gets `503 bottleneck_saturated`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "state", rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ResourceHealth {
     /// Healthy.

@@ -12,4 +12,7 @@ mod openapi;
 pub mod sync;
 
 pub use health::ResourceHealth;
-pub use sync::{SyncReply, SyncRequest, UsageReport, MAX_ENTRIES, MAX_INSTANCE_LEN};
+pub use sync::{
+    InForce, SyncReply, SyncRequest, UsageReport, MAX_ENTRIES, MAX_INSTANCE_LEN, MAX_NONCE_LEN,
+    PROTOCOL_VERSION,
+};

@@ -2,6 +2,11 @@
 //!
 //! The filter serializes [`SyncRequest`] and parses [`SyncReply`]; the control service does
 //! the opposite. Both sides use these types, so the wire format has one definition.
+//!
+//! Tolerant both ways: unknown fields are ignored, so a side that learns a new field never
+//! breaks an older peer. A report says which version of the protocol it speaks
+//! ([`PROTOCOL_VERSION`]); version 2 added `version`, `in_force`, `nonce` and
+//! `max_inflight` to the report (absent, the service behaves as with version 1).
 
 use std::collections::BTreeMap;
 
@@ -14,6 +19,12 @@ use crate::{Bulkhead, TenantName};
 /// Longest instance id, in bytes.
 pub const MAX_INSTANCE_LEN: usize = 256;
 
+/// The protocol version this crate speaks (`version` of a report; 1 when absent).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Longest per-process nonce, in bytes.
+pub const MAX_NONCE_LEN: usize = 64;
+
 /// Most tenant or class entries one report may hold. The control service bounds its fleet
 /// policy by the same number: every entry is a dimension that each sync splits, so the
 /// count bounds the work per sync and the size of a reply.
@@ -21,9 +32,11 @@ pub const MAX_ENTRIES: usize = 4096;
 
 /// One Envoy's report. `admitted` and `rejected` count since the previous report.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncRequest {
+    /// Protocol version of the report (1 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
     /// Stable id of the Envoy (e.g. its node id): 1-256 bytes of visible ASCII.
     pub instance: String,
     /// Requests in flight through this Envoy now.
@@ -38,11 +51,37 @@ pub struct SyncRequest {
     /// The policy version of the allowance the Envoy currently holds, if any.
     #[serde(default)]
     pub policy_version: Option<u64>,
+    /// The allowance this Envoy enforces as it sends the report (absent: none, it is on its
+    /// static configuration). The service keeps accounting for it until a report shows a
+    /// smaller one in force, so a lost reply never lets the fleet exceed its numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_force: Option<InForce>,
+    /// Random per Envoy process (1-64 bytes of visible ASCII): two processes reporting
+    /// under one instance id are told apart and each gets a share of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// This Envoy's own static `max_inflight`: the service counts no more demand of it than
+    /// it could ever have in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_inflight: Option<u32>,
+}
+
+/// The numbers of the allowance an Envoy enforces, as the reply gave them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InForce {
+    /// Its `max_inflight`.
+    pub max_inflight: u32,
+    /// Its tenant entries.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, Bulkhead>,
+    /// Its class entries.
+    #[serde(default)]
+    pub classes: BTreeMap<String, Bulkhead>,
 }
 
 /// Counts of one tenant or class on one Envoy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageReport {
     /// In flight now.
@@ -63,7 +102,6 @@ pub struct UsageReport {
 /// without `max` has no fleet-wide cap. A tenant or class that is not listed has no fleet
 /// numbers; `*` applies to each tenant not listed by name, as in the plugin configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncReply {
     /// The instance id of the request.
@@ -94,8 +132,8 @@ impl SyncRequest {
         Ok(request)
     }
 
-    /// Instance id well-formed; at most [`MAX_ENTRIES`] tenants and classes, with
-    /// well-formed names.
+    /// Instance id and nonce well-formed; at most [`MAX_ENTRIES`] tenants and classes,
+    /// with well-formed names, in the report and in `in_force`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let id = self.instance.as_bytes();
         if id.is_empty() || id.len() > MAX_INSTANCE_LEN || !id.iter().all(u8::is_ascii_graphic) {
@@ -104,28 +142,47 @@ impl SyncRequest {
                 "must be 1-256 bytes of visible ASCII",
             ));
         }
-        for (field, entries, wildcard) in [
-            ("tenants", &self.tenants, true),
-            ("classes", &self.classes, false),
-        ] {
-            if entries.len() > MAX_ENTRIES {
+        if let Some(nonce) = &self.nonce {
+            let n = nonce.as_bytes();
+            if n.is_empty() || n.len() > MAX_NONCE_LEN || !n.iter().all(u8::is_ascii_graphic) {
                 return Err(ConfigError::new(
-                    field,
-                    format!("more than {MAX_ENTRIES} entries"),
+                    "nonce",
+                    "must be 1-64 bytes of visible ASCII",
                 ));
             }
-            for name in entries.keys() {
-                let ok = (wildcard && name == WILDCARD_TENANT) || TenantName::parse(name).is_some();
-                if !ok {
-                    return Err(ConfigError::new(
-                        format!("{field}.{name}"),
-                        "name must be 1-64 bytes of [A-Za-z0-9._-]",
-                    ));
-                }
-            }
+        }
+        validate_names("tenants", self.tenants.keys(), true)?;
+        validate_names("classes", self.classes.keys(), false)?;
+        if let Some(in_force) = &self.in_force {
+            validate_names("in_force.tenants", in_force.tenants.keys(), true)?;
+            validate_names("in_force.classes", in_force.classes.keys(), false)?;
         }
         Ok(())
     }
+}
+
+/// At most [`MAX_ENTRIES`] names, each a tenant name (or `*` where `wildcard`).
+fn validate_names<'a>(
+    field: &str,
+    names: impl ExactSizeIterator<Item = &'a String>,
+    wildcard: bool,
+) -> Result<(), ConfigError> {
+    if names.len() > MAX_ENTRIES {
+        return Err(ConfigError::new(
+            field,
+            format!("more than {MAX_ENTRIES} entries"),
+        ));
+    }
+    for name in names {
+        let ok = (wildcard && name == WILDCARD_TENANT) || TenantName::parse(name).is_some();
+        if !ok {
+            return Err(ConfigError::new(
+                format!("{field}.{name}"),
+                "name must be 1-64 bytes of [A-Za-z0-9._-]",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -169,11 +226,11 @@ mod tests {
                 "tenants.x y",
             ),
             (r#"{"instance": "a", "classes": {"*": {}}}"#, "classes.*"),
+            (r#"{"instance": "a", "nonce": ""}"#, "nonce"),
             (
-                r#"{"instance": "a", "tenants": {"t": {"inflite": 1}}}"#,
-                "tenants.t.inflite",
+                r#"{"instance": "a", "in_force": {"max_inflight": 1, "classes": {"*": {}}}}"#,
+                "in_force.classes.*",
             ),
-            (r#"{"instance": "a", "nope": 1}"#, "nope"),
         ];
         for (json, field) in cases {
             assert_eq!(
@@ -182,6 +239,29 @@ mod tests {
                 "{json}"
             );
         }
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_both_ways() {
+        let r = SyncRequest::parse(
+            br#"{"instance": "a", "nope": 1, "version": 9, "tenants": {"t": {"inflite": 1}}}"#,
+        )
+        .unwrap();
+        assert_eq!((r.version, r.tenants["t"].inflight), (Some(9), 0));
+        let reply: SyncReply = crate::config::parse_json(
+            br#"{"instance": "e", "policy_version": 1, "max_inflight": 3, "tenants": {},
+                 "classes": {}, "degraded": false, "stale_after_ms": 10, "grant": 7,
+                 "health": {"state": "ok", "why": "new"}}"#,
+        )
+        .unwrap();
+        assert_eq!(reply.max_inflight, 3);
+        // A version-1 report reads back as it was sent: no new fields appear on the wire.
+        let old = SyncRequest {
+            instance: "a".into(),
+            ..SyncRequest::default()
+        };
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json.get("version").is_none() && json.get("in_force").is_none());
     }
 
     #[test]

@@ -22,6 +22,11 @@ pub struct Reply {
     pub version: Option<String>,
 }
 
+/// A write with `If-Match` found the policy at another version (412): read it again.
+#[derive(Debug, thiserror::Error)]
+#[error("the policy changed meanwhile")]
+pub struct StalePolicy;
+
 /// The control service at one URL, with the admin token when there is one.
 #[derive(Debug)]
 pub struct Api {
@@ -45,12 +50,24 @@ impl Api {
 
     /// `GET path` without credentials.
     pub async fn get(&self, path: &str) -> Result<Reply> {
-        self.call(Method::GET, path, None, false).await
+        self.call(Method::GET, path, None, false, None).await
     }
 
     /// An admin call: `method path` with `body` (JSON) and the bearer token.
     pub async fn admin(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Reply> {
-        self.call(method, path, body, true).await
+        self.call(method, path, body, true, None).await
+    }
+
+    /// [`Api::admin`] that applies only while the policy is at `version` (`If-Match`); a
+    /// policy changed meanwhile is the error [`StalePolicy`].
+    pub async fn admin_if_match(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        version: &str,
+    ) -> Result<Reply> {
+        self.call(method, path, body, true, Some(version)).await
     }
 
     async fn call(
@@ -59,6 +76,7 @@ impl Api {
         path: &str,
         body: Option<Vec<u8>>,
         admin: bool,
+        if_match: Option<&str>,
     ) -> Result<Reply> {
         let mut request = hyper::Request::builder()
             .method(method.clone())
@@ -72,6 +90,9 @@ impl Api {
         }
         if body.is_some() {
             request = request.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(version) = if_match {
+            request = request.header(http::header::IF_MATCH, version);
         }
         let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let exchange = async {
@@ -96,6 +117,9 @@ impl Api {
                     self.target.authority
                 )
             })??;
+        if status == http::StatusCode::PRECONDITION_FAILED && if_match.is_some() {
+            return Err(StalePolicy.into());
+        }
         if !status.is_success() {
             bail!("{method} {path}: {}", error_message(status.as_u16(), &body));
         }

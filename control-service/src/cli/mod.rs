@@ -111,13 +111,7 @@ pub async fn run(command: Command) -> Result<()> {
                     name,
                     reserved,
                     max,
-                } => {
-                    let current = policy_json(&api.get("/v1/policy").await?)?;
-                    let body = merged_tenant(&current, &name, reserved, max);
-                    let path = format!("/v1/tenants/{name}");
-                    api.admin(Method::PUT, &path, Some(body.to_string().into_bytes()))
-                        .await?
-                }
+                } => edit_tenant(&api, &name, reserved, max).await?,
                 PolicyAction::DeleteTenant { name } => {
                     api.admin(Method::DELETE, &format!("/v1/tenants/{name}"), None)
                         .await?
@@ -127,6 +121,34 @@ pub async fn run(command: Command) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads the tenant's entry, changes the given fields and puts it back with `If-Match`, so a
+/// concurrent change of the policy is never overwritten: on 412 it reads again (5 tries).
+async fn edit_tenant(
+    api: &Api,
+    name: &str,
+    reserved: Option<u32>,
+    max: Option<u32>,
+) -> Result<Reply> {
+    let path = format!("/v1/tenants/{name}");
+    for _ in 0..5 {
+        let read = api.get("/v1/policy").await?;
+        let current = policy_json(&read)?;
+        let body = merged_tenant(&current, name, reserved, max).to_string();
+        let put = match &read.version {
+            Some(v) => {
+                api.admin_if_match(Method::PUT, &path, Some(body.into_bytes()), v)
+                    .await
+            }
+            None => api.admin(Method::PUT, &path, Some(body.into_bytes())).await,
+        };
+        match put {
+            Err(e) if e.downcast_ref::<api::StalePolicy>().is_some() => continue,
+            other => return other,
+        }
+    }
+    anyhow::bail!("PUT {path}: the policy kept changing; retry")
 }
 
 fn connect(options: &ApiOptions) -> Result<Api> {

@@ -18,6 +18,16 @@
 //!    their next sync (the fleet converges within two sync intervals).
 //! 3. **Reply.** Per instance, `reserved ≤ max ≤ max_inflight` and the reservations fit in
 //!    `max_inflight` (scaled down if not). This only lowers numbers, so the sums still hold.
+//! 4. **Held.** A reply can be lost or late, so what the service counts against an
+//!    instance is what it may be enforcing: `held_i = max(min(in_force_i, held_i'), grant_i)`,
+//!    where `in_force_i` is what the report says is in force (never believed above what was
+//!    held before, `held_i'`) and `grant_i` the new grant. The clip of step 2 is against the
+//!    others' *held* numbers, so `Σ held ≤ L`, and every allowance in force is at most its
+//!    instance's `held`: the sum in force never exceeds `L`, replies lost or not. A lowered
+//!    grant frees its room once a report shows it in force (one interval later).
+//!
+//! Demand is bounded: an instance counts no more demand in a dimension than the dimension's
+//! fleet number, nor more than its own static `max_inflight` when it reports one.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,6 +45,13 @@ pub struct SplitParams {
     pub floor_percent: u32,
     /// An instance that has not synced for this long drops out and its grant is freed.
     pub stale_after_ms: u64,
+    /// For this long after the fleet's records start empty (a memory store's start, Redis
+    /// that lost its keys), grants are capped ([`warm_up_cap`]).
+    pub warm_up_ms: u64,
+    /// Most live instances; a sync from one more is refused (429).
+    pub max_instances: u32,
+    /// Most instances that may join in one second; beyond, a joining one is refused (429).
+    pub max_joins_per_s: u32,
 }
 
 impl Default for SplitParams {
@@ -42,6 +59,9 @@ impl Default for SplitParams {
         Self {
             floor_percent: 10,
             stale_after_ms: 15_000,
+            warm_up_ms: 0,
+            max_instances: 10_000,
+            max_joins_per_s: 1_000,
         }
     }
 }
@@ -140,6 +160,71 @@ pub fn clip(target: u32, limit: u32, granted_to_others: u64) -> u32 {
     target.min(u32::try_from(room).unwrap_or(u32::MAX))
 }
 
+/// What the service counts against an instance after granting it `grant` (step 4 above).
+/// `in_force` is what its report says it enforces (0 without a report of it); `previous`
+/// what was held for it before, `None` when the service cannot know (warm-up after the
+/// fleet's records were lost): then the report is believed.
+pub fn held(grant: u32, in_force: u32, previous: Option<u32>) -> u32 {
+    previous.map_or(in_force, |p| in_force.min(p)).max(grant)
+}
+
+/// A target during warm-up, while the census is unknown (the fleet's records were just
+/// lost or created: Envoys that have not reported yet may enforce allowances given before).
+/// An instance that reports an allowance in force gets no more than it: nobody's share
+/// grows until every holder has been counted, so the sum in force stays where it was. One
+/// that reports none (it enforces its static configuration, which a grant only tightens)
+/// gets no more than an even share among the instances known so far and one more, so the
+/// first Envoy of a cold fleet no longer takes nearly all of it.
+pub fn warm_up_cap(target: u32, limit: u32, instances: u32, in_force: Option<u32>) -> u32 {
+    match in_force {
+        Some(f) => target.min(f),
+        None => target.min(limit / instances.saturating_add(1).max(2)),
+    }
+}
+
+/// What an instance enforces in every dimension of `policy`, by its report's `in_force`;
+/// empty when it reported none. An entry its allowance lacks is counted at most
+/// (`max_inflight` for a `max`, 0 for a reservation): [`held`] never believes more than was
+/// held before, so a high count only keeps the previous number.
+pub fn in_force(report: &SyncRequest, policy: &FleetPolicy) -> BTreeMap<Dim, u32> {
+    let Some(f) = &report.in_force else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::from([(Dim::Global, f.max_inflight)]);
+    let mut add = |entries: &BTreeMap<String, Bulkhead>,
+                   given: &BTreeMap<String, Bulkhead>,
+                   max_dim: fn(String) -> Dim,
+                   res_dim: fn(String) -> Dim| {
+        for (name, b) in entries {
+            let entry = given.get(name);
+            if b.max.is_some() {
+                let max = entry.map_or(f.max_inflight, |e| e.max.unwrap_or(f.max_inflight));
+                out.insert(max_dim(name.clone()), max.min(f.max_inflight));
+            }
+            if b.reserved > 0 {
+                out.insert(res_dim(name.clone()), entry.map_or(0, |e| e.reserved));
+            }
+        }
+    };
+    add(
+        &policy.tenants,
+        &f.tenants,
+        Dim::TenantMax,
+        Dim::TenantReserved,
+    );
+    add(
+        &policy.classes,
+        &f.classes,
+        Dim::ClassMax,
+        Dim::ClassReserved,
+    );
+    // An Envoy enforces no more than its own limit (the filter caps every share by it).
+    if let Some(own) = report.max_inflight {
+        out.values_mut().for_each(|v| *v = (*v).min(own));
+    }
+    out
+}
+
 /// Targets for a whole fleet at once; `demands[i]` is instance `i`'s demand.
 pub fn split(limit: u32, demands: &[u64], params: SplitParams) -> Vec<u32> {
     let n = u32::try_from(demands.len()).unwrap_or(u32::MAX);
@@ -208,6 +293,13 @@ pub fn demands(report: &SyncRequest, policy: &FleetPolicy) -> BTreeMap<Dim, u64>
         add(Dim::ClassMax(name.clone()), d);
         add(Dim::ClassReserved(name.clone()), d);
     }
+    // No instance needs more than the whole fleet number, nor more than it could ever
+    // have in flight: a report cannot buy a larger share with inflated numbers.
+    let own_max = report.max_inflight.map_or(u64::MAX, u64::from);
+    for (dim, demand) in &mut out {
+        let limit = limits.get(dim).copied().map_or(0, u64::from);
+        *demand = (*demand).min(limit).min(own_max);
+    }
     out
 }
 
@@ -270,6 +362,9 @@ mod tests {
     const P: SplitParams = SplitParams {
         floor_percent: 10,
         stale_after_ms: 15_000,
+        warm_up_ms: 0,
+        max_instances: 10_000,
+        max_joins_per_s: 1_000,
     };
 
     #[test]
@@ -373,7 +468,7 @@ mod tests {
             demands in proptest::collection::vec(0u64..1_000_000, 1..200),
             floor_percent in 0u32..=100,
         ) {
-            let params = SplitParams { floor_percent, stale_after_ms: 1000 };
+            let params = SplitParams { floor_percent, stale_after_ms: 1000, ..SplitParams::default() };
             let shares = split(limit, &demands, params);
             let sum: u64 = shares.iter().map(|s| u64::from(*s)).sum();
             prop_assert!(sum <= u64::from(limit));

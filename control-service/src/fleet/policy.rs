@@ -221,7 +221,7 @@ mod tests {
 
     const DOC: &str = r#"{"global_max_inflight": 100, "probes": [
         {"name": "orders-db", "kind": "postgres",
-         "dsn": "host=127.0.0.1 port=5432 user=wipgate dbname=orders", "password_env": "ORDERS_PW",
+         "dsn": "host=127.0.0.1 port=5432 user=wipgate dbname=orders", "password_env": "WIPGATE_PROBE_ORDERS_PW",
          "connections_percent": {"degraded": 70, "saturated": 90},
          "lock_waits": {"degraded": 5, "saturated": 20},
          "query_latency_ms": {"degraded": 50, "saturated": 200}},
@@ -282,6 +282,8 @@ mod tests {
             (format!(r#"{{{pg}, "lock_waits": {{"degraded": 1}}}}"#), "probes[0].lock_waits.saturated"),
             (format!(r#"{{{pg}, "connections_percent": {{"degraded": 70, "saturated": 120}}}}"#), "probes[0].connections_percent.saturated"),
             (format!(r#"{{{pg}, "password_env": "A-B"}}"#), "probes[0].password_env"),
+            (format!(r#"{{{pg}, "password_env": "WIPGATE_ADMIN_TOKEN"}}"#), "probes[0].password_env"),
+            (format!(r#"{{{pg}, "password_env": "WIPGATE_PROBE_"}}"#), "probes[0].password_env"),
             (format!(r#"{{{pg}, "extra": 1}}"#), "probes[0].extra"),
             (r#"{"name": "x", "kind": "http", "url": "http://x/", "non_2xx": "ok"}"#.to_owned(), "probes[0].non_2xx"),
             (format!(r#"{{{pg}}}, {{{pg}}}"#), "probes[1].name"),

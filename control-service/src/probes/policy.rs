@@ -10,6 +10,9 @@ use crate::field_error::field_error;
 
 /// Most probes one policy may hold (each is a task and a connection in every replica).
 pub const MAX_PROBES: usize = 16;
+/// Every `password_env` starts with this: the policy may name no other variable of the
+/// service's environment.
+pub const PASSWORD_ENV_PREFIX: &str = "WIPGATE_PROBE_";
 /// Longest `dsn` or `url`, in bytes.
 pub const MAX_TARGET_LEN: usize = 2048;
 
@@ -145,14 +148,6 @@ fn default_limit_percent() -> u8 {
 }
 
 impl ProbeSpec {
-    /// The latency thresholds of this probe's kind, if set.
-    pub fn latency_thresholds(&self) -> Option<Thresholds> {
-        match self.kind {
-            ProbeKind::Postgres => self.query_latency_ms,
-            ProbeKind::Http => self.latency_ms,
-        }
-    }
-
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
         let field = |name: &str| format!("{at}.{name}");
         if TenantName::parse(&self.name).is_none() {
@@ -217,13 +212,16 @@ impl ProbeSpec {
         };
         self.validate_target(&field(target.0), value)?;
         if let Some(var) = &self.password_env {
-            let ok = !var.is_empty()
+            // The policy is written by admins over the API: it may name only variables set
+            // aside for probe secrets, never the service's own (e.g. its admin token).
+            let ok = var.len() > PASSWORD_ENV_PREFIX.len()
                 && var.len() <= 256
+                && var.starts_with(PASSWORD_ENV_PREFIX)
                 && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !ok {
                 return Err(field_error(
                     field("password_env"),
-                    "must be an environment variable name: 1-256 bytes of [A-Za-z0-9_]",
+                    format!("must be an environment variable name starting with {PASSWORD_ENV_PREFIX}: at most 256 bytes of [A-Za-z0-9_]"),
                 ));
             }
         }

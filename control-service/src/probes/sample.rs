@@ -34,9 +34,10 @@ pub enum ProbeSample {
 }
 
 impl ProbeSpec {
-    /// The level of `sample` under this probe's thresholds. `Failed` is `degraded`;
-    /// `TimedOut` is `degraded`, or `saturated` when the latency thresholds would call a
-    /// latency of `timeout_ms` saturated. A measure without thresholds does not count.
+    /// The level of `sample` under this probe's thresholds. A sample without an answer
+    /// (`Failed`, `TimedOut`) is `degraded`: never ok, and never `saturated`, which would
+    /// shut out all unreserved traffic fleet-wide on a network blip between the control
+    /// service and the resource. A measure without thresholds does not count.
     pub fn classify(&self, sample: &ProbeSample) -> ProbeLevel {
         let at_least_degraded = |l: ProbeLevel| l.max(ProbeLevel::Degraded);
         match (*sample, self.kind) {
@@ -85,11 +86,8 @@ impl ProbeSpec {
                 }
                 level
             }
-            (ProbeSample::TimedOut, _) => at_least_degraded(
-                self.latency_thresholds()
-                    .map_or(ProbeLevel::Ok, |t| t.level(self.timeout_ms)),
-            ),
-            // Failed, or a sample of the other kind (a bug, never healthy either).
+            // No answer (timed out, failed), or a sample of the other kind (a bug): never
+            // healthy, never more than degraded.
             _ => ProbeLevel::Degraded,
         }
     }
@@ -148,8 +146,8 @@ mod tests {
             query_latency_ms: 1,
         };
         assert_eq!(p.classify(&s), ProbeLevel::Saturated);
-        // Timed out at 300 ms: past degraded (50), short of saturated (200)? No: 300 >= 200.
-        assert_eq!(p.classify(&ProbeSample::TimedOut), ProbeLevel::Saturated);
+        // Timed out at 300 ms, past the saturated latency (200): still only degraded.
+        assert_eq!(p.classify(&ProbeSample::TimedOut), ProbeLevel::Degraded);
         assert_eq!(p.classify(&ProbeSample::Failed), ProbeLevel::Degraded);
         let http_sample = ProbeSample::Http {
             status: 200,
@@ -167,8 +165,8 @@ mod tests {
         assert_eq!(h.classify(&s(200, 400)), ProbeLevel::Saturated);
         assert_eq!(h.classify(&s(500, 1)), ProbeLevel::Degraded);
         assert_eq!(h.classify(&s(500, 450)), ProbeLevel::Saturated);
-        // timeout_ms defaults to 500: a timeout is saturated by latency.
-        assert_eq!(h.classify(&ProbeSample::TimedOut), ProbeLevel::Saturated);
+        // timeout_ms defaults to 500, past the saturated latency: a timeout is degraded.
+        assert_eq!(h.classify(&ProbeSample::TimedOut), ProbeLevel::Degraded);
         h.non_2xx = Some(ProbeLevel::Saturated);
         assert_eq!(h.classify(&s(503, 1)), ProbeLevel::Saturated);
         h.latency_ms = None;

@@ -31,8 +31,15 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/openapi.json", get(openapi::openapi))
         .route("/v1/policy", get(policy::get_policy))
         .route("/v1/status", get(status::status))
-        .route("/v1/sync", post(sync::sync))
         .route_layer(limit);
+    // The sync token is checked before the body is read, as the admin token is.
+    let sync = Router::new()
+        .route("/v1/sync", post(sync::sync))
+        .route_layer(limit)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::require_sync_token,
+        ));
     let admin = Router::new()
         .route("/v1/policy", put(policy::put_policy))
         .route(
@@ -44,5 +51,5 @@ pub fn router(state: &AppState) -> Router<AppState> {
             state.clone(),
             middleware::require_admin,
         ));
-    public.merge(admin)
+    public.merge(sync).merge(admin)
 }

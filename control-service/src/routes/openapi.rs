@@ -12,7 +12,7 @@ use super::{health, metrics, policy, status, sync};
     info(title = "wipgate control service", description = "Fleet policy, fleet accounting and each Envoy's allowance. See docs/control-service.md."),
     paths(health::healthz, health::readyz, metrics::metrics, openapi, policy::get_policy, policy::put_policy,
           policy::put_tenant, policy::delete_tenant, status::status, sync::sync),
-    components(schemas(wipgate_admission::Bulkhead, wipgate_admission::wire::UsageReport,
+    components(schemas(wipgate_admission::Bulkhead, wipgate_admission::wire::UsageReport, wipgate_admission::wire::InForce,
                        crate::fleet::InstanceView, crate::status::Totals, crate::status::TenantStatus,
                        crate::probes::ProbeSpec, crate::probes::Thresholds,
                        crate::probes::ProbeKind, crate::probes::ProbeLevel,

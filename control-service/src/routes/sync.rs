@@ -6,6 +6,8 @@ use wipgate_admission::wire::{SyncReply, SyncRequest};
 
 use super::extract::JsonBytes;
 use crate::error::{ApiError, ErrorBody};
+use crate::fleet::instance_book::book_key;
+use crate::last_replies::within_in_force;
 use crate::state::AppState;
 use crate::store::StoreError;
 
@@ -16,23 +18,31 @@ use crate::store::StoreError;
 /// Envoy keeps its last good allowance.
 #[utoipa::path(post, path = "/v1/sync", request_body = SyncRequest,
     responses((status = 200, body = SyncReply), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+              (status = 401, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
 pub async fn sync(
     State(state): State<AppState>,
     JsonBytes(body): JsonBytes,
 ) -> Result<Json<SyncReply>, ApiError> {
     let report = SyncRequest::parse(&body)?;
-    let instance = report.instance.clone();
+    let instance = book_key(&report);
+    let version = report.version.unwrap_or(1);
+    let in_force = report.in_force.clone();
     let result = state.store.sync(report, state.params).await;
     let syncs = &state.metrics.syncs;
     match result {
         Ok(mut reply) => {
             reply.health = state.probes.health();
             if let Ok(mut last) = state.last_replies.lock() {
-                last.insert(&reply, state.clock.now_ms());
+                last.insert(&instance, &reply, state.clock.now_ms());
             }
             syncs.with_label_values(&["ok"]).inc();
             Ok(Json(reply))
+        }
+        Err(StoreError::Refused(why)) => {
+            tracing::debug!(%instance, %why, "sync refused");
+            syncs.with_label_values(&["refused"]).inc();
+            Err(ApiError::Refused(why))
         }
         Err(StoreError::Internal(detail)) => {
             tracing::error!(%detail, "sync failed");
@@ -44,7 +54,8 @@ pub async fn sync(
                 .last_replies
                 .lock()
                 .ok()
-                .and_then(|last| last.degraded(&instance, state.clock.now_ms()));
+                .and_then(|last| last.degraded(&instance, state.clock.now_ms()))
+                .and_then(|reply| within_in_force(reply, version, in_force.as_ref()));
             match cached {
                 Some(mut reply) => {
                     reply.health = state.probes.health();

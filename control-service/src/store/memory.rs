@@ -58,7 +58,8 @@ impl MemoryStore {
         Ok(Self {
             state: Mutex::new(State {
                 policy: Versioned { policy, version },
-                book: InstanceBook::default(),
+                // Envoys may still enforce allowances of this store's previous life.
+                book: InstanceBook::starting(clock.now_ms()),
             }),
             writes: tokio::sync::Mutex::new(()),
             policy_file,
@@ -123,7 +124,7 @@ impl FleetStore for MemoryStore {
             let now = self.clock.now_ms();
             let mut state = self.lock()?;
             let State { policy, book } = &mut *state;
-            Ok(book.sync(now, &report, &policy.policy, policy.version, params))
+            Ok(book.sync(now, &report, &policy.policy, policy.version, params)?)
         })
     }
 
@@ -202,6 +203,7 @@ mod tests {
         let params = SplitParams {
             floor_percent: 10,
             stale_after_ms: 1_000,
+            ..SplitParams::default()
         };
         let report = |id: &str| SyncRequest {
             instance: id.to_owned(),

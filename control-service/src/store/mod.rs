@@ -31,6 +31,9 @@ pub enum StoreError {
     /// The store answered something unexpected.
     #[error("store error: {0}")]
     Internal(String),
+    /// A sync refused by the fleet's caps; nothing was recorded.
+    #[error("{0}")]
+    Refused(#[from] crate::fleet::instance_book::Refusal),
 }
 
 /// The policy with its version. Versions only grow; version 0 is the built-in default.

@@ -27,10 +27,19 @@ pub fn open_store_with_clock(
             clock,
         )?)),
         Some(url) => {
+            let ca = match &settings.redis_ca_file {
+                Some(path) => Some(
+                    std::fs::read(path)
+                        .map_err(|e| anyhow::anyhow!("--redis-ca-file {}: {e}", path.display()))?,
+                ),
+                None => None,
+            };
             let store = Arc::new(RedisStore::new(
                 url,
                 &settings.redis_prefix,
                 Duration::from_millis(settings.redis_timeout_ms),
+                settings.redis_cluster,
+                ca,
             )?);
             if let Some(path) = &settings.policy_file {
                 let bytes = std::fs::read(path)

@@ -7,9 +7,14 @@
 //! reads and writes several keys runs as one Lua script, so it is atomic. The one clock is
 //! Redis's (`TIME`), so replicas with skewed clocks agree on who is stale.
 //!
-//! A sync takes two scripts: `report.lua` records the demand and returns the fleet sums;
-//! the targets are computed here with the same code as the memory store; `grant.lua`
-//! clips them against the other instances' grants and stores them.
+//! With `--redis-cluster` the keys share one hash tag (the prefix, `{wipgate:}live`, …), so
+//! every script's keys, the per-instance keys it computes included, are in one slot.
+//!
+//! A sync takes two scripts: `report.lua` records the demand (or refuses a joining instance
+//! beyond the caps) and returns the fleet sums; the targets are computed here with the same
+//! code as the memory store; `grant.lua` clips them against what the other instances hold
+//! and stores what this one holds now (allowance.rs, step 4). An instance's key is its id,
+//! or its id and its process's nonce (`book_key`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -20,7 +25,10 @@ use redis::{Script, Value};
 use wipgate_admission::wire::{SyncReply, SyncRequest};
 
 use super::{BoxFuture, FleetStore, StoreError, Versioned};
-use crate::fleet::allowance::{build_reply, demands, fleet_limits, target_share};
+use crate::fleet::allowance::{
+    build_reply, demands, fleet_limits, in_force, target_share, warm_up_cap,
+};
+use crate::fleet::instance_book::{book_key, Refusal};
 use crate::fleet::{Dim, FleetPolicy, InstanceView, SplitParams};
 
 /// Demands are capped so that Lua's doubles and `HINCRBY` stay exact.
@@ -28,11 +36,52 @@ const MAX_DEMAND: u64 = 1 << 40;
 /// A sync retries this often when the policy changes under it.
 const SYNC_ATTEMPTS: usize = 4;
 
+/// Where the store connects: one Redis, or the seed nodes of a Redis Cluster.
+enum Client {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// A connection to either; both reconnect by themselves.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// The Redis store.
 pub struct RedisStore {
-    client: redis::Client,
-    /// Connected on first use; afterwards the manager reconnects by itself.
-    conn: tokio::sync::OnceCell<ConnectionManager>,
+    client: Client,
+    /// Connected on first use; afterwards the connection reconnects by itself.
+    conn: tokio::sync::OnceCell<Conn>,
     /// Held while connecting, so that one task connects at a time.
     connecting: tokio::sync::Mutex<()>,
     timeout: Duration,
@@ -57,9 +106,45 @@ struct Scripts {
 }
 
 impl RedisStore {
-    /// A store on `url` with keys under `prefix`; does not connect yet.
-    pub fn new(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("--redis-url: {e}"))?;
+    /// A store on `url` with keys under `prefix`; does not connect yet. With `cluster`,
+    /// `url` is a comma-separated list of seed nodes of a Redis Cluster, and the prefix is
+    /// made a hash tag (`{PREFIX}`) unless it holds one: every key of the fleet is then in
+    /// one slot, so each Lua script runs on one node. `rediss://` URLs connect with TLS,
+    /// trusting `ca` (PEM) when given, else the system's roots.
+    pub fn new(
+        url: &str,
+        prefix: &str,
+        timeout: Duration,
+        cluster: bool,
+        ca: Option<Vec<u8>>,
+    ) -> anyhow::Result<Self> {
+        let certs = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: ca.clone(),
+        };
+        let bad_url = |e: redis::RedisError| anyhow::anyhow!("--redis-url: {e}");
+        let (client, prefix) = if cluster {
+            let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
+            let tls = ca.is_some() && nodes.iter().all(|n| n.starts_with("rediss://"));
+            let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(1);
+            if tls {
+                builder = builder.certs(certs());
+            }
+            let client = builder.build().map_err(bad_url)?;
+            (Client::Cluster(client), hash_tagged(prefix))
+        } else {
+            let client = if ca.is_some() && url.starts_with("rediss://") {
+                redis::Client::build_with_tls(url, certs())
+            } else {
+                redis::Client::open(url)
+            }
+            .map_err(bad_url)?;
+            (Client::Single(client), prefix.to_owned())
+        };
+        let prefix = prefix.as_str();
         Ok(Self {
             client,
             conn: tokio::sync::OnceCell::new(),
@@ -93,7 +178,7 @@ impl RedisStore {
         }
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    async fn conn(&self) -> Result<Conn, StoreError> {
         if let Some(conn) = self.conn.get() {
             return Ok(conn.clone());
         }
@@ -105,19 +190,66 @@ impl RedisStore {
         if let Some(conn) = self.conn.get() {
             return Ok(conn.clone());
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1)
-            .set_max_delay(1000);
-        let conn = tokio::time::timeout(
-            self.timeout * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| StoreError::Unavailable("connecting to Redis timed out".into()))?
+        let conn = match &self.client {
+            Client::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(self.timeout)
+                    .set_response_timeout(self.timeout)
+                    .set_number_of_retries(1)
+                    .set_max_delay(1000);
+                let connecting = ConnectionManager::new_with_config(client.clone(), config);
+                tokio::time::timeout(self.timeout * 2, connecting)
+                    .await
+                    .map_err(|_| StoreError::Unavailable("connecting to Redis timed out".into()))?
+                    .map(Conn::Single)
+            }
+            Client::Cluster(client) => {
+                tokio::time::timeout(self.timeout * 2, client.get_async_connection())
+                    .await
+                    .map_err(|_| StoreError::Unavailable("connecting to Redis timed out".into()))?
+                    .map(Conn::Cluster)
+            }
+        }
         .map_err(unavailable)?;
+        self.check_eviction_policy(&mut conn.clone()).await?;
         Ok(self.conn.get_or_init(|| async { conn }).await.clone())
+    }
+
+    /// Refuses a Redis that may evict keys without a TTL (`allkeys-*`): it could drop the
+    /// fleet's records, and with them what Envoys hold, so the sums would no longer hold.
+    /// `noeviction` and the `volatile-*` policies (the fleet's keys have no TTL) are fine; a
+    /// Redis that does not allow `CONFIG GET` (managed services) is taken as it is.
+    async fn check_eviction_policy(&self, conn: &mut Conn) -> Result<(), StoreError> {
+        let reply: redis::RedisResult<Vec<String>> = self
+            .run_raw(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async(conn),
+            )
+            .await?;
+        match reply {
+            Ok(pair) => match pair.get(1) {
+                Some(policy) if policy.starts_with("allkeys-") => Err(StoreError::Internal(
+                    format!("Redis maxmemory-policy is {policy}: it can evict the fleet's keys; use noeviction (or a volatile-* policy)"),
+                )),
+                _ => Ok(()),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read Redis's maxmemory-policy; make sure it is noeviction");
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs one Redis call within the timeout; the call's own error is the caller's.
+    async fn run_raw<T, F>(&self, call: F) -> Result<redis::RedisResult<T>, StoreError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| StoreError::Unavailable("Redis timed out".into()))
     }
 
     /// Runs one Redis call within the timeout; errors become [`StoreError`]s.
@@ -148,52 +280,76 @@ impl RedisStore {
 
     async fn sync_once(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         report: &SyncRequest,
         report_json: &str,
         params: SplitParams,
     ) -> Result<Option<SyncReply>, StoreError> {
         let policy = self.cached_policy();
         let own = demands(report, &policy.policy);
+        let enforced = in_force(report, &policy.policy);
+        let key = book_key(report);
         let mut call = self.scripts.report.prepare_invoke();
         call.key(&self.keys.live)
             .key(&self.keys.agg)
             .key(&self.keys.policy);
         call.arg(&self.keys.instance_prefix)
-            .arg(&report.instance)
+            .arg(&key)
             .arg(params.stale_after_ms)
-            .arg(report_json);
+            .arg(report_json)
+            .arg(params.max_instances)
+            .arg(params.max_joins_per_s);
         for (dim, demand) in &own {
             call.arg(dim.key()).arg((*demand).min(MAX_DEMAND));
         }
         let out: Vec<Value> = self.run(call.invoke_async(conn)).await?;
+        if text(out.first()).as_deref() == Some("refused") {
+            return Err(StoreError::Refused(
+                if text(out.get(1)).as_deref() == Some("joins") {
+                    Refusal::TooManyJoins
+                } else {
+                    Refusal::TooManyInstances
+                },
+            ));
+        }
+        let now = int(out.first())?;
         let live = int(out.get(1))?;
         let current = parse_policy(out.get(2), out.get(3))?;
+        let born = int(out.get(4))?;
         if current.version != policy.version {
             // The dimensions reported were those of an older policy: report again.
             self.remember(current);
             return Ok(None);
         }
+        let warming = now < born.saturating_add(params.warm_up_ms);
         let limits = fleet_limits(&policy.policy);
         let mut call = self.scripts.grant.prepare_invoke();
         call.key(&self.keys.live)
             .key(&self.keys.agg)
             .key(&self.keys.policy);
         call.arg(&self.keys.instance_prefix)
-            .arg(&report.instance)
-            .arg(policy.version.to_string());
+            .arg(&key)
+            .arg(policy.version.to_string())
+            .arg(if warming { "1" } else { "0" });
         let instances = u32::try_from(live).unwrap_or(u32::MAX);
         for (i, (dim, own_demand)) in own.iter().enumerate() {
-            let fleet_demand = int(out.get(4 + i))?;
+            let fleet_demand = int(out.get(5 + i))?;
             let limit = limits.get(dim).copied().unwrap_or(0);
-            let target = target_share(
+            let held = enforced.get(dim).copied();
+            let mut target = target_share(
                 limit,
                 instances,
                 fleet_demand,
                 (*own_demand).min(MAX_DEMAND),
                 params,
             );
-            call.arg(dim.key()).arg(target).arg(limit);
+            if warming {
+                target = warm_up_cap(target, limit, instances, held);
+            }
+            call.arg(dim.key())
+                .arg(target)
+                .arg(limit)
+                .arg(held.unwrap_or(0));
         }
         let granted: Vec<Value> = self.run(call.invoke_async(conn)).await?;
         if text(granted.first()).as_deref() != Some("ok") {
@@ -302,7 +458,8 @@ impl FleetStore for RedisStore {
                 let Value::Array(fields) = entry else {
                     continue;
                 };
-                let (Some(id), Some(report)) = (text(fields.first()), text(fields.get(2))) else {
+                // The member is the instance's key; the report names its id and nonce.
+                let Some(report) = text(fields.get(2)) else {
                     continue;
                 };
                 let Ok(report) = serde_json::from_str::<SyncRequest>(&report) else {
@@ -319,9 +476,16 @@ impl FleetStore for RedisStore {
                         }
                     }
                 }
-                let allowance = build_reply(&id, &policy.policy, policy.version, &grants, params);
+                let allowance = build_reply(
+                    &report.instance,
+                    &policy.policy,
+                    policy.version,
+                    &grants,
+                    params,
+                );
                 views.push(InstanceView {
-                    instance: id,
+                    instance: report.instance.clone(),
+                    nonce: report.nonce.clone(),
                     last_seen_ms: int(fields.get(1))?,
                     report,
                     allowance,
@@ -329,6 +493,18 @@ impl FleetStore for RedisStore {
             }
             Ok((views, now))
         })
+    }
+}
+
+/// `prefix` as a hash tag, `{prefix}`, unless it holds one already (`wipgate:{fleet1}:`).
+fn hash_tagged(prefix: &str) -> String {
+    let tagged = prefix
+        .find('{')
+        .is_some_and(|open| prefix[open + 1..].find('}').is_some_and(|len| len > 0));
+    if tagged {
+        prefix.to_owned()
+    } else {
+        format!("{{{prefix}}}")
     }
 }
 
