@@ -171,7 +171,8 @@ impl Ledger {
             )
         });
         let length = state.window_ms(config);
-        if now_ms < window.start_ms.saturating_add(length) {
+        if now_ms < window.start_ms.saturating_add(length) && !state.urgent(window, config, now_ms)
+        {
             return None;
         }
         if state.wants_more(window.latency.count())
