@@ -176,26 +176,3 @@ fn a_flood_after_normal_load_reaches_the_knee_within_seconds() {
         }
     }
 }
-
-/// With the bounded wait, a freed slot goes straight to a waiter: told C, the gate delivers
-/// the bottleneck's capacity; not told, the adaptive limit reaches it as fast as without the
-/// wait (waiting is demand, not latency of the bottleneck's).
-#[test]
-fn with_the_bounded_wait_a_flood_is_served_at_capacity() {
-    let adaptive = r#"{"max_inflight": 200, "adaptive": {}, "queue": {"timeout_ms": 50}}"#;
-    let told = r#"{"max_inflight": 10, "queue": {"timeout_ms": 50}}"#;
-    for load in [2.0, 10.0] {
-        for (name, config, least) in [("told C", told, 0.95), ("adaptive", adaptive, 0.85)] {
-            let (s, r) = flood_after_normal_load(collapse(), load, config);
-            describe(&format!("wait, {name}, collapse {load}x"), &s, &r);
-            let goodput = r.goodput_per_s / s.model.capacity_per_s();
-            assert!(goodput >= least, "{name} {load}x: goodput {goodput:.2}");
-            // Waiting adds at most the timeout to a request's time at the bottleneck.
-            assert!(
-                r.p(0.5) <= 25_000.0 * 1.5 + 50_000.0,
-                "{name} {load}x: p50 {}",
-                r.p(0.5)
-            );
-        }
-    }
-}

@@ -7,7 +7,7 @@
 use super::algorithm::{AlgorithmState, Assessment, Bounds};
 use super::config::{AdaptiveConfig, Algorithm};
 use super::knee::{Phase, MIN_SAMPLES as KNEE_MIN_SAMPLES};
-use super::window::{Sample, Window};
+use super::window::Sample;
 
 /// Why the limit last changed (the `wipgate.adaptive.reason.<reason>` gauge).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,27 +129,6 @@ impl LimitState {
             AlgorithmState::Knee(k) if k.phase != Phase::Steady => (config.window_ms() / 4).max(50),
             _ => config.window_ms(),
         }
-    }
-
-    /// Whether the window under way already shows a queue so deep that waiting for its end
-    /// only costs (the knee, in steady state: enough requests finished, demand pressing, mean
-    /// latency past `no_load x (1 + 3 x queue_tolerance)`, and a few no-load latencies gone
-    /// by): it closes now, as BBR reacts within round trips, not seconds.
-    pub fn urgent(&self, window: &Window, config: &AdaptiveConfig, now_ms: u64) -> bool {
-        let AlgorithmState::Knee(k) = self.algorithm else {
-            return false;
-        };
-        let finished = window.latency.count();
-        if k.phase != Phase::Steady || k.no_load_us == 0 || finished < 2 * KNEE_MIN_SAMPLES {
-            return false;
-        }
-        let no_load_us = f64::from(k.no_load_us);
-        let elapsed_us = now_ms.saturating_sub(window.start_ms) as f64 * 1e3;
-        let mean_us = window.latency_sum_us as f64 / finished as f64;
-        let pressed = u64::from(window.rejected) >= (finished / 50).max(2);
-        pressed
-            && elapsed_us >= 4.0 * no_load_us
-            && mean_us > no_load_us * (1.0 + 3.0 * config.queue_tolerance)
     }
 
     /// Whether a window with `finished` requests is too thin for the algorithm to judge and

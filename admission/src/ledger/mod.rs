@@ -171,8 +171,7 @@ impl Ledger {
             )
         });
         let length = state.window_ms(config);
-        if now_ms < window.start_ms.saturating_add(length) && !state.urgent(window, config, now_ms)
-        {
+        if now_ms < window.start_ms.saturating_add(length) {
             return None;
         }
         if state.wants_more(window.latency.count())

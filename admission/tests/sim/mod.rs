@@ -4,10 +4,10 @@
 #![allow(dead_code)]
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 use wipgate_admission::fake_host::FakeHost;
-use wipgate_admission::{Admitter, Decision, GateConfig, Resolved, Ticket};
+use wipgate_admission::{Admitter, Decision, GateConfig, Ticket};
 
 /// A small deterministic generator (xorshift64*), so runs are reproducible.
 pub struct Rng(u64);
@@ -162,8 +162,6 @@ impl Scenario {
             GateConfig::parse(self.config.as_bytes()).expect("config"),
             &host,
         );
-        // With `queue` configured, requests wait: this one VM is woken through queue 1.
-        admitter.set_wake_queue(1);
         let mut rng = Rng::new(self.seed);
         let capacity = self.model.capacity_per_s();
         let end_us = self.duration_s * 1e6;
@@ -172,63 +170,18 @@ impl Scenario {
         let mut done: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();
         let mut tickets: Vec<Option<(Ticket, f64)>> = Vec::new();
         let mut servers_free_at: Vec<f64> = Vec::new();
-        // Waiting requests by token: when they arrived.
-        let mut arrived_at: HashMap<u32, f64> = HashMap::new();
-        let mut next_token = 0u32;
         let mut inflight = 0usize;
         let mut run = Run::default();
         let mut next_arrival = 0.0f64;
         let mut next_sample = 0.0f64;
         let mut last_limit = 0;
         let mut completed_after_warmup = 0u64;
-        // Starts serving an admitted request at `t` that arrived at `arrived`.
-        let mut start = |ticket: Ticket,
-                         t: f64,
-                         arrived: f64,
-                         inflight: usize,
-                         rng: &mut Rng,
-                         done: &mut BinaryHeap<Reverse<(u64, u64)>>,
-                         tickets: &mut Vec<Option<(Ticket, f64)>>| {
-            let slow = (self.slowdown)(t / 1e6);
-            let finish = match self.model {
-                Model::Collapse {
-                    c,
-                    service_us,
-                    slope,
-                } => {
-                    let over = inflight.saturating_sub(c) as f64 / c as f64;
-                    t + (service_us * slow * (1.0 + slope * over)).min(5e6)
-                }
-                Model::Queue { c, service_us } | Model::HeavyTail { c, service_us } => {
-                    if servers_free_at.len() < c {
-                        servers_free_at.resize(c, 0.0);
-                    }
-                    let s = match self.model {
-                        Model::HeavyTail { .. } => service_us * rng.normal().exp(),
-                        _ => service_us,
-                    } * slow;
-                    let (i, free) = servers_free_at
-                        .iter()
-                        .copied()
-                        .enumerate()
-                        .min_by(|a, b| a.1.total_cmp(&b.1))
-                        .expect("c >= 1");
-                    let finish = free.max(t) + s;
-                    servers_free_at[i] = finish;
-                    finish
-                }
-            };
-            let id = tickets.len() as u64;
-            tickets.push(Some((ticket, arrived)));
-            done.push(Reverse((finish as u64, id)));
-        };
         loop {
             let next_done = done.peek().map(|Reverse((t, _))| *t as f64);
-            let next_deadline = admitter.next_deadline_ms().map(|ms| (ms * 1_000) as f64);
-            let t = [next_done, next_deadline]
-                .into_iter()
-                .flatten()
-                .fold(next_arrival, f64::min);
+            let t = match next_done {
+                Some(d) if d <= next_arrival => d,
+                _ => next_arrival,
+            };
             if t >= end_us {
                 break;
             }
@@ -236,7 +189,7 @@ impl Scenario {
                 run.inflight.push((next_sample / 1e6, inflight));
                 next_sample += 10_000.0;
             }
-            if next_done == Some(t) {
+            if next_done.is_some_and(|d| d <= next_arrival) {
                 let Reverse((_, id)) = done.pop().expect("peeked");
                 if let Some((ticket, started)) = tickets[id as usize].take() {
                     admitter.release(&host, ticket, Some(200), t as u64);
@@ -246,8 +199,6 @@ impl Scenario {
                         run.latencies_us.push(t - started);
                     }
                 }
-            } else if next_deadline == Some(t) {
-                // Deadlines are answered below, with the wake-ups.
             } else {
                 let load = (self.load)(t / 1e6);
                 next_arrival = t + rng.exponential(1e6 / (capacity * load));
@@ -255,54 +206,46 @@ impl Scenario {
                 if t < warmup_us {
                     run.sent_in_warmup += 1;
                 }
-                next_token += 1;
-                match admitter.admit_or_wait(&host, Some(b"t"), None, next_token, t as u64) {
+                match admitter.admit(&host, Some(b"t"), None, t as u64) {
                     Decision::Admitted(ticket) => {
                         run.admitted += 1;
                         inflight += 1;
-                        start(ticket, t, t, inflight, &mut rng, &mut done, &mut tickets);
+                        let slow = (self.slowdown)(t / 1e6);
+                        let finish = match self.model {
+                            Model::Collapse {
+                                c,
+                                service_us,
+                                slope,
+                            } => {
+                                let over = inflight.saturating_sub(c) as f64 / c as f64;
+                                t + (service_us * slow * (1.0 + slope * over)).min(5e6)
+                            }
+                            Model::Queue { c, service_us } | Model::HeavyTail { c, service_us } => {
+                                if servers_free_at.len() < c {
+                                    servers_free_at.resize(c, 0.0);
+                                }
+                                let s = match self.model {
+                                    Model::HeavyTail { .. } => service_us * rng.normal().exp(),
+                                    _ => service_us,
+                                } * slow;
+                                let (i, free) = servers_free_at
+                                    .iter()
+                                    .copied()
+                                    .enumerate()
+                                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                                    .expect("c >= 1");
+                                let finish = free.max(t) + s;
+                                servers_free_at[i] = finish;
+                                finish
+                            }
+                        };
+                        let id = tickets.len() as u64;
+                        tickets.push(Some((ticket, t)));
+                        done.push(Reverse((finish as u64, id)));
                     }
-                    Decision::Waiting => {
-                        arrived_at.insert(next_token, t);
-                    }
-                    Decision::Rejected(_) => {
+                    Decision::Rejected(_) | Decision::Waiting => {
                         run.rejected += 1;
                         if t < warmup_us {
-                            run.rejected_in_warmup += 1;
-                        }
-                    }
-                }
-            }
-            // Slots handed to waiters, and waits that ran out.
-            let woken = !host.take_woken().is_empty();
-            let mut resolved = if woken {
-                admitter.on_wake(&host, t as u64)
-            } else {
-                Vec::new()
-            };
-            if next_deadline.is_some_and(|d| d <= t) {
-                resolved.extend(admitter.on_deadlines(&host, t as u64));
-            }
-            for r in resolved {
-                match r {
-                    Resolved::Resume(token, ticket) => {
-                        let arrived = arrived_at.remove(&token).unwrap_or(t);
-                        run.admitted += 1;
-                        inflight += 1;
-                        start(
-                            ticket,
-                            t,
-                            arrived,
-                            inflight,
-                            &mut rng,
-                            &mut done,
-                            &mut tickets,
-                        );
-                    }
-                    Resolved::Reject(token, _) => {
-                        let arrived = arrived_at.remove(&token).unwrap_or(t);
-                        run.rejected += 1;
-                        if arrived < warmup_us {
                             run.rejected_in_warmup += 1;
                         }
                     }
