@@ -118,11 +118,6 @@ impl Admitter {
         self.wake_queue.set(Some(queue));
     }
 
-    /// Whether requests may wait here.
-    pub fn queues(&self) -> bool {
-        self.config.queue.is_some() && self.wake_queue.get().is_some()
-    }
-
     /// The validated plugin configuration.
     pub fn config(&self) -> &GateConfig {
         &self.config
